@@ -71,9 +71,14 @@ class BidistreamError(Exception):
 
     code: ClassVar[str] = "InternalFailure"
 
-    def __init__(self, message: str, *, code: str | None = None) -> None:
+    def __init__(
+        self, message: str, *, code: str | None = None, detail: dict[str, object] | None = None
+    ) -> None:
         super().__init__(message)
         self.message = message
+        # A wire body a protocol wants verbatim (e.g. Deepgram's JSON error on a
+        # refused upgrade); None means "use the generic shape for this wire".
+        self.detail = detail
         if code is not None:
             self.code = code  # type: ignore[misc]
 
@@ -121,8 +126,9 @@ class ModelError(BidistreamError):
         code: str | None = None,
         original_status: int | None = None,
         original_message: str | None = None,
+        detail: dict[str, object] | None = None,
     ) -> None:
-        super().__init__(message, code=code)
+        super().__init__(message, code=code, detail=detail)
         self.original_status = original_status
         self.original_message = original_message
 
@@ -194,14 +200,20 @@ _WIRE: dict[type[BidistreamError], WireForm] = {
     ClientError: WireForm(400, "InputValidationError", 1008, "INVALID_ARGUMENT", "ModelStreamError"),
     InputValidationError: WireForm(400, "InputValidationError", 1008, "INVALID_ARGUMENT", "ModelStreamError"),
     InvalidFrameError: WireForm(400, "InputValidationError", 1007, "INVALID_ARGUMENT", "ModelStreamError"),
-    MessageTooLargeError: WireForm(413, "InputValidationError", 1009, "RESOURCE_EXHAUSTED", "ModelStreamError"),
+    MessageTooLargeError: WireForm(
+        413, "InputValidationError", 1009, "RESOURCE_EXHAUSTED", "ModelStreamError"
+    ),
     NotFoundError: WireForm(404, "ValidationError", 1008, "NOT_FOUND", "ModelStreamError"),
     ConflictError: WireForm(409, "ValidationError", 1008, "ALREADY_EXISTS", "ModelStreamError"),
     AuthError: WireForm(403, "AccessDeniedException", 1008, "UNAUTHENTICATED", "ModelStreamError"),
     ModelError: WireForm(424, "ModelError", 1011, "INTERNAL", "ModelStreamError"),
     ModelTimeoutError: WireForm(424, "ModelError", 1011, "DEADLINE_EXCEEDED", "ModelStreamError"),
-    ServiceUnavailableError: WireForm(503, "ServiceUnavailableError", 1013, "UNAVAILABLE", "InternalStreamFailure"),
-    InstanceFullError: WireForm(503, "ServiceUnavailableError", 1013, "RESOURCE_EXHAUSTED", "InternalStreamFailure"),
+    ServiceUnavailableError: WireForm(
+        503, "ServiceUnavailableError", 1013, "UNAVAILABLE", "InternalStreamFailure"
+    ),
+    InstanceFullError: WireForm(
+        503, "ServiceUnavailableError", 1013, "RESOURCE_EXHAUSTED", "InternalStreamFailure"
+    ),
     SessionClosedError: WireForm(408, "ModelError", 1008, "DEADLINE_EXCEEDED", "ModelStreamError"),
     IdleTimeoutError: WireForm(408, "ModelError", 1011, "DEADLINE_EXCEEDED", "ModelStreamError"),
     SessionTimeoutError: WireForm(408, "ModelError", 1008, "DEADLINE_EXCEEDED", "ModelStreamError"),
@@ -215,7 +227,7 @@ def wire_form(error: BidistreamError | type[BidistreamError]) -> WireForm:
     """The wire form of an error (or error class), from the nearest row of the table."""
     cls = error if isinstance(error, type) else type(error)
     for klass in cls.__mro__:
-        form = _WIRE.get(klass)  # type: ignore[arg-type]
+        form = _WIRE.get(klass)
         if form is not None:
             return form
     return _WIRE[BidistreamError]

@@ -113,6 +113,8 @@ class Model:
     name: ClassVar[str] = "model"
     invocation_paths: ClassVar[tuple[str, ...]] = ()
     http_paths: ClassVar[tuple[str, ...]] = ()
+    # WebSocket subprotocols the server may select (e.g. Deepgram's "token").
+    subprotocols: ClassVar[tuple[str, ...]] = ()
 
     async def load(self) -> None:
         """Load weights; the server answers ``/ping`` with 503 until this returns."""

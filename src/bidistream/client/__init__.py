@@ -1,0 +1,1 @@
+"""client layer of bidistream (see ../shared/DESIGN.md)."""

@@ -1,0 +1,1 @@
+"""container layer of bidistream (see ../shared/DESIGN.md)."""

@@ -1,0 +1,155 @@
+"""``bidistream serve`` and ``bidistream check``: the container side of the CLI."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import importlib
+import os
+import signal
+import sys
+
+from bidistream import logs
+from bidistream.container.limits import ServerLimits
+from bidistream.errors import BidistreamError
+
+DEFAULT_PORT = 8080
+
+
+def _options(pairs: list[str]) -> dict[str, str]:
+    out: dict[str, str] = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or not key:
+            raise SystemExit(f"bidistream serve: --set expects key=value, got {pair!r}")
+        out[key.strip()] = value
+    return out
+
+
+def resolve_port(cli_port: int | None) -> int:
+    """``--port``, else ``SAGEMAKER_BIND_TO_PORT``, else 8080 (the contract's order)."""
+    if cli_port is not None:
+        return cli_port
+    env = os.environ.get("SAGEMAKER_BIND_TO_PORT")
+    if env:
+        try:
+            return int(env)
+        except ValueError:
+            raise SystemExit(f"SAGEMAKER_BIND_TO_PORT={env!r} is not a port number") from None
+    return DEFAULT_PORT
+
+
+def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    serve = sub.add_parser(
+        "serve",
+        help="run a model server (the SageMaker container contract)",
+        description="Serve MODEL (echo, words, speech or package.module:Class) on /ping, "
+        "/invocations and the bidirectional-stream WebSocket.",
+    )
+    serve.add_argument("model", metavar="MODEL")
+    serve.add_argument("--host", default="127.0.0.1")
+    serve.add_argument("--port", type=int, default=None, help="default: $SAGEMAKER_BIND_TO_PORT or 8080")
+    serve.add_argument(
+        "--set", dest="options", action="append", default=[], metavar="KEY=VALUE", help="model option"
+    )
+    defaults = ServerLimits()
+    serve.add_argument("--max-message-size", type=int, default=defaults.max_message_size)
+    serve.add_argument("--max-sessions", type=int, default=defaults.max_sessions)
+    serve.add_argument("--max-session-duration", type=float, default=defaults.max_session_duration)
+    serve.add_argument("--idle-timeout", type=float, default=defaults.idle_timeout)
+    serve.add_argument("--drain-timeout", type=float, default=defaults.drain_timeout)
+    serve.add_argument("--queue-depth", type=int, default=defaults.queue_depth)
+    serve.add_argument("--log-level", default="info")
+    serve.add_argument("--log-json", action="store_true")
+    serve.set_defaults(handler=_serve)
+
+    check = sub.add_parser(
+        "check",
+        help="check that a container honours the bidirectional-streaming contract",
+        description="Run the SageMaker bidi container-contract checks against URL (e.g. http://127.0.0.1:8080).",
+    )
+    try:
+        check_module = importlib.import_module("bidistream.container.check")
+    except ImportError:
+        check.set_defaults(handler=lambda _args: _missing("check"))
+    else:
+        check_module.add_arguments(check)
+        check.set_defaults(handler=check_module.run)
+
+
+def _missing(name: str) -> int:
+    print(f"bidistream {name}: not available in this build", file=sys.stderr)
+    return 2
+
+
+def _serve(args: argparse.Namespace) -> int:
+    logs.configure(args.log_level, as_json=args.log_json)
+    limits = ServerLimits(
+        max_message_size=args.max_message_size,
+        max_sessions=args.max_sessions,
+        max_session_duration=args.max_session_duration,
+        idle_timeout=args.idle_timeout,
+        drain_timeout=args.drain_timeout,
+        queue_depth=args.queue_depth,
+    )
+    try:
+        import uvloop
+
+        runner: asyncio.Runner = asyncio.Runner(loop_factory=uvloop.new_event_loop)
+    except ImportError:
+        runner = asyncio.Runner()
+    try:
+        with runner:
+            return runner.run(
+                serve_forever(args.model, _options(args.options), args.host, resolve_port(args.port), limits)
+            )
+    except BidistreamError as exc:
+        print(f"bidistream serve: {exc}", file=sys.stderr)
+        return 2
+
+
+async def serve_forever(
+    spec: str, options: dict[str, str], host: str, port: int, limits: ServerLimits
+) -> int:
+    from bidistream.container.loader import load_model
+    from bidistream.container.server import ModelServer
+
+    model = load_model(spec, options)
+    server = ModelServer(model, host=host, port=port, limits=limits)
+    try:
+        await server.start()
+    except OSError as exc:
+        print(
+            f"bidistream serve: cannot listen on {host}:{port}: {exc.strerror}. "
+            "Pick another --port or stop what uses it.",
+            file=sys.stderr,
+        )
+        return 1
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        with contextlib.suppress(NotImplementedError):
+            loop.add_signal_handler(sig, stop.set)
+    base = f"http://{host}:{server.port}"
+    print(f"bidistream: serving {spec} on {base}", flush=True)
+    print(f"  GET  {base}/ping", flush=True)
+    print(f"  POST {base}/invocations", flush=True)
+    ws_base = f"ws://{host}:{server.port}"
+    for path in ("invocations-bidirectional-stream", *model.invocation_paths):
+        print(f"  WS   {ws_base}/{path}", flush=True)
+    print(f"  try: python -m websockets {ws_base}/invocations-bidirectional-stream", flush=True)
+    waiter = asyncio.create_task(stop.wait())
+    loader = asyncio.create_task(server.wait_loaded())
+    done, _ = await asyncio.wait({waiter, loader}, return_when=asyncio.FIRST_COMPLETED)
+    if loader in done and loader.exception() is not None:
+        print(f"bidistream serve: {loader.exception()}", file=sys.stderr)
+        waiter.cancel()
+        await server.stop(drain_timeout=0)
+        return 1
+    if loader in done:
+        print("bidistream: model loaded; /ping answers 200", flush=True)
+    await waiter
+    print(f"bidistream: draining {server.live_sessions} live session(s)", flush=True)
+    await server.stop()
+    return 0

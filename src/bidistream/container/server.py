@@ -1,0 +1,414 @@
+"""The model server: SageMaker's container contract around one Model.
+
+aiohttp serves ``/ping``, ``/invocations`` and the WebSocket sessions on one
+port (measured at 1.5x the raw-TCP floor per message with 13 KiB per idle
+connection, see specs/transport-bench.md).  The model is loaded in the
+background after the socket is bound, so ``/ping`` can say 503 while loading
+and the port is never silent.
+
+Backpressure: one reader task per session moves frames from the socket into a
+queue of ``queue_depth`` frames; when the model stops reading, the queue fills,
+the reader stops calling ``receive()``, aiohttp's own buffer fills and it
+pauses the transport.  Output is sent with awaited writes, which wait on the
+socket's drain.  No buffer grows without bound.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import time
+import uuid
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+
+from aiohttp import WSCloseCode, WSMsgType, web
+
+from bidistream.container.limits import ServerLimits
+from bidistream.errors import (
+    BidistreamError,
+    IdleTimeoutError,
+    InputValidationError,
+    InstanceFullError,
+    MessageTooLargeError,
+    ModelError,
+    ModelTimeoutError,
+    SessionTimeoutError,
+    ShuttingDownError,
+    wire_form,
+)
+from bidistream.frames import Frame, FrameKind
+from bidistream.model import DEFAULT_INVOCATION_PATH, Model, Request, Response, Session
+from bidistream.session_state import Event, SessionMachine, State
+
+log = logging.getLogger("bidistream.container")
+
+# A close reason is at most 123 bytes on the wire (RFC 6455 section 5.5).
+MAX_CLOSE_REASON = 123
+
+_END = object()  # end-of-input marker in a session queue
+
+
+def close_reason(text: str) -> bytes:
+    data = text.encode("utf-8")
+    if len(data) <= MAX_CLOSE_REASON:
+        return data
+    return data[: MAX_CLOSE_REASON - 3].decode("utf-8", "ignore").encode() + b"..."
+
+
+def error_body(error: BidistreamError) -> tuple[bytes, str]:
+    """JSON body for an HTTP error: the protocol's own shape if the error carries one."""
+    if error.detail is not None:
+        return json.dumps(error.detail).encode(), "application/json"
+    return json.dumps({"error": error.code, "message": error.message}).encode(), "application/json"
+
+
+def http_error(error: BidistreamError, status: int | None = None) -> web.Response:
+    body, ctype = error_body(error)
+    return web.Response(status=status or wire_form(error).http_status, body=body, content_type=ctype)
+
+
+@dataclass(eq=False)
+class _LiveSession:
+    session: Session
+    ws: web.WebSocketResponse
+    machine: SessionMachine = field(default_factory=SessionMachine)
+    started: float = field(default_factory=time.monotonic)
+    last_activity: float = field(default_factory=time.monotonic)
+    close_error: BidistreamError | None = None
+
+
+class ModelServer:
+    """One instance's server.  ``port=0`` picks a free port (read ``.port`` after start)."""
+
+    def __init__(
+        self,
+        model: Model,
+        *,
+        host: str = "127.0.0.1",
+        port: int = 8080,
+        limits: ServerLimits | None = None,
+    ) -> None:
+        self.model = model
+        self.host = host
+        self._requested_port = port
+        self.limits = limits or ServerLimits()
+        self._sessions: set[_LiveSession] = set()
+        self._no_sessions = asyncio.Event()
+        self._no_sessions.set()
+        self._loaded = asyncio.Event()
+        self._load_error: BaseException | None = None
+        self._draining = False
+        self._runner: web.AppRunner | None = None
+        self._site: web.TCPSite | None = None
+        self._load_task: asyncio.Task[None] | None = None
+        self._ws_paths = {DEFAULT_INVOCATION_PATH, *(p.strip("/") for p in model.invocation_paths)}
+        self._http_paths = {"invocations", *(p.strip("/") for p in model.http_paths)}
+        self.port = port
+
+    # ----------------------------------------------------------------- lifecycle
+    def build_app(self) -> web.Application:
+        app = web.Application(client_max_size=self.limits.max_invoke_body)
+        app.router.add_get("/ping", self._ping)
+        app.router.add_route("*", "/{path:.*}", self._dispatch)
+        return app
+
+    async def start(self) -> None:
+        """Bind the port, then load the model in the background (``/ping`` says 503 until done)."""
+        self._runner = web.AppRunner(self.build_app(), access_log=None, handle_signals=False)
+        await self._runner.setup()
+        self._site = web.TCPSite(self._runner, self.host, self._requested_port, backlog=1024)
+        await self._site.start()
+        sockets = getattr(self._site._server, "sockets", None)
+        if sockets:
+            self.port = sockets[0].getsockname()[1]
+        self._load_task = asyncio.create_task(self._load(), name="model-load")
+
+    async def _load(self) -> None:
+        began = time.monotonic()
+        try:
+            await self.model.load()
+        except Exception as exc:
+            self._load_error = exc
+            log.error("model load failed: %s: %s", type(exc).__name__, exc, exc_info=exc)
+            return
+        self._loaded.set()
+        log.info("model %s loaded in %.2f s", self.model.name, time.monotonic() - began)
+
+    async def wait_loaded(self, timeout: float | None = None) -> None:
+        async with asyncio.timeout(timeout):
+            while not self._loaded.is_set():
+                if self._load_error is not None:
+                    raise ModelError(f"model failed to load: {self._load_error}") from self._load_error
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(0.05):
+                        await self._loaded.wait()
+
+    @property
+    def live_sessions(self) -> int:
+        return len(self._sessions)
+
+    async def stop(self, drain_timeout: float | None = None) -> None:
+        """SIGTERM semantics: stop accepting, let sessions finish, then close them with 1001."""
+        if self._runner is None:
+            return
+        self._draining = True
+        if self._site is not None:
+            await self._site.stop()  # closes the listening socket only
+        limit = self.limits.drain_timeout if drain_timeout is None else drain_timeout
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout_at(asyncio.get_running_loop().time() + limit):
+                await self._no_sessions.wait()
+        for live in list(self._sessions):
+            live.close_error = ShuttingDownError("server shutting down; reconnect to another instance")
+            with contextlib.suppress(Exception):
+                await live.ws.close(
+                    code=WSCloseCode.GOING_AWAY, message=close_reason(live.close_error.message)
+                )
+        if self._load_task is not None and not self._load_task.done():
+            self._load_task.cancel()
+        await self._runner.cleanup()
+        self._runner = None
+
+    # ----------------------------------------------------------------- handlers
+    async def _ping(self, request: web.Request) -> web.Response:
+        if self._loaded.is_set() and not self._draining:
+            return web.Response(status=200)
+        return web.Response(status=503)
+
+    async def _dispatch(self, request: web.Request) -> web.StreamResponse:
+        path = request.path.strip("/")
+        if request.method == "GET" and path in self._ws_paths:
+            return await self._websocket(request, path)
+        if request.method == "POST" and path in self._http_paths:
+            return await self._invoke(request, path)
+        if path in self._ws_paths or path in self._http_paths:
+            allowed = "GET" if path in self._ws_paths else "POST"
+            return web.json_response(
+                {"error": "MethodNotAllowed", "message": f"/{path} accepts {allowed} only"},
+                status=405,
+                headers={"Allow": allowed},
+            )
+        return web.json_response(
+            {"error": "NotFound", "message": f"no route for {request.method} /{path} on this model server"},
+            status=404,
+        )
+
+    def _refusal(self) -> BidistreamError | None:
+        if self._draining:
+            return ShuttingDownError("server is shutting down; try another instance")
+        if self._load_error is not None:
+            return ModelError(f"model failed to load: {self._load_error}")
+        if not self._loaded.is_set():
+            return InstanceFullError("model is still loading; retry when /ping answers 200")
+        return None
+
+    async def _invoke(self, request: web.Request, path: str) -> web.StreamResponse:
+        refusal = self._refusal()
+        if refusal is not None:
+            return http_error(refusal, 503)
+        try:
+            body = await request.read()
+        except web.HTTPRequestEntityTooLarge:
+            return http_error(
+                MessageTooLargeError(f"request body exceeds {self.limits.max_invoke_body} bytes"), 413
+            )
+        req = Request(
+            body=body,
+            content_type=request.headers.get("Content-Type"),
+            accept=request.headers.get("Accept"),
+            path=path,
+            raw_query=request.raw_path.partition("?")[2],
+            headers=dict(request.headers),
+        )
+        try:
+            async with asyncio.timeout(self.limits.invoke_timeout):
+                response = await self.model.invoke(req)
+        except TimeoutError:
+            return http_error(
+                ModelTimeoutError(f"model did not answer within {self.limits.invoke_timeout:g} s"), 504
+            )
+        except BidistreamError as exc:
+            status = wire_form(exc).http_status
+            return http_error(exc, 500 if status == 424 else status)
+        except Exception as exc:
+            log.exception("invoke failed")
+            return http_error(ModelError(f"model raised {type(exc).__name__}: {exc}"), 500)
+        return await self._write_response(request, response)
+
+    async def _write_response(self, request: web.Request, response: Response) -> web.StreamResponse:
+        headers = dict(response.headers)
+        if isinstance(response.body, bytes | bytearray):
+            return web.Response(
+                status=response.status,
+                body=bytes(response.body),
+                headers={**headers, "Content-Type": response.content_type},
+            )
+        stream = web.StreamResponse(status=response.status, headers=headers)
+        stream.content_type = response.content_type
+        stream.enable_chunked_encoding()
+        await stream.prepare(request)
+        chunks: AsyncIterator[bytes] = response.body
+        try:
+            async for chunk in chunks:
+                await stream.write(chunk)
+        except Exception as exc:
+            # Headers are gone: the only honest signal left is an aborted body.
+            log.warning("streamed invoke failed mid-body: %s", exc)
+            if request.transport is not None:
+                request.transport.abort()
+            return stream
+        await stream.write_eof()
+        return stream
+
+    async def _websocket(self, request: web.Request, path: str) -> web.StreamResponse:
+        refusal = self._refusal()
+        if refusal is not None:
+            return http_error(refusal, 503)
+        headers = request.headers
+        session = Session(
+            id=headers.get("X-Amzn-SageMaker-Request-Id") or uuid.uuid4().hex,
+            path=path,
+            raw_query=request.raw_path.partition("?")[2],
+            headers=dict(headers),
+        )
+        try:
+            self.model.check_session(session)
+        except BidistreamError as exc:
+            return http_error(exc)
+        except Exception as exc:
+            log.exception("check_session failed")
+            return http_error(InputValidationError(f"session refused: {exc}"), 400)
+
+        ws = web.WebSocketResponse(
+            max_msg_size=self.limits.max_message_size,
+            autoping=True,
+            protocols=self.model.subprotocols,
+            compress=False,
+        )
+        await ws.prepare(request)
+        if len(self._sessions) >= self.limits.max_sessions:
+            full = InstanceFullError(f"instance full ({self.limits.max_sessions} sessions); try again later")
+            await ws.close(code=wire_form(full).ws_close, message=close_reason(full.message))
+            return ws
+        live = _LiveSession(session, ws)
+        live.machine.feed(Event.ACCEPTED)
+        self._sessions.add(live)
+        self._no_sessions.clear()
+        log.info("session %s opened path=/%s", session.id, path)
+        try:
+            await self._run_session(live)
+        finally:
+            self._sessions.discard(live)
+            if not self._sessions:
+                self._no_sessions.set()
+            log.info(
+                "session %s closed code=%s state=%s after %.2f s",
+                session.id,
+                ws.close_code,
+                live.machine.state.value,
+                time.monotonic() - live.started,
+            )
+        return ws
+
+    async def _run_session(self, live: _LiveSession) -> None:
+        ws = live.ws
+        queue: asyncio.Queue[object] = asyncio.Queue(maxsize=self.limits.queue_depth)
+        reader = asyncio.create_task(self._read_frames(live, queue))
+        watchdog = asyncio.create_task(self._watch(live))
+        code: int = WSCloseCode.OK
+        reason = b""
+        try:
+            async for out in self.model.stream(self._frames(live, queue), live.session):
+                live.last_activity = time.monotonic()
+                if out.kind is FrameKind.TEXT:
+                    await ws.send_frame(out.data, WSMsgType.TEXT)
+                else:
+                    await ws.send_frame(out.data, WSMsgType.BINARY)
+        except (ConnectionResetError, ConnectionError):
+            live.close_error = live.close_error or ShuttingDownError("client went away")
+        except asyncio.CancelledError:
+            raise
+        except BidistreamError as exc:
+            log.info("session %s ended by %s: %s", live.session.id, exc.code, exc.message)
+            code, reason = wire_form(exc).ws_close, close_reason(exc.message)
+        except Exception as exc:
+            log.warning("model raised in session %s", live.session.id, exc_info=exc)
+            code, reason = (
+                WSCloseCode.INTERNAL_ERROR,
+                close_reason(f"model error: {type(exc).__name__}: {exc}"),
+            )
+        finally:
+            watchdog.cancel()
+            reader.cancel()
+        if live.close_error is not None:
+            form = wire_form(live.close_error)
+            code, reason = form.ws_close, close_reason(live.close_error.message)
+        if code == WSCloseCode.OK:
+            live.machine.feed(Event.OUTPUT_ENDED)
+        else:
+            live.machine.feed(Event.FAILED)
+        if not ws.closed:
+            with contextlib.suppress(Exception):
+                await ws.close(code=code, message=reason)
+        live.machine.feed(Event.CLOSED)
+
+    async def _read_frames(self, live: _LiveSession, queue: asyncio.Queue[object]) -> None:
+        ws = live.ws
+        try:
+            while True:
+                msg = await ws.receive()
+                kind = msg.type
+                if kind is WSMsgType.BINARY:
+                    frame = Frame(msg.data, FrameKind.BINARY)
+                elif kind is WSMsgType.TEXT:
+                    frame = Frame(msg.data.encode("utf-8"), FrameKind.TEXT)
+                else:
+                    if kind is WSMsgType.ERROR:
+                        # aiohttp has already closed with the matching code (1009 for
+                        # an oversized message, 1002/1007 for protocol errors).
+                        log.info("session %s input error: %s", live.session.id, ws.exception())
+                    break
+                live.last_activity = time.monotonic()
+                await queue.put(frame)
+        finally:
+            if live.machine.state is State.OPEN:
+                live.machine.feed(Event.INPUT_ENDED)
+            # Never block here: the model may have stopped reading.
+            with contextlib.suppress(asyncio.QueueFull):
+                queue.put_nowait(_END)
+            if queue.full():
+                # Make room for the marker by waiting for the model, bounded by the session.
+                with contextlib.suppress(Exception):
+                    await queue.put(_END)
+
+    async def _frames(self, live: _LiveSession, queue: asyncio.Queue[object]) -> AsyncIterator[Frame]:
+        while True:
+            item = await queue.get()
+            if item is _END:
+                return
+            assert isinstance(item, Frame)
+            yield item
+
+    async def _watch(self, live: _LiveSession) -> None:
+        """Enforce idle timeout and max session duration by closing the WebSocket."""
+        limits = self.limits
+        while True:
+            now = time.monotonic()
+            idle_left = live.last_activity + limits.idle_timeout - now
+            life_left = live.started + limits.max_session_duration - now
+            if life_left <= 0:
+                live.close_error = SessionTimeoutError(
+                    f"max session duration {limits.max_session_duration:g} s reached; reconnect"
+                )
+                break
+            if idle_left <= 0:
+                live.close_error = IdleTimeoutError(
+                    f"no frames for {limits.idle_timeout:g} s; closing idle session"
+                )
+                break
+            await asyncio.sleep(min(idle_left, life_left) + 0.001)
+        form = wire_form(live.close_error)
+        await live.ws.close(code=form.ws_close, message=close_reason(live.close_error.message))

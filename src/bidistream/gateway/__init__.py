@@ -1,0 +1,1 @@
+"""gateway layer of bidistream (see ../shared/DESIGN.md)."""

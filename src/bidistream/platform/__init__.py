@@ -1,0 +1,1 @@
+"""platform layer: endpoints, store, router, runtimes."""

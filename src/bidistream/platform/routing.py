@@ -1,0 +1,79 @@
+"""The seam between the front door (gateway) and whatever knows the endpoints.
+
+The gateway asks a :class:`Router` where a session or invocation should go and
+tells it when sessions start and end; it never knows whether endpoints were
+declared on the command line (:class:`StaticRouter`) or created through the
+control plane (the platform's endpoint manager implements the same protocol).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Protocol
+
+from bidistream.errors import NotFoundError
+
+__all__ = ["InstanceTarget", "Router", "StaticRouter"]
+
+
+@dataclass(eq=False, slots=True)
+class InstanceTarget:
+    """One instance a session can be sent to.
+
+    ``base_url`` is the instance's model server, e.g. ``http://127.0.0.1:8080``;
+    the gateway appends ``/invocations-bidirectional-stream`` (or the
+    invocation path) and ``/invocations``.  ``live_sessions`` is kept by the
+    router from ``session_started``/``session_ended`` calls.
+    """
+
+    endpoint: str
+    variant: str
+    instance_id: str
+    base_url: str
+    live_sessions: int = 0
+
+
+class Router(Protocol):
+    def candidates(self, endpoint: str, target_variant: str | None = None) -> list[InstanceTarget]:
+        """Instances to try for one new session or invocation, best first.
+
+        Raises NotFoundError for an unknown endpoint or variant and
+        ServiceUnavailableError when the endpoint has no healthy instance.
+        The gateway tries the next candidate when one is full (503 / close 1013).
+        """
+        ...
+
+    def session_started(self, target: InstanceTarget) -> None: ...
+
+    def session_ended(self, target: InstanceTarget) -> None: ...
+
+
+@dataclass
+class StaticRouter:
+    """Endpoints declared as ``--endpoint NAME=URL``: one variant, one instance each."""
+
+    urls: Mapping[str, str]
+    variant: str = "AllTraffic"
+    _targets: dict[str, InstanceTarget] = field(default_factory=dict, init=False)
+
+    def __post_init__(self) -> None:
+        for name, url in self.urls.items():
+            self._targets[name] = InstanceTarget(name, self.variant, f"{name}-1", url.rstrip("/"))
+
+    def candidates(self, endpoint: str, target_variant: str | None = None) -> list[InstanceTarget]:
+        target = self._targets.get(endpoint)
+        if target is None:
+            raise NotFoundError(
+                f"Endpoint {endpoint} not found. Declare it with --endpoint {endpoint}=URL "
+                "or create it through the control plane."
+            )
+        if target_variant is not None and target_variant != target.variant:
+            raise NotFoundError(f"Variant {target_variant} not found on endpoint {endpoint}.")
+        return [target]
+
+    def session_started(self, target: InstanceTarget) -> None:
+        target.live_sessions += 1
+
+    def session_ended(self, target: InstanceTarget) -> None:
+        target.live_sessions = max(0, target.live_sessions - 1)
