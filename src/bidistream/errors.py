@@ -10,9 +10,11 @@ the same everywhere::
     │   ├── InputValidationError       bad header / query / parameter / body
     │   │   └── InvalidFrameError      malformed frame or event-stream bytes
     │   ├── MessageTooLargeError       frame or body above a named limit
+    │   │   └── UnsupportedDataError   bytes that are not the declared media (e.g. audio)
     │   ├── NotFoundError              unknown endpoint, model, config or path
     │   ├── ConflictError              resource already exists / wrong state
     │   └── AuthError                  missing or bad credentials / signature
+    │       └── UnauthenticatedError   no valid credentials at all (HTTP 401)
     ├── ModelError                     the model (container) failed
     │   ├── ModelRefusedError          container refused the WebSocket upgrade
     │   ├── ModelStreamError           model failed in the middle of a stream
@@ -56,6 +58,8 @@ __all__ = [
     "SessionClosedError",
     "SessionTimeoutError",
     "ShuttingDownError",
+    "UnauthenticatedError",
+    "UnsupportedDataError",
     "WireForm",
     "error_from_close",
     "wire_form",
@@ -98,6 +102,12 @@ class InvalidFrameError(InputValidationError):
     code = "InvalidFrame"
 
 
+class UnsupportedDataError(InputValidationError):
+    """Payload bytes that are not what the session declared (Deepgram closes such streams with 1002)."""
+
+    code = "UnsupportedData"
+
+
 class MessageTooLargeError(ClientError):
     code = "MessageTooLarge"
 
@@ -112,6 +122,12 @@ class ConflictError(ClientError):
 
 class AuthError(ClientError):
     code = "Unauthorized"
+
+
+class UnauthenticatedError(AuthError):
+    """No valid credentials (401), as opposed to valid ones without permission (403)."""
+
+    code = "Unauthenticated"
 
 
 class ModelError(BidistreamError):
@@ -206,6 +222,8 @@ _WIRE: dict[type[BidistreamError], WireForm] = {
     NotFoundError: WireForm(404, "ValidationError", 1008, "NOT_FOUND", "ModelStreamError"),
     ConflictError: WireForm(409, "ValidationError", 1008, "ALREADY_EXISTS", "ModelStreamError"),
     AuthError: WireForm(403, "AccessDeniedException", 1008, "UNAUTHENTICATED", "ModelStreamError"),
+    UnauthenticatedError: WireForm(401, "AccessDeniedException", 1008, "UNAUTHENTICATED", "ModelStreamError"),
+    UnsupportedDataError: WireForm(415, "InputValidationError", 1002, "INVALID_ARGUMENT", "ModelStreamError"),
     ModelError: WireForm(424, "ModelError", 1011, "INTERNAL", "ModelStreamError"),
     ModelTimeoutError: WireForm(424, "ModelError", 1011, "DEADLINE_EXCEEDED", "ModelStreamError"),
     ServiceUnavailableError: WireForm(

@@ -59,7 +59,6 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     serve.add_argument("--max-session-duration", type=float, default=defaults.max_session_duration)
     serve.add_argument("--idle-timeout", type=float, default=defaults.idle_timeout)
     serve.add_argument("--drain-timeout", type=float, default=defaults.drain_timeout)
-    serve.add_argument("--queue-depth", type=int, default=defaults.queue_depth)
     serve.add_argument("--log-level", default="info")
     serve.add_argument("--log-json", action="store_true")
     serve.set_defaults(handler=_serve)
@@ -91,7 +90,6 @@ def _serve(args: argparse.Namespace) -> int:
         max_session_duration=args.max_session_duration,
         idle_timeout=args.idle_timeout,
         drain_timeout=args.drain_timeout,
-        queue_depth=args.queue_depth,
     )
     try:
         import uvloop

@@ -30,8 +30,5 @@ class ServerLimits:
     invoke_timeout: float = 60.0
     # Largest POST /invocations body (InvokeEndpoint's 6 MB payload limit).
     max_invoke_body: int = 6 * 1000 * 1000
-    # Input frames buffered per session before the socket read pauses.  Small on
-    # purpose: buffering hides backpressure, and pongs still flow while it has room.
-    queue_depth: int = 16
     # The contract's accept deadline; the server never does work inside the handshake.
     accept_deadline: float = 0.250

@@ -6,11 +6,10 @@ connection, see specs/transport-bench.md).  The model is loaded in the
 background after the socket is bound, so ``/ping`` can say 503 while loading
 and the port is never silent.
 
-Backpressure: one reader task per session moves frames from the socket into a
-queue of ``queue_depth`` frames; when the model stops reading, the queue fills,
-the reader stops calling ``receive()``, aiohttp's own buffer fills and it
-pauses the transport.  Output is sent with awaited writes, which wait on the
-socket's drain.  No buffer grows without bound.
+Backpressure: the model pulls its input straight from the socket; when it
+stops asking, aiohttp's 64 KiB buffer fills and it pauses the transport.
+Output is sent with awaited writes, which wait on the socket's drain.  No
+buffer grows without bound, and a session costs no task besides its handler.
 """
 
 from __future__ import annotations
@@ -34,6 +33,7 @@ from bidistream.errors import (
     InstanceFullError,
     MessageTooLargeError,
     ModelError,
+    ModelStreamError,
     ModelTimeoutError,
     SessionTimeoutError,
     ShuttingDownError,
@@ -47,8 +47,6 @@ log = logging.getLogger("bidistream.container")
 
 # A close reason is at most 123 bytes on the wire (RFC 6455 section 5.5).
 MAX_CLOSE_REASON = 123
-
-_END = object()  # end-of-input marker in a session queue
 
 
 def close_reason(text: str) -> bytes:
@@ -70,14 +68,16 @@ def http_error(error: BidistreamError, status: int | None = None) -> web.Respons
     return web.Response(status=status or wire_form(error).http_status, body=body, content_type=ctype)
 
 
-@dataclass(eq=False)
+@dataclass(eq=False, slots=True)
 class _LiveSession:
     session: Session
     ws: web.WebSocketResponse
+    task: asyncio.Task[object]
     machine: SessionMachine = field(default_factory=SessionMachine)
     started: float = field(default_factory=time.monotonic)
     last_activity: float = field(default_factory=time.monotonic)
     close_error: BidistreamError | None = None
+    timer: asyncio.TimerHandle | None = None
 
 
 class ModelServer:
@@ -163,10 +163,10 @@ class ModelServer:
                 await self._no_sessions.wait()
         for live in list(self._sessions):
             live.close_error = ShuttingDownError("server shutting down; reconnect to another instance")
-            with contextlib.suppress(Exception):
-                await live.ws.close(
-                    code=WSCloseCode.GOING_AWAY, message=close_reason(live.close_error.message)
-                )
+            live.task.cancel()
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(CLOSE_HANDSHAKE_TIMEOUT + 1):
+                await self._no_sessions.wait()
         if self._load_task is not None and not self._load_task.done():
             self._load_task.cancel()
         await self._runner.cleanup()
@@ -272,7 +272,7 @@ class ModelServer:
             id=headers.get("X-Amzn-SageMaker-Request-Id") or uuid.uuid4().hex,
             path=path,
             raw_query=request.raw_path.partition("?")[2],
-            headers=dict(headers),
+            headers=headers,
         )
         try:
             self.model.check_session(session)
@@ -287,128 +287,134 @@ class ModelServer:
             autoping=True,
             protocols=self.model.subprotocols,
             compress=False,
+            timeout=CLOSE_HANDSHAKE_TIMEOUT,
         )
         await ws.prepare(request)
         if len(self._sessions) >= self.limits.max_sessions:
             full = InstanceFullError(f"instance full ({self.limits.max_sessions} sessions); try again later")
-            await ws.close(code=wire_form(full).ws_close, message=close_reason(full.message))
+            await _close(ws, full)
             return ws
-        live = _LiveSession(session, ws)
+        task = asyncio.current_task()
+        assert task is not None
+        live = _LiveSession(session, ws, task)
         live.machine.feed(Event.ACCEPTED)
         self._sessions.add(live)
         self._no_sessions.clear()
-        log.info("session %s opened path=/%s", session.id, path)
+        self._arm_timer(live)
         try:
             await self._run_session(live)
         finally:
+            if live.timer is not None:
+                live.timer.cancel()
             self._sessions.discard(live)
             if not self._sessions:
                 self._no_sessions.set()
             log.info(
-                "session %s closed code=%s state=%s after %.2f s",
-                session.id,
-                ws.close_code,
-                live.machine.state.value,
-                time.monotonic() - live.started,
+                "session closed",
+                extra={
+                    "session": session.id,
+                    "path": path,
+                    "code": ws.close_code,
+                    "seconds": round(time.monotonic() - live.started, 3),
+                },
             )
         return ws
 
     async def _run_session(self, live: _LiveSession) -> None:
+        """Pump the model's output to the socket; the model pulls its input itself.
+
+        Limits, shutdown and the client's disappearance end the session by
+        cancelling this task after recording ``close_error``, so a model stuck
+        in its own code is interrupted too.
+        """
         ws = live.ws
-        queue: asyncio.Queue[object] = asyncio.Queue(maxsize=self.limits.queue_depth)
-        reader = asyncio.create_task(self._read_frames(live, queue))
-        watchdog = asyncio.create_task(self._watch(live))
-        code: int = WSCloseCode.OK
-        reason = b""
+        error: BidistreamError | None = None
         try:
-            async for out in self.model.stream(self._frames(live, queue), live.session):
+            async for out in self.model.stream(self._frames(live), live.session):
                 live.last_activity = time.monotonic()
-                if out.kind is FrameKind.TEXT:
-                    await ws.send_frame(out.data, WSMsgType.TEXT)
-                else:
-                    await ws.send_frame(out.data, WSMsgType.BINARY)
-        except (ConnectionResetError, ConnectionError):
-            live.close_error = live.close_error or ShuttingDownError("client went away")
+                await ws.send_frame(
+                    out.data, WSMsgType.TEXT if out.kind is FrameKind.TEXT else WSMsgType.BINARY
+                )
         except asyncio.CancelledError:
-            raise
+            if live.close_error is None:
+                raise
+            live.task.uncancel()
+        except ConnectionError:
+            error = ShuttingDownError("client went away")
         except BidistreamError as exc:
-            log.info("session %s ended by %s: %s", live.session.id, exc.code, exc.message)
-            code, reason = wire_form(exc).ws_close, close_reason(exc.message)
+            log.info("session ended by model", extra={"session": live.session.id, "error": exc.code})
+            error = exc
         except Exception as exc:
-            log.warning("model raised in session %s", live.session.id, exc_info=exc)
-            code, reason = (
-                WSCloseCode.INTERNAL_ERROR,
-                close_reason(f"model error: {type(exc).__name__}: {exc}"),
-            )
-        finally:
-            watchdog.cancel()
-            reader.cancel()
-        if live.close_error is not None:
-            form = wire_form(live.close_error)
-            code, reason = form.ws_close, close_reason(live.close_error.message)
-        if code == WSCloseCode.OK:
-            live.machine.feed(Event.OUTPUT_ENDED)
-        else:
-            live.machine.feed(Event.FAILED)
+            log.warning("model raised", extra={"session": live.session.id}, exc_info=exc)
+            error = ModelStreamError(f"model error: {type(exc).__name__}: {exc}")
+        error = live.close_error or error
+        live.machine.feed(Event.OUTPUT_ENDED if error is None else Event.FAILED)
         if not ws.closed:
-            with contextlib.suppress(Exception):
-                await ws.close(code=code, message=reason)
+            await _close(ws, error)
         live.machine.feed(Event.CLOSED)
 
-    async def _read_frames(self, live: _LiveSession, queue: asyncio.Queue[object]) -> None:
+    async def _frames(self, live: _LiveSession) -> AsyncIterator[Frame]:
+        """The model's input, read straight from the socket.
+
+        No queue in between: while the model does not ask for the next frame,
+        nothing calls ``receive()``, aiohttp's buffer fills and it pauses the
+        transport.  That is the backpressure, and it costs no task or buffer.
+        """
         ws = live.ws
-        try:
-            while True:
-                msg = await ws.receive()
-                kind = msg.type
-                if kind is WSMsgType.BINARY:
-                    frame = Frame(msg.data, FrameKind.BINARY)
-                elif kind is WSMsgType.TEXT:
-                    frame = Frame(msg.data.encode("utf-8"), FrameKind.TEXT)
-                else:
-                    if kind is WSMsgType.ERROR:
-                        # aiohttp has already closed with the matching code (1009 for
-                        # an oversized message, 1002/1007 for protocol errors).
-                        log.info("session %s input error: %s", live.session.id, ws.exception())
-                    break
-                live.last_activity = time.monotonic()
-                await queue.put(frame)
-        finally:
-            if live.machine.state is State.OPEN:
-                live.machine.feed(Event.INPUT_ENDED)
-            # Never block here: the model may have stopped reading.
-            with contextlib.suppress(asyncio.QueueFull):
-                queue.put_nowait(_END)
-            if queue.full():
-                # Make room for the marker by waiting for the model, bounded by the session.
-                with contextlib.suppress(Exception):
-                    await queue.put(_END)
-
-    async def _frames(self, live: _LiveSession, queue: asyncio.Queue[object]) -> AsyncIterator[Frame]:
         while True:
-            item = await queue.get()
-            if item is _END:
+            msg = await ws.receive()
+            kind = msg.type
+            if kind is WSMsgType.BINARY:
+                frame = Frame(msg.data, FrameKind.BINARY)
+            elif kind is WSMsgType.TEXT:
+                frame = Frame(msg.data.encode("utf-8"), FrameKind.TEXT)
+            else:
+                if kind is WSMsgType.ERROR:
+                    # aiohttp has already closed with the matching code (1009 for
+                    # an oversized message, 1002/1007 for protocol errors).
+                    log.info(
+                        "session input error",
+                        extra={"session": live.session.id, "error": str(ws.exception())},
+                    )
+                if live.machine.state is State.OPEN:
+                    live.machine.feed(Event.INPUT_ENDED)
                 return
-            assert isinstance(item, Frame)
-            yield item
+            live.last_activity = time.monotonic()
+            yield frame
 
-    async def _watch(self, live: _LiveSession) -> None:
-        """Enforce idle timeout and max session duration by closing the WebSocket."""
+    def _arm_timer(self, live: _LiveSession) -> None:
+        """One timer handle per session enforces idle timeout and max duration."""
         limits = self.limits
-        while True:
-            now = time.monotonic()
-            idle_left = live.last_activity + limits.idle_timeout - now
-            life_left = live.started + limits.max_session_duration - now
-            if life_left <= 0:
-                live.close_error = SessionTimeoutError(
-                    f"max session duration {limits.max_session_duration:g} s reached; reconnect"
-                )
-                break
-            if idle_left <= 0:
-                live.close_error = IdleTimeoutError(
-                    f"no frames for {limits.idle_timeout:g} s; closing idle session"
-                )
-                break
-            await asyncio.sleep(min(idle_left, life_left) + 0.001)
-        form = wire_form(live.close_error)
-        await live.ws.close(code=form.ws_close, message=close_reason(live.close_error.message))
+        now = time.monotonic()
+        idle_at = live.last_activity + limits.idle_timeout
+        end_at = live.started + limits.max_session_duration
+        if now >= end_at:
+            live.close_error = SessionTimeoutError(
+                f"max session duration {limits.max_session_duration:g} s reached; reconnect"
+            )
+        elif now >= idle_at:
+            live.close_error = IdleTimeoutError(
+                f"no frames for {limits.idle_timeout:g} s; closing idle session"
+            )
+        else:
+            # time.monotonic() and the loop's clock are the same clock on CPython.
+            live.timer = asyncio.get_running_loop().call_at(
+                min(idle_at, end_at) + 0.001, self._arm_timer, live
+            )
+            return
+        live.timer = None
+        live.task.cancel()
+
+
+CLOSE_HANDSHAKE_TIMEOUT = 5.0
+
+
+async def _close(ws: web.WebSocketResponse, error: BidistreamError | None) -> None:
+    """Close with the error's code and reason; never wait forever on a peer that does not read."""
+    code = WSCloseCode.OK if error is None else wire_form(error).ws_close
+    reason = b"" if error is None else close_reason(error.message)
+    try:
+        async with asyncio.timeout(CLOSE_HANDSHAKE_TIMEOUT):
+            await ws.close(code=code, message=reason)
+    except (TimeoutError, ConnectionError):
+        pass

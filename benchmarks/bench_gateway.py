@@ -1,0 +1,289 @@
+"""The gateway against the raw-TCP relay floor, measured in one run.
+
+Three paths, same 64 B messages, same driver (``benchmarks.floor``):
+
+* relay floor: client → raw-TCP relay → raw-TCP echo (length-prefixed);
+* gateway: h2 client over TLS → ``bidistream gateway`` → ``bidistream serve echo``
+  (one HTTP/2 stream; each message a signed-envelope PayloadPart event, as the
+  official client sends it; each echo a PayloadPart event back);
+* direct: WebSocket client (picows) → ``bidistream serve echo``.
+
+The gateway runs as its own process pinned to CPU 1; client and instance share
+CPU 0 (as in the transport bench's relay prototype).  Reported: gateway CPU µs
+per relayed up+down pair, p50/p99, pairs/s, and gateway RSS per idle session
+with 1,000 sessions open.  Bars (from the issue, never loosened): ≤ 3× the relay
+floor's CPU per pair, added p50 ≤ 0.2 ms over direct, ≤ 32 KiB per idle session.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import platform
+import ssl
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import h2.connection
+import h2.events
+import h2.settings
+
+from benchmarks import floor
+
+RESULTS = Path(__file__).resolve().parent / "results"
+REPS = 3
+IDLE_SESSIONS = 1000
+STREAMS_PER_CONN = 100
+
+
+def _envelope(payload: bytes) -> bytes:
+    """What the official client sends for one UTF8 part (signature unchecked: SigV4 off)."""
+    import datetime
+
+    from smithy_aws_event_stream.events import EventMessage
+
+    inner = EventMessage(
+        headers={
+            ":message-type": "event",
+            ":event-type": "PayloadPart",
+            "DataType": "BINARY",
+            "CompletionState": "COMPLETE",
+            ":content-type": "application/octet-stream",
+        },
+        payload=payload,
+    ).encode()
+    return EventMessage(
+        headers={":date": datetime.datetime.now(datetime.UTC), ":chunk-signature": b"\0" * 32},
+        payload=inner,
+    ).encode()
+
+
+class _H2Client(asyncio.Protocol):
+    """Callback h2 client: counts complete response events on each stream."""
+
+    def __init__(self, on_event: Callable[[int], None]) -> None:
+        self.conn = h2.connection.H2Connection()
+        self.on_event = on_event
+        self.bufs: dict[int, bytearray] = {}
+        self.transport: asyncio.Transport | None = None
+        self.ready = asyncio.get_running_loop().create_future()
+        self.headers_seen: dict[int, asyncio.Future[None]] = {}
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
+        self.conn.initiate_connection()
+        self.conn.increment_flow_control_window(2**30)
+        self.transport.write(self.conn.data_to_send())  # type: ignore[union-attr]
+        self.ready.set_result(None)
+
+    def open(self, path: str) -> int:
+        sid = self.conn.get_next_available_stream_id()
+        self.bufs[sid] = bytearray()
+        self.headers_seen[sid] = asyncio.get_running_loop().create_future()
+        self.conn.send_headers(
+            sid,
+            [
+                (":method", "POST"),
+                (":scheme", "https"),
+                (":authority", "127.0.0.1"),
+                (":path", path),
+                ("content-type", "application/vnd.amazon.eventstream"),
+            ],
+        )
+        self.conn.increment_flow_control_window(2**24, sid)
+        self.flush()
+        return sid
+
+    def send(self, sid: int, data: bytes) -> None:
+        self.conn.send_data(sid, data)
+        self.transport.write(self.conn.data_to_send())  # type: ignore[union-attr]
+
+    def flush(self) -> None:
+        self.transport.write(self.conn.data_to_send())  # type: ignore[union-attr]
+
+    def data_received(self, data: bytes) -> None:
+        for ev in self.conn.receive_data(data):
+            if isinstance(ev, h2.events.DataReceived):
+                self.conn.acknowledge_received_data(ev.flow_controlled_length, ev.stream_id)
+                buf = self.bufs[ev.stream_id]
+                buf += ev.data
+                while len(buf) >= 4:
+                    n = int.from_bytes(buf[:4], "big")
+                    if len(buf) < n:
+                        break
+                    del buf[:n]
+                    self.on_event(ev.stream_id)
+            elif isinstance(ev, h2.events.ResponseReceived):
+                fut = self.headers_seen.get(ev.stream_id)
+                if fut is not None and not fut.done():
+                    fut.set_result(None)
+        data_out = self.conn.data_to_send()
+        if data_out:
+            self.transport.write(data_out)  # type: ignore[union-attr]
+
+
+def _tls(ca: Path) -> ssl.SSLContext:
+    ctx = ssl.create_default_context(cafile=str(ca))
+    ctx.set_alpn_protocols(["h2"])
+    return ctx
+
+
+async def measure_gateway(port: int, ca: Path, pids: list[int]) -> dict[str, float]:
+    loop = asyncio.get_running_loop()
+    drv = floor.Driver()
+    _, client = await loop.create_connection(
+        lambda: _H2Client(lambda _sid: drv.on_reply()), "127.0.0.1", port, ssl=_tls(ca)
+    )
+    await client.ready
+    sid = client.open("/endpoints/echo/invocations-bidirectional-stream?")
+    event = _envelope(b"x" * floor.MSG_SIZE)
+    drv.send = lambda: client.send(sid, event)
+    await asyncio.wait_for(client.headers_seen[sid], 10)
+    try:
+        result = await drv.latency()
+        result.update(await drv.throughput(floor.Meter(pids)))
+    finally:
+        client.transport.close()  # type: ignore[union-attr]
+    return result
+
+
+async def measure_direct(port: int, pids: list[int]) -> dict[str, float]:
+    import picows
+
+    drv = floor.Driver()
+
+    class L(picows.WSListener):  # type: ignore[misc]
+        def on_ws_frame(self, t: picows.WSTransport, f: picows.WSFrame) -> None:
+            if f.msg_type is picows.WSMsgType.BINARY:
+                drv.on_reply()
+
+    transport, _ = await picows.ws_connect(L, f"ws://127.0.0.1:{port}/invocations-bidirectional-stream")
+    msg = b"x" * floor.MSG_SIZE
+    drv.send = lambda: transport.send(picows.WSMsgType.BINARY, msg)
+    try:
+        result = await drv.latency()
+        result.update(await drv.throughput(floor.Meter(pids)))
+    finally:
+        transport.disconnect()
+    return result
+
+
+async def measure_idle(port: int, ca: Path, gw_pid: int, echo_port: int) -> dict[str, float]:
+    loop = asyncio.get_running_loop()
+    clients: list[_H2Client] = []
+    rss0 = floor.proc_rss_bytes(gw_pid)
+    opened = 0
+    began = time.perf_counter()
+    while opened < IDLE_SESSIONS:
+        _, c = await loop.create_connection(lambda: _H2Client(lambda _s: None), "127.0.0.1", port, ssl=_tls(ca))
+        await c.ready
+        clients.append(c)
+        sids = [c.open("/endpoints/echo/invocations-bidirectional-stream?") for _ in range(STREAMS_PER_CONN)]
+        await asyncio.wait_for(asyncio.gather(*(c.headers_seen[s] for s in sids)), 60)
+        opened += len(sids)
+    took = time.perf_counter() - began
+    await asyncio.sleep(1.5)
+    rss1 = floor.proc_rss_bytes(gw_pid)
+    for c in clients:
+        c.transport.close()  # type: ignore[union-attr]
+    return {
+        "idle_sessions": opened,
+        "gateway_kib_per_idle_session": (rss1 - rss0) / opened / 1024,
+        "open_sessions_per_s": opened / took,
+    }
+
+
+def _spawn_stack(tmp: Path) -> tuple[floor.Spawned, floor.Spawned]:
+    bin_dir = Path(sys.executable).parent
+    echo_port = floor.free_port()
+    echo = floor.spawn(
+        [str(bin_dir / "bidistream"), "serve", "echo", "--port", str(echo_port), "--max-sessions", "5000"],
+        echo_port,
+        cpu=floor.CLIENT_CPU,
+        log_path=tmp / "echo.log",
+    )
+    gw_port = floor.free_port()
+    try:
+        gw = floor.spawn(
+            [
+                str(bin_dir / "bidistream"),
+                "gateway",
+                "--port",
+                str(gw_port),
+                "--data-dir",
+                str(tmp / "gw"),
+                "--endpoint",
+                f"echo=http://127.0.0.1:{echo_port}",
+                "--log-level",
+                "warning",
+            ],
+            gw_port,
+            cpu=floor.SERVER_CPU,
+            log_path=tmp / "gateway.log",
+        )
+    except BaseException:
+        echo.stop()
+        raise
+    return echo, gw
+
+
+def run() -> dict[str, Any]:
+    floor.raise_nofile()
+    RESULTS.mkdir(exist_ok=True)
+    reps: list[dict[str, Any]] = []
+    with tempfile.TemporaryDirectory() as d:
+        tmp = Path(d)
+        echo, gw = _spawn_stack(tmp)
+        ca = tmp / "gw" / "ca.pem"
+        try:
+            for _ in range(REPS):
+                relay = floor.measure_relay_floor()
+                gwr = floor._run_pinned(lambda: measure_gateway(gw.port, ca, [gw.pid]))
+                direct = floor._run_pinned(lambda: measure_direct(echo.port, [echo.pid]))
+                reps.append({"relay_floor": relay, "gateway": gwr, "direct": direct})
+            idle = floor._run_pinned(lambda: measure_idle(gw.port, ca, gw.pid, echo.port))
+        finally:
+            gw.stop()
+            echo.stop()
+
+    def med(path: str, key: str) -> float:
+        return floor.median([r[path][key] for r in reps])
+
+    ratios = [r["gateway"]["server_cpu_us_per_msg"] / r["relay_floor"]["server_cpu_us_per_msg"] for r in reps]
+    cpu_ratio = floor.median(ratios)
+    added_p50 = med("gateway", "rtt_p50_us") - med("direct", "rtt_p50_us")
+    kib = idle["gateway_kib_per_idle_session"]
+    result: dict[str, Any] = {
+        "machine": {"python": platform.python_version(), "cpus": os.cpu_count()},
+        "relay_floor": {k: med("relay_floor", k) for k in reps[0]["relay_floor"]},
+        "gateway": {k: med("gateway", k) for k in reps[0]["gateway"]},
+        "direct": {k: med("direct", k) for k in reps[0]["direct"]},
+        "idle": idle,
+        "ratios": {
+            "gateway_cpu_per_pair_x_relay_floor": round(cpu_ratio, 2),
+            "added_p50_us_over_direct": round(added_p50, 1),
+            "gateway_kib_per_idle_session": round(kib, 1),
+        },
+        "bars": [
+            {"name": "gateway CPU per pair <= 3x relay floor", "value": cpu_ratio, "limit": 3.0,
+             "passed": cpu_ratio <= 3.0},
+            {"name": "added p50 <= 200 us over direct", "value": added_p50, "limit": 200.0,
+             "passed": added_p50 <= 200.0},
+            {"name": "gateway memory <= 32 KiB per idle session", "value": kib, "limit": 32.0,
+             "passed": kib <= 32.0},
+        ],
+        "reps": reps,
+    }
+    (RESULTS / "gateway.json").write_text(json.dumps(result, indent=2))
+    return result
+
+
+if __name__ == "__main__":
+    out = run()
+    print(json.dumps({"ratios": out["ratios"], "gateway": out["gateway"], "idle": out["idle"],
+                      "bars": out["bars"]}, indent=2))

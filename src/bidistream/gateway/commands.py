@@ -1,0 +1,198 @@
+"""``bidistream gateway``, ``bidistream env`` and ``bidistream invoke``."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import logging
+import os
+import shlex
+import signal
+import sys
+from pathlib import Path
+
+from bidistream import logs
+from bidistream.errors import BidistreamError
+
+DEFAULT_DATA_DIR = "~/.bidistream"
+
+
+def _endpoints(pairs: list[str]) -> dict[str, str]:
+    out: dict[str, str] = {}
+    for pair in pairs:
+        name, sep, url = pair.partition("=")
+        if not sep or not name or not url.startswith(("http://", "https://")):
+            raise SystemExit(f"bidistream gateway: --endpoint expects NAME=http://host:port, got {pair!r}")
+        out[name] = url
+    return out
+
+
+def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    from bidistream.gateway.limits import GatewayLimits
+
+    d = GatewayLimits()
+    gw = sub.add_parser(
+        "gateway",
+        help="run the front door (SageMaker runtime API over TLS, HTTP/2 and HTTP/1.1)",
+        description="Serve InvokeEndpointWithBidirectionalStream, InvokeEndpoint(+WithResponseStream) "
+        "and the WebSocket front door for the declared endpoints.",
+    )
+    gw.add_argument("--host", default="127.0.0.1")
+    gw.add_argument("--port", type=int, default=8443)
+    gw.add_argument("--data-dir", default=DEFAULT_DATA_DIR, help="holds the local CA and certificate")
+    gw.add_argument(
+        "--endpoint", action="append", default=[], metavar="NAME=URL", help="a running model server"
+    )
+    gw.add_argument("--credentials", default=None, metavar="AKID:SECRET", help="turn SigV4 checks on")
+    gw.add_argument("--lenient-query", action="store_true", help="accept '+' etc. in ModelQueryString")
+    gw.add_argument("--ping-interval", type=float, default=d.ping_interval)
+    gw.add_argument("--missed-pongs", type=int, default=d.missed_pongs)
+    gw.add_argument("--log-level", default="info")
+    gw.add_argument("--log-json", action="store_true")
+    gw.set_defaults(handler=run_gateway)
+
+    env = sub.add_parser("env", help="print the exports a client needs to reach the gateway")
+    env.add_argument("--host", default="127.0.0.1")
+    env.add_argument("--port", type=int, default=8443)
+    env.add_argument("--data-dir", default=DEFAULT_DATA_DIR)
+    env.add_argument("--region", default="us-east-1")
+    env.set_defaults(handler=print_env)
+
+    inv = sub.add_parser("invoke", help="stream stdin (or a file) to an endpoint and print the responses")
+    inv.add_argument("endpoint", metavar="ENDPOINT")
+    inv.add_argument("--path", default=None, help="model invocation path")
+    inv.add_argument("--query", default=None, help="model query string")
+    inv.add_argument("--file", default=None, help="read this file instead of stdin")
+    inv.add_argument("--binary", action="store_true", help="send BINARY parts (default: UTF8 lines)")
+    inv.add_argument("--chunk-bytes", type=int, default=0, help="binary chunk size (default 4096)")
+    inv.add_argument("--endpoint-url", default=None)
+    inv.add_argument("--data-dir", default=DEFAULT_DATA_DIR)
+    inv.set_defaults(handler=run_invoke)
+
+
+def env_lines(host: str, port: int, data_dir: Path, region: str) -> list[str]:
+    ca = data_dir / "ca.pem"
+    return [
+        f"export AWS_ENDPOINT_URL_SAGEMAKER_RUNTIME_HTTP2={shlex.quote(f'https://{host}:{port}')}",
+        f"export AWS_ENDPOINT_URL_SAGEMAKER_RUNTIME={shlex.quote(f'https://{host}:{port}')}",
+        f"export SSL_CERT_FILE={shlex.quote(str(ca))}",
+        f"export AWS_CA_BUNDLE={shlex.quote(str(ca))}",
+        f"export AWS_REGION={region}",
+        f"export AWS_DEFAULT_REGION={region}",
+        f"export AWS_ACCESS_KEY_ID={os.environ.get('AWS_ACCESS_KEY_ID', 'bidistream')}",
+        f"export AWS_SECRET_ACCESS_KEY={os.environ.get('AWS_SECRET_ACCESS_KEY', 'bidistream')}",
+    ]
+
+
+def print_env(args: argparse.Namespace) -> int:
+    from bidistream.gateway.tls import ensure_certificates
+
+    data_dir = Path(args.data_dir).expanduser()
+    ensure_certificates(data_dir)
+    print("\n".join(env_lines(args.host, args.port, data_dir, args.region)))
+    return 0
+
+
+def run_gateway(args: argparse.Namespace) -> int:
+    from bidistream.gateway.limits import GatewayLimits
+    from bidistream.gateway.server import Gateway
+    from bidistream.platform.routing import StaticRouter
+    from bidistream.sigv4 import CredentialStore
+
+    logs.configure(args.log_level, as_json=args.log_json)
+    # picows logs every instance connection at INFO: one line per session is noise.
+    logging.getLogger("picows").setLevel(logging.WARNING)
+    limits = GatewayLimits(
+        ping_interval=args.ping_interval, missed_pongs=args.missed_pongs, lenient_query=args.lenient_query
+    )
+    data_dir = Path(args.data_dir).expanduser()
+    gateway = Gateway(
+        StaticRouter(_endpoints(args.endpoint)),
+        host=args.host,
+        port=args.port,
+        data_dir=data_dir,
+        limits=limits,
+        credentials=CredentialStore.from_spec(args.credentials),
+    )
+
+    async def main() -> None:
+        await gateway.start()
+        print(f"gateway listening on {gateway.url}", flush=True)
+        print(f"export SSL_CERT_FILE={gateway.ca_path}", flush=True)
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, stop.set)
+        await stop.wait()
+        await gateway.stop()
+
+    _run(main())
+    return 0
+
+
+def _run(coro: object) -> None:
+    try:
+        import uvloop
+
+        uvloop.run(coro)  # type: ignore[arg-type]
+    except ImportError:
+        asyncio.run(coro)  # type: ignore[arg-type]
+
+
+def run_invoke(args: argparse.Namespace) -> int:
+    from bidistream.client import Client
+
+    data_dir = Path(args.data_dir).expanduser()
+    local_ca = data_dir / "ca.pem"
+    ca = str(local_ca) if local_ca.exists() else os.environ.get("SSL_CERT_FILE")
+    source = open(args.file, "rb") if args.file else sys.stdin.buffer  # noqa: SIM115
+    chunk = args.chunk_bytes or 4096
+    code = 0
+
+    async def main() -> None:
+        nonlocal code
+        async with (
+            Client(args.endpoint_url, ca_file=ca) as client,
+            client.session(args.endpoint, path=args.path, query=args.query) as s,
+        ):
+
+            async def feed() -> None:
+                loop = asyncio.get_running_loop()
+                while True:
+                    if args.binary or args.chunk_bytes:
+                        data = await loop.run_in_executor(None, source.read, chunk)
+                    else:
+                        data = await loop.run_in_executor(None, source.readline)
+                    if not data:
+                        break
+                    if args.binary:
+                        await s.send(data)
+                    else:
+                        text = data.decode("utf-8", "replace")
+                        await s.send(text.rstrip("\n") if not args.chunk_bytes else text)
+                await s.close_input()
+
+            sender = asyncio.create_task(feed())
+            try:
+                async for frame in s:
+                    if frame.is_text:
+                        sys.stdout.write(frame.as_text() + ("\n" if frame.complete else ""))
+                    else:
+                        sys.stdout.buffer.write(frame.data)
+                    sys.stdout.flush()
+                await sender
+            finally:
+                sender.cancel()
+                with contextlib.suppress(asyncio.CancelledError, Exception):
+                    await sender
+
+    try:
+        asyncio.run(main())
+    except BidistreamError as exc:
+        print(f"bidistream invoke: {exc.code}: {exc.message}", file=sys.stderr)
+        code = 1
+    finally:
+        if args.file:
+            source.close()
+    return code

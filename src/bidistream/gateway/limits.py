@@ -1,0 +1,43 @@
+"""Named limits of the gateway, with safe defaults (each one a security or latency bound)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from bidistream.eventstream import MAX_EVENT_SIZE
+
+KiB = 1024
+MiB = 1024 * KiB
+
+
+@dataclass(frozen=True, slots=True)
+class GatewayLimits:
+    # SageMaker's sidecar pings every 60 s and gives up after 5 unanswered pings.
+    ping_interval: float = 60.0
+    missed_pongs: int = 5
+    # Largest request event (envelope included); above it the session ends with
+    # ModelStreamError and the client's stream is refused.
+    max_event_size: int = MAX_EVENT_SIZE
+    # HTTP/2 receive window per stream.  Data is acknowledged only once it has
+    # been written to the instance, so this bounds what one session can buffer.
+    stream_window: int = 1 * MiB
+    # Outbound bytes queued per session (either direction) before reads from the
+    # other side are paused.  Resumed below a quarter of it.
+    high_water: int = 1 * MiB
+    # Concurrent HTTP/2 streams per client connection.
+    max_streams: int = 10_000
+    # Time to open the WebSocket to the instance (the contract gives the accept 250 ms;
+    # connect time on a busy host comes on top).
+    connect_timeout: float = 10.0
+    # After the client ends its input, how long the instance gets to finish and close.
+    close_timeout: float = 30.0
+    # InvokeEndpoint: 6 MB body (API limit) and 60 s per call.
+    max_invoke_body: int = 6 * 1000 * 1000
+    invoke_timeout: float = 60.0
+    # Largest HTTP/1.1 request head.
+    max_head: int = 64 * KiB
+    # Accept `+` and other forms real Deepgram URLs use in ModelQueryString.
+    lenient_query: bool = False
+    # picows' read buffer per instance connection; grows on demand.  Small keeps
+    # idle sessions cheap (the default 16 KiB dominates an idle session's memory).
+    ws_read_buffer: int = 2 * KiB

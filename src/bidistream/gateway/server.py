@@ -1,0 +1,245 @@
+"""The gateway: SageMaker's runtime API (and the control API's door) on one TLS port.
+
+API for whoever wires it (platform, CLI, tests)::
+
+    from bidistream.gateway.server import Gateway
+    from bidistream.gateway.limits import GatewayLimits
+
+    gw = Gateway(
+        router,                     # bidistream.platform.routing.Router
+        control_plane=None,         # object with
+                                    #   async def handle(target: str, body: bytes,
+                                    #                    headers: Mapping[str, str])
+                                    #       -> tuple[int, dict[str, str], bytes]
+                                    # target is the X-Amz-Target op name after "SageMaker."
+        host="127.0.0.1",
+        port=8443,                  # 0 picks a free port; read gw.port after start()
+        data_dir=Path("~/.bidistream").expanduser(),  # CA + server cert live here
+        limits=GatewayLimits(),     # ping interval, missed pongs, windows, timeouts...
+        credentials=None,           # bidistream.sigv4.CredentialStore; None = from env
+    )
+    await gw.start()
+    gw.port, gw.ca_path, gw.url     # e.g. 8443, <data_dir>/ca.pem, "https://127.0.0.1:8443"
+    await gw.stop()
+
+One TLS listener, ALPN decides the protocol per connection: ``h2`` goes to
+:class:`~bidistream.gateway.h2front.H2Protocol` (bidi streams, and any other
+request), ``http/1.1`` (or no ALPN) to
+:class:`~bidistream.gateway.h1front.H1Protocol` (boto3, WebSocket upgrades).
+Both call :meth:`Gateway.handle_http` for ordinary requests:
+
+* ``POST /`` with ``X-Amz-Target: SageMaker.<Op>`` → ``control_plane.handle``
+  (without a control plane: 400 ``UnknownOperationException``, as AWS answers);
+* ``POST /endpoints/{name}/invocations`` → InvokeEndpoint;
+* ``POST /endpoints/{name}/invocations-response-stream`` → InvokeEndpointWithResponseStream;
+* ``GET /ping`` → 200.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import ssl
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any, Protocol, cast
+
+import aiohttp
+
+from bidistream.errors import BidistreamError, InternalError, NotFoundError
+from bidistream.gateway.bridge import PingTicker
+from bidistream.gateway.h1front import H1Protocol
+from bidistream.gateway.h2front import H2Protocol
+from bidistream.gateway.http import Api, HttpResponse, error_response, new_request_id
+from bidistream.gateway.limits import GatewayLimits
+from bidistream.gateway.runtime import invoke_endpoint
+from bidistream.gateway.tls import TLSFiles, ensure_certificates, server_context
+from bidistream.gateway.wsfront import WsFrontDoor
+from bidistream.platform.routing import Router
+from bidistream.sigv4 import CredentialStore, verify_request
+
+__all__ = ["DEFAULT_DATA_DIR", "ControlPlane", "Gateway"]
+
+log = logging.getLogger("bidistream.gateway")
+
+DEFAULT_DATA_DIR = Path("~/.bidistream").expanduser()
+_INVOKE = "/invocations"
+_STREAM = "/invocations-response-stream"
+
+
+class ControlPlane(Protocol):
+    async def handle(
+        self, target: str, body: bytes, headers: Mapping[str, str]
+    ) -> tuple[int, dict[str, str], bytes]: ...
+
+
+class _AlpnSwitch(asyncio.Protocol):
+    """Picks the protocol once TLS is up (asyncio calls connection_made after the handshake)."""
+
+    def __init__(self, gateway: Gateway) -> None:
+        self.gateway = gateway
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        transport = cast(asyncio.Transport, transport)  # uvloop's is no subclass
+        ssl_obj = transport.get_extra_info("ssl_object")
+        alpn = ssl_obj.selected_alpn_protocol() if ssl_obj is not None else None
+        proto: asyncio.Protocol = H2Protocol(self.gateway) if alpn == "h2" else H1Protocol(self.gateway)
+        transport.set_protocol(proto)
+        proto.connection_made(transport)
+
+
+class Gateway:
+    def __init__(
+        self,
+        router: Router,
+        control_plane: ControlPlane | None = None,
+        host: str = "127.0.0.1",
+        port: int = 8443,
+        data_dir: Path = DEFAULT_DATA_DIR,
+        limits: GatewayLimits | None = None,
+        credentials: CredentialStore | None = None,
+    ) -> None:
+        self.router = router
+        self.control_plane = control_plane
+        self.host = host
+        self.port = port
+        self.data_dir = Path(data_dir)
+        self.limits = limits or GatewayLimits()
+        self.credentials = credentials if credentials is not None else CredentialStore.from_spec(None)
+        # Every open client connection (HTTP/2, HTTP/1.1, WebSocket), closed on stop().
+        self.connections: set[Any] = set()
+        self.ws_front = WsFrontDoor(self)
+        self.tls: TLSFiles | None = None
+        self.ticker: PingTicker | None = None
+        self._server: asyncio.Server | None = None
+        self._http: aiohttp.ClientSession | None = None
+
+    @property
+    def ca_path(self) -> Path:
+        return self.data_dir / "ca.pem"
+
+    @property
+    def url(self) -> str:
+        return f"https://{self.host}:{self.port}"
+
+    @property
+    def live_sessions(self) -> int:
+        return len(self.ticker) if self.ticker is not None else 0
+
+    async def start(self) -> None:
+        self.tls = ensure_certificates(self.data_dir)
+        ctx: ssl.SSLContext = server_context(self.tls)
+        self.ticker = PingTicker(self.limits.ping_interval, self.limits.missed_pongs)
+        self._http = aiohttp.ClientSession(
+            connector=aiohttp.TCPConnector(limit=0, ttl_dns_cache=300), auto_decompress=False
+        )
+        loop = asyncio.get_running_loop()
+        self._server = await loop.create_server(
+            lambda: _AlpnSwitch(self), self.host, self.port, ssl=ctx, backlog=4096
+        )
+        self.port = self._server.sockets[0].getsockname()[1]
+        log.info("gateway listening on %s (CA %s)", self.url, self.ca_path)
+
+    async def stop(self) -> None:
+        if self._server is not None:
+            self._server.close()
+        for conn in list(self.connections):
+            conn.close_gracefully()
+        if self.connections:
+            # A TLS close waits for the peer's close_notify; idle keep-alive clients
+            # (boto3's pool) may never send it.
+            await asyncio.sleep(0.1)
+            for conn in list(self.connections):
+                if conn.transport is not None:
+                    conn.transport.abort()
+        if self.ticker is not None:
+            await self.ticker.stop()
+        if self._http is not None:
+            await self._http.close()
+            self._http = None
+        if self._server is not None:
+            with contextlib.suppress(Exception):
+                async with asyncio.timeout(2):
+                    await self._server.wait_closed()
+            self._server = None
+
+    async def serve_forever(self) -> None:
+        assert self._server is not None
+        await self._server.serve_forever()
+
+    # ------------------------------------------------------------------ ordinary requests
+    async def handle_http(
+        self, method: str, path: str, query: str, headers: dict[str, str], body: bytes
+    ) -> HttpResponse:
+        try:
+            return await self._route(method, path, query, headers, body)
+        except BidistreamError as exc:
+            return error_response(exc, Api.RUNTIME)
+        except Exception as exc:
+            log.exception("request %s %s failed", method, path)
+            return error_response(InternalError(f"gateway error: {type(exc).__name__}"), Api.RUNTIME)
+
+    async def _route(
+        self, method: str, path: str, query: str, headers: dict[str, str], body: bytes
+    ) -> HttpResponse:
+        if method == "GET" and path == "/ping":
+            return HttpResponse(200, [("content-type", "text/plain")], b"ok\n")
+        if method == "POST" and path == "/" and "x-amz-target" in headers:
+            return await self._control(headers, body)
+        if method == "POST" and path.startswith("/endpoints/"):
+            stream = path.endswith(_STREAM)
+            if stream or path.endswith(_INVOKE):
+                endpoint = path[len("/endpoints/") : -len(_STREAM if stream else _INVOKE)]
+                if self.credentials.enabled:
+                    self._verify(method, path, query, headers, body)
+                assert self._http is not None
+                return await invoke_endpoint(
+                    self._http, self.router, self.limits, endpoint, headers, body, stream=stream
+                )
+        raise NotFoundError(f"no operation at {method} {path}")
+
+    def _verify(self, method: str, path: str, query: str, headers: dict[str, str], body: bytes) -> None:
+        h = dict(headers)
+        if "host" not in h and ":authority" in h:
+            h["host"] = h[":authority"]
+        verify_request(self.credentials, method, path, query, h, body)
+
+    async def _control(self, headers: dict[str, str], body: bytes) -> HttpResponse:
+        target = headers["x-amz-target"]
+        op = target.partition(".")[2] or target
+        rid = new_request_id()
+        if self.credentials.enabled:
+            try:
+                self._verify("POST", "/", "", headers, body)
+            except BidistreamError as exc:
+                return _json(400, {"__type": "UnrecognizedClientException", "message": exc.message}, rid)
+        if self.control_plane is None:
+            return _json(
+                400,
+                {"__type": "UnknownOperationException", "message": f"Unknown operation {target}"},
+                rid,
+            )
+        status, out_headers, out_body = await self.control_plane.handle(op, body, headers)
+        hdrs = [(k.lower(), v) for k, v in out_headers.items()]
+        if not any(k == "x-amzn-requestid" for k, _ in hdrs):
+            hdrs.append(("x-amzn-requestid", rid))
+        if not any(k == "content-type" for k, _ in hdrs):
+            hdrs.append(("content-type", "application/x-amz-json-1.1"))
+        hdrs = [(k, v) for k, v in hdrs if k != "content-length"]
+        hdrs.append(("content-length", str(len(out_body))))
+        return HttpResponse(status, hdrs, out_body)
+
+
+def _json(status: int, body: dict[str, Any], rid: str) -> HttpResponse:
+    data = json.dumps(body).encode()
+    return HttpResponse(
+        status,
+        [
+            ("content-type", "application/x-amz-json-1.1"),
+            ("x-amzn-requestid", rid),
+            ("content-length", str(len(data))),
+        ],
+        data,
+    )

@@ -1,0 +1,327 @@
+"""Speech-to-text engines behind one small interface.
+
+An engine turns whole utterances (16 kHz mono float32) into transcripts, a
+batch at a time.  Taking a batch is what lets the scheduler put utterances
+from different sessions into one CTranslate2 call: Whisper pads every input
+to a 30 s window, so one decode costs about the same whatever its length and
+a batch of N costs much less than N single calls.
+
+Engines are blocking and thread-safe for concurrent ``decode`` calls up to the
+``parallelism`` they were built with; the scheduler runs them in a thread pool.
+"""
+
+from __future__ import annotations
+
+import abc
+import os
+import re
+import threading
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
+
+import numpy as np
+
+from bidistream.models.speech.weights import WeightsSpec
+
+__all__ = [
+    "SAMPLE_RATE",
+    "Engine",
+    "PocketsphinxEngine",
+    "Transcript",
+    "WhisperEngine",
+    "Word",
+]
+
+SAMPLE_RATE = 16000
+
+_WORD_CHARS = re.compile(r"[^\w']+", re.UNICODE)
+
+
+@dataclass(frozen=True, slots=True)
+class Word:
+    """One recognised word; times in seconds from the start of the decoded audio."""
+
+    word: str
+    start: float
+    end: float
+    confidence: float
+    punctuated_word: str
+
+
+@dataclass(frozen=True, slots=True)
+class Transcript:
+    text: str
+    confidence: float
+    words: tuple[Word, ...] = field(default=())
+
+    @classmethod
+    def empty(cls) -> Transcript:
+        return cls("", 0.0, ())
+
+
+def clamp_start(transcript: Transcript, onset: float) -> Transcript:
+    """Move word starts that precede the VAD onset up to it.
+
+    Whisper's alignment tends to start the first word at 0 s, i.e. inside the
+    preroll kept before the onset; the VAD knows better where speech began.
+    """
+    if not transcript.words or transcript.words[0].start >= onset:
+        return transcript
+    words = tuple(
+        Word(
+            w.word,
+            round(min(max(w.start, onset), max(w.end - 0.02, w.start)), 3),
+            w.end,
+            w.confidence,
+            w.punctuated_word,
+        )
+        for w in transcript.words
+    )
+    return Transcript(transcript.text, transcript.confidence, words)
+
+
+def plain_word(token: str) -> str:
+    """Deepgram's ``word``: lower case without punctuation (``punctuated_word`` keeps it)."""
+    return _WORD_CHARS.sub("", token).lower()
+
+
+class Engine(abc.ABC):
+    """One loaded model.  ``name``/``version``/``arch`` feed Deepgram's ``model_info``."""
+
+    name: ClassVar[str] = "engine"
+    arch: ClassVar[str] = "engine"
+    version: str = "1"
+
+    @abc.abstractmethod
+    def decode(self, batch: Sequence[np.ndarray], *, final: bool) -> list[Transcript]:
+        """Transcribe each utterance.  ``final`` asks for word timings and the best search."""
+
+    @property
+    def max_batch(self) -> int:
+        return 1
+
+
+class WhisperEngine(Engine):
+    """Whisper on faster-whisper / CTranslate2 (int8 on CPU).
+
+    Interims: greedy, no timestamps, no word alignment (the cheapest decode).
+    Finals: ``beam_size`` search plus CTranslate2's cross-attention alignment
+    for word timings and per-word probabilities.  Both take batches.
+    """
+
+    name = "whisper"
+    arch = "whisper"
+
+    def __init__(
+        self,
+        weights: WeightsSpec,
+        *,
+        label: str,
+        parallelism: int = 1,
+        cpu_threads: int = 1,
+        beam_size: int = 5,
+        compute_type: str = "int8",
+        batch_limit: int = 8,
+        window_pad: float | None = 1.0,
+        min_window: float = 10.0,
+    ) -> None:
+        os.environ.setdefault("HF_HUB_OFFLINE", "1")
+        from faster_whisper import WhisperModel
+        from faster_whisper.tokenizer import Tokenizer
+
+        self.label = label
+        self.version = label
+        self.beam_size = beam_size
+        self._batch_limit = batch_limit
+        # Encoder window: None pads every input to Whisper's 30 s; a number pads to the
+        # audio plus that many seconds (rounded up to 1 s), cutting encoder cost 3-6x.
+        self.window_pad = window_pad
+        # Below ~10 s of context Whisper starts looping ("Goodbye Goodbye ..."), measured.
+        self.min_window = min_window
+        self.model = WhisperModel(
+            str(weights.path),
+            device="cpu",
+            compute_type=compute_type,
+            cpu_threads=cpu_threads,
+            num_workers=parallelism,
+            local_files_only=True,
+        )
+        multilingual = bool(self.model.model.is_multilingual)
+        self.tokenizer = Tokenizer(
+            self.model.hf_tokenizer, multilingual, task="transcribe", language="en" if multilingual else None
+        )
+        self._prompt_interim = self.model.get_prompt(self.tokenizer, [], without_timestamps=True)
+        self._suppress = [-1]
+        self._lock = threading.Lock()
+
+    @property
+    def max_batch(self) -> int:
+        return self._batch_limit
+
+    def _max_length(self, frames: int) -> int:
+        # Speech runs at most ~6 tokens per second; a bound proportional to the audio
+        # stops a looping decode early instead of running to 448 tokens.
+        return min(self.model.max_length, len(self._prompt_interim) + 16 + int(frames / 100 * 8))
+
+    def _window(self, frames: int) -> int:
+        if self.window_pad is None:
+            return 3000
+        want = max(frames + int(self.window_pad * 100), int(self.min_window * 100))
+        return min(3000, -(-want // 100) * 100)
+
+    def decode(self, batch: Sequence[np.ndarray], *, final: bool) -> list[Transcript]:
+        from faster_whisper.audio import pad_or_trim
+
+        if not batch:
+            return []
+        feats = [self.model.feature_extractor(a) for a in batch]
+        num_frames = [min(int(f.shape[-1]), 3000) for f in feats]
+        window = self._window(max(num_frames))
+        features = np.stack([pad_or_trim(f, window) for f in feats]).astype(np.float32)
+        encoder_output = self.model.encode(features)
+        results = self.model.model.generate(
+            encoder_output,
+            [list(self._prompt_interim) for _ in batch],
+            beam_size=self.beam_size if final else 1,
+            max_length=self._max_length(max(num_frames)),
+            suppress_blank=True,
+            suppress_tokens=self._suppress,
+            return_scores=True,
+            return_no_speech_prob=True,
+        )
+        eot = self.tokenizer.eot
+        tokens = [[t for t in r.sequences_ids[0] if t < eot] for r in results]
+        out: list[Transcript] = []
+        if not final:
+            for r, toks in zip(results, tokens, strict=True):
+                out.append(self._transcript(r, toks, None))
+            return out
+        alignable = [i for i, t in enumerate(tokens) if t]
+        alignments: dict[int, list[dict[str, Any]]] = {}
+        if alignable:
+            import ctranslate2
+
+            sub = encoder_output
+            if len(alignable) != len(batch):
+                sub_np = np.stack([features[i] for i in alignable])
+                sub = self.model.encode(sub_np)
+            else:
+                sub = encoder_output
+            assert isinstance(sub, ctranslate2.StorageView)
+            aligned = self.model.find_alignment(
+                self.tokenizer, [tokens[i] for i in alignable], sub, [num_frames[i] for i in alignable]
+            )
+            for i, words in zip(alignable, aligned, strict=True):
+                alignments[i] = words
+        for i, (r, toks) in enumerate(zip(results, tokens, strict=True)):
+            out.append(self._transcript(r, toks, alignments.get(i, [])))
+        return out
+
+    def _transcript(
+        self, result: Any, tokens: list[int], alignment: list[dict[str, Any]] | None
+    ) -> Transcript:
+        from faster_whisper.transcribe import merge_punctuations
+
+        text = self.tokenizer.decode(tokens).strip()
+        no_speech = float(getattr(result, "no_speech_prob", 0.0))
+        score = float(result.scores[0]) if result.scores else 0.0
+        # scores are length-normalised log-probabilities
+        confidence = float(np.exp(min(score, 0.0)))
+        if not text or (no_speech > 0.6 and score < -1.0):
+            return Transcript.empty()
+        if alignment is None:
+            return Transcript(text, round(confidence, 4), ())
+        merge_punctuations(alignment, "\"'“¿([{-", "\"'.。,，!！?？:：”)]}、")
+        words: list[Word] = []
+        for item in alignment:
+            token = str(item["word"]).strip()
+            plain = plain_word(token)
+            if not plain:
+                continue
+            words.append(
+                Word(
+                    word=plain,
+                    start=round(float(item["start"]), 3),
+                    end=round(float(item["end"]), 3),
+                    confidence=round(float(item["probability"]), 4),
+                    punctuated_word=token,
+                )
+            )
+        if words:
+            confidence = float(np.mean([w.confidence for w in words]))
+        return Transcript(text, round(confidence, 4), tuple(words))
+
+
+class PocketsphinxEngine(Engine):
+    """CMU pocketsphinx with the en-us model its wheel ships: cheap, weak, deterministic.
+
+    Decoders cost ~90 MB each and are not thread-safe, so a small pool is kept
+    (one per parallel slot); each utterance starts from fresh feature and CMN
+    state so nothing leaks between sessions.
+    """
+
+    name = "pocketsphinx"
+    arch = "pocketsphinx"
+    version = "5.1.1"
+
+    def __init__(self, *, parallelism: int = 1) -> None:
+        from pocketsphinx import Decoder
+
+        self._pool: list[Any] = []
+        self._cmn0: list[str] = []
+        for _ in range(max(1, parallelism)):
+            dec = Decoder(samprate=SAMPLE_RATE, loglevel="ERROR")
+            self._pool.append(dec)
+            self._cmn0.append(dec.get_cmn())
+        self._free = list(range(len(self._pool)))
+        self._cond = threading.Condition()
+
+    def _acquire(self) -> int:
+        with self._cond:
+            while not self._free:
+                self._cond.wait()
+            return self._free.pop()
+
+    def _release(self, idx: int) -> None:
+        with self._cond:
+            self._free.append(idx)
+            self._cond.notify()
+
+    def decode(self, batch: Sequence[np.ndarray], *, final: bool) -> list[Transcript]:
+        return [self._decode_one(a, final) for a in batch]
+
+    def _decode_one(self, audio: np.ndarray, final: bool) -> Transcript:
+        pcm = (np.clip(audio, -1.0, 1.0) * 32767.0).astype("<i2").tobytes()
+        idx = self._acquire()
+        dec = self._pool[idx]
+        try:
+            dec.reinit_feat()
+            dec.set_cmn(self._cmn0[idx])
+            dec.start_utt()
+            dec.process_raw(pcm, full_utt=final)
+            dec.end_utt()
+            hyp = dec.hyp()
+            if hyp is None or not hyp.hypstr:
+                return Transcript.empty()
+            words: list[Word] = []
+            if final:
+                for seg in dec.seg():
+                    token = seg.word
+                    if token.startswith(("<", "[")):
+                        continue
+                    token = token.split("(")[0]
+                    words.append(
+                        Word(
+                            word=token,
+                            start=round(seg.start_frame / 100, 3),
+                            end=round((seg.end_frame + 1) / 100, 3),
+                            confidence=round(float(seg.prob), 4),
+                            punctuated_word=token,
+                        )
+                    )
+            text = " ".join(w.word for w in words) if final else hyp.hypstr
+            conf = float(np.mean([w.confidence for w in words])) if words else 0.5
+            return Transcript(text, round(conf, 4), tuple(words))
+        finally:
+            self._release(idx)

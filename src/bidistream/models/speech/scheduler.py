@@ -1,0 +1,132 @@
+"""The bounded decode scheduler shared by every session of one engine.
+
+Why a scheduler: a Whisper decode costs ~0.1-0.5 s of CPU whatever the
+utterance length, so N sessions decoding one by one fall behind real time
+long before the CPU is busy.  Jobs that wait are merged into one engine call
+(cross-session batching); at most ``slots`` calls run at once (the core
+count), so decodes never oversubscribe the CPU.  Finals go before interims,
+and nothing waiting is ever dropped: a session that is still waiting for an
+interim simply does not ask for another, which stretches its interim
+interval under load instead of falling behind.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import time
+from collections import deque
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from bidistream.errors import ModelError
+from bidistream.models.speech.engines import Engine, Transcript
+
+__all__ = ["DecodeScheduler", "SchedulerStats"]
+
+
+@dataclass(slots=True)
+class _Job:
+    audio: np.ndarray
+    final: bool
+    future: asyncio.Future[Transcript]
+    queued: float = field(default_factory=time.monotonic)
+
+
+@dataclass(slots=True)
+class SchedulerStats:
+    calls: int = 0
+    jobs: int = 0
+    max_batch_seen: int = 0
+    busy_seconds: float = 0.0
+    wait_seconds: float = 0.0
+
+    @property
+    def mean_batch(self) -> float:
+        return self.jobs / self.calls if self.calls else 0.0
+
+
+class DecodeScheduler:
+    def __init__(
+        self,
+        engine: Engine,
+        *,
+        slots: int | None = None,
+        batching: bool = True,
+        max_batch: int | None = None,
+    ) -> None:
+        self.engine = engine
+        self.slots = max(1, slots or os.cpu_count() or 1)
+        self.batching = batching
+        self.max_batch = max(1, min(max_batch or engine.max_batch, engine.max_batch)) if batching else 1
+        self._finals: deque[_Job] = deque()
+        self._interims: deque[_Job] = deque()
+        self._running = 0
+        self._executor = ThreadPoolExecutor(max_workers=self.slots, thread_name_prefix="speech-decode")
+        self.stats = SchedulerStats()
+
+    @property
+    def pending(self) -> int:
+        return len(self._finals) + len(self._interims)
+
+    @property
+    def busy(self) -> bool:
+        return self._running >= self.slots
+
+    async def decode(self, audio: np.ndarray, *, final: bool) -> Transcript:
+        loop = asyncio.get_running_loop()
+        job = _Job(audio, final, loop.create_future())
+        (self._finals if final else self._interims).append(job)
+        self._dispatch()
+        return await job.future
+
+    def _take(self) -> list[_Job]:
+        queue = self._finals if self._finals else self._interims
+        batch: list[_Job] = []
+        while queue and len(batch) < self.max_batch:
+            job = queue.popleft()
+            if job.future.cancelled():
+                continue
+            batch.append(job)
+        return batch
+
+    def _dispatch(self) -> None:
+        while self._running < self.slots and self.pending:
+            batch = self._take()
+            if not batch:
+                continue
+            self._running += 1
+            asyncio.get_running_loop().create_task(self._run(batch))
+
+    async def _run(self, batch: list[_Job]) -> None:
+        loop = asyncio.get_running_loop()
+        began = time.monotonic()
+        for job in batch:
+            self.stats.wait_seconds += began - job.queued
+        try:
+            final = batch[0].final
+            results = await loop.run_in_executor(
+                self._executor, lambda: self.engine.decode([j.audio for j in batch], final=final)
+            )
+        except Exception as exc:
+            err = ModelError(f"speech decode failed: {type(exc).__name__}: {exc}")
+            err.__cause__ = exc
+            for job in batch:
+                if not job.future.done():
+                    job.future.set_exception(err)
+        else:
+            for job, result in zip(batch, results, strict=True):
+                if not job.future.done():
+                    job.future.set_result(result)
+        finally:
+            self.stats.calls += 1
+            self.stats.jobs += len(batch)
+            self.stats.max_batch_seen = max(self.stats.max_batch_seen, len(batch))
+            self.stats.busy_seconds += time.monotonic() - began
+            self._running -= 1
+            self._dispatch()
+
+    def close(self) -> None:
+        self._executor.shutdown(wait=False, cancel_futures=True)

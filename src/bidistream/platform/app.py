@@ -1,0 +1,75 @@
+"""One call that wires the platform for the gateway: store + runtime + manager + control API.
+
+The gateway only needs ``platform.router`` (where sessions go) and
+``platform.control_plane`` (what answers ``X-Amz-Target: SageMaker.*``), and
+to ``await start()`` / ``await stop()`` around its own lifetime.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from bidistream.errors import InputValidationError
+from bidistream.platform.balancer import PlatformRouter
+from bidistream.platform.control_api import ControlApi, ControlLimits
+from bidistream.platform.manager import EndpointManager, ManagerLimits
+from bidistream.platform.runtimes import Runtime
+from bidistream.platform.store import Store
+
+__all__ = ["Platform", "build_platform"]
+
+STORE_FILE = "bidistream.sqlite3"
+
+
+@dataclass(eq=False)
+class Platform:
+    store: Store
+    runtime: Runtime
+    manager: EndpointManager
+    control_plane: ControlApi
+    data_dir: Path
+
+    @property
+    def router(self) -> PlatformRouter:
+        return self.manager.router
+
+    async def start(self) -> None:
+        """Bring back the endpoints the store says were running."""
+        await self.manager.start()
+
+    async def stop(self) -> None:
+        """Stop every instance (records stay, so the next start brings them back)."""
+        try:
+            await self.manager.stop()
+        finally:
+            self.store.close()
+
+
+def build_platform(
+    data_dir: Path | str,
+    runtime: str = "process",
+    ray_address: str | None = None,
+    *,
+    manager_limits: ManagerLimits | None = None,
+    control_limits: ControlLimits | None = None,
+    ray_resources: dict[str, dict[str, float]] | None = None,
+) -> Platform:
+    """Build (not start) the platform on ``data_dir`` with the ``process`` or ``ray`` runtime."""
+    data = Path(data_dir)
+    data.mkdir(parents=True, exist_ok=True)
+    chosen: Runtime
+    if runtime == "process":
+        from bidistream.platform.runtimes.process import ProcessRuntime
+
+        chosen = ProcessRuntime()
+    elif runtime == "ray":
+        from bidistream.platform.runtimes.ray import RayRuntime
+
+        chosen = RayRuntime(address=ray_address, resources=ray_resources, data_dir=data)
+    else:
+        raise InputValidationError(f"unknown runtime {runtime!r}: use 'process' or 'ray'")
+    store = Store(data / STORE_FILE)
+    manager = EndpointManager(store, chosen, data, manager_limits)
+    control = ControlApi(store, manager, limits=control_limits)
+    return Platform(store, chosen, manager, control, data)

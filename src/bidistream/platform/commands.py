@@ -1,0 +1,278 @@
+"""``bidistream run`` (the main job) and ``bidistream endpoints`` (what runs, as a table)."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import json
+import signal
+import sys
+import time
+from pathlib import Path
+
+from bidistream import logs
+from bidistream.errors import BidistreamError
+
+DEFAULT_DATA_DIR = Path(".bidistream")
+# Built-in endpoints `run` creates when missing: endpoint name → image (speech
+# only once its model ships in this build).
+BUILTIN_ENDPOINTS: dict[str, str] = {
+    "echo": "bidistream/echo",
+    "words": "bidistream/words",
+    "speech": "bidistream/speech",
+}
+
+
+def default_builtins() -> str:
+    from bidistream.platform.images import builtin_available
+
+    return ",".join(name for name in BUILTIN_ENDPOINTS if builtin_available(name))
+
+
+def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    run = sub.add_parser(
+        "run",
+        help="start the gateway with the built-in endpoints (echo, words)",
+        description="Start the gateway (TLS, HTTP/2 + HTTP/1.1) with the process runtime, create the "
+        "built-in endpoints through the control plane if they are missing, and print how to invoke them.",
+    )
+    run.add_argument("--host", default="127.0.0.1")
+    run.add_argument("--port", type=int, default=8080)
+    run.add_argument("--data-dir", type=Path, default=DEFAULT_DATA_DIR)
+    run.add_argument("--runtime", choices=("process", "ray"), default="process")
+    run.add_argument("--ray-address", default=None)
+    run.add_argument(
+        "--builtins",
+        default=None,
+        metavar="NAMES",
+        help="comma-separated built-ins to create if missing (default: all in this build; '' for none)",
+    )
+    run.add_argument("--credentials", default=None, metavar="AKID:SECRET", help="turn SigV4 checks on")
+    run.add_argument("--log-level", default="info")
+    run.set_defaults(handler=_run)
+
+    endpoints = sub.add_parser(
+        "endpoints",
+        help="list endpoints, variants, instances, live sessions and status",
+        description="Read the data dir's store and print one row per instance (a running gateway "
+        "refreshes live sessions every second).",
+    )
+    endpoints.add_argument("--data-dir", type=Path, default=DEFAULT_DATA_DIR)
+    endpoints.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    endpoints.set_defaults(handler=_endpoints)
+
+
+def _run(args: argparse.Namespace) -> int:
+    logs.configure(args.log_level)
+    args.data_dir = Path(args.data_dir).resolve()
+    try:
+        return asyncio.run(run_main(args))
+    except BidistreamError as exc:
+        print(f"bidistream run: {exc}", file=sys.stderr)
+        return 2
+
+
+async def ensure_builtin_endpoints(platform: object, names: dict[str, str]) -> list[str]:
+    """Create model, config and endpoint for each built-in through the control plane
+    (the same calls boto3 makes), skipping what exists.  Returns the names created."""
+    from bidistream.platform.app import Platform
+
+    assert isinstance(platform, Platform)
+    api = platform.control_plane
+    created = []
+
+    def call(op: str, **params: object) -> tuple[int, dict[str, object]]:
+        status, _, body = api.dispatch(op, json.dumps(params).encode(), {})
+        return status, json.loads(body)
+
+    for name, image in names.items():
+        if call("DescribeEndpoint", EndpointName=name)[0] == 200:
+            continue
+        if call("DescribeModel", ModelName=name)[0] != 200:
+            status, body = call("CreateModel", ModelName=name, PrimaryContainer={"Image": image})
+            if status != 200:
+                raise BidistreamError(f"cannot create model {name}: {body.get('message')}")
+        if call("DescribeEndpointConfig", EndpointConfigName=name)[0] != 200:
+            variant = {
+                "VariantName": "AllTraffic",
+                "ModelName": name,
+                "InitialInstanceCount": 1,
+                "InstanceType": "ml.m5.large",
+            }
+            status, body = call("CreateEndpointConfig", EndpointConfigName=name, ProductionVariants=[variant])
+            if status != 200:
+                raise BidistreamError(f"cannot create endpoint config {name}: {body.get('message')}")
+        status, body = call("CreateEndpoint", EndpointName=name, EndpointConfigName=name)
+        if status != 200:
+            raise BidistreamError(f"cannot create endpoint {name}: {body.get('message')}")
+        created.append(name)
+    return created
+
+
+async def run_main(args: argparse.Namespace) -> int:
+    from bidistream.gateway.server import Gateway
+    from bidistream.platform.app import build_platform
+    from bidistream.sigv4 import CredentialStore
+
+    data_dir: Path = args.data_dir
+    platform = build_platform(data_dir, runtime=args.runtime, ray_address=args.ray_address)
+    gateway = Gateway(
+        platform.router,
+        control_plane=platform.control_plane,
+        host=args.host,
+        port=args.port,
+        data_dir=data_dir,
+        credentials=CredentialStore.from_spec(args.credentials),
+    )
+    await platform.start()
+    try:
+        await gateway.start()
+    except OSError as exc:
+        await platform.stop()
+        print(f"bidistream run: cannot listen on {args.host}:{args.port}: {exc.strerror}", file=sys.stderr)
+        return 1
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        with contextlib.suppress(NotImplementedError):
+            loop.add_signal_handler(sig, stop.set)
+    try:
+        wanted = default_builtins() if args.builtins is None else args.builtins
+        names = {}
+        for name in filter(None, (n.strip() for n in wanted.split(","))):
+            if name not in BUILTIN_ENDPOINTS:
+                raise BidistreamError(
+                    f"unknown built-in {name!r}: choose from {', '.join(BUILTIN_ENDPOINTS)}"
+                )
+            names[name] = BUILTIN_ENDPOINTS[name]
+        await ensure_builtin_endpoints(platform, names)
+        await _wait_in_service(platform, list(names), stop)
+        print(instructions(gateway.url, gateway.ca_path, list(names), data_dir), flush=True)
+        await stop.wait()
+    finally:
+        print("bidistream: stopping (instances drain their sessions)", flush=True)
+        await gateway.stop()
+        await platform.stop()
+    return 0
+
+
+async def _wait_in_service(platform: object, names: list[str], stop: asyncio.Event) -> None:
+    from bidistream.platform.app import Platform
+
+    assert isinstance(platform, Platform)
+    pending = set(names)
+    while pending and not stop.is_set():
+        for name in list(pending):
+            record = platform.store.get_endpoint(name)
+            if record is None or record.status in ("InService", "Failed"):
+                pending.discard(name)
+                if record is not None and record.status == "Failed":
+                    print(f"bidistream: endpoint {name} failed: {record.failure_reason}", file=sys.stderr)
+        await asyncio.sleep(0.2)
+
+
+def instructions(url: str, ca_path: Path, names: list[str], data_dir: Path) -> str:
+    first = names[0] if names else "echo"
+    return f"""
+bidistream is up: {url}  (CA certificate: {ca_path})
+endpoints: {", ".join(names) or "(none created)"}
+  list them with: bidistream endpoints --data-dir {data_dir}
+
+1) the official bidi client (aws-sdk-sagemaker-runtime-http2):
+   export SSL_CERT_FILE={ca_path} AWS_ACCESS_KEY_ID=local AWS_SECRET_ACCESS_KEY=local
+   config = await AsyncSageMakerRuntimeHTTP2Config.resolve(endpoint_uri="{url}", region="us-east-1",
+       aws_credentials_identity_resolver=EnvironmentCredentialsResolver(), transport=AWSCRTHTTPClient())
+   stream = await client.invoke_endpoint_with_bidirectional_stream(
+       InvokeEndpointWithBidirectionalStreamInput(endpoint_name="{first}"))
+
+2) boto3 (control plane and InvokeEndpoint):
+   sm = boto3.client("sagemaker", endpoint_url="{url}", verify="{ca_path}", region_name="us-east-1")
+   sm.describe_endpoint(EndpointName="{first}")["EndpointStatus"]
+   rt = boto3.client("sagemaker-runtime", endpoint_url="{url}", verify="{ca_path}", region_name="us-east-1")
+   rt.invoke_endpoint(EndpointName="{first}", Body=b"hello")["Body"].read()
+
+3) the bidistream command line (one UTF8 part per line of stdin):
+   printf 'hello\\nworld\\n' | bidistream invoke --endpoint-url {url} --data-dir {data_dir} {first}
+"""
+
+
+def _endpoints(args: argparse.Namespace) -> int:
+    from bidistream.platform.app import STORE_FILE
+    from bidistream.platform.store import Store
+
+    path = Path(args.data_dir) / STORE_FILE
+    if not path.exists():
+        print(f"bidistream endpoints: no store at {path} (start one with: bidistream run)", file=sys.stderr)
+        return 1
+    store = Store(path)
+    try:
+        rows = endpoint_rows(store)
+        heartbeat = store.get_meta("heartbeat")
+    finally:
+        store.close()
+    if args.json:
+        print(json.dumps(rows, indent=2))
+        return 0
+    print(format_table(rows))
+    age = time.time() - float(heartbeat) if heartbeat else None
+    if age is None or age > 10:
+        print("(no running gateway has refreshed this view recently: instances may be stopped)")
+    return 0
+
+
+def endpoint_rows(store: object) -> list[dict[str, object]]:
+    from bidistream.platform.manager import plans_from_doc
+    from bidistream.platform.store import Store
+
+    assert isinstance(store, Store)
+    instances = store.list_instances()
+    rows: list[dict[str, object]] = []
+    for record in store.list_endpoints():
+        for plan in plans_from_doc(record.doc):
+            mine = [i for i in instances if i.endpoint == record.name and i.variant == plan.name]
+            base = {
+                "endpoint": record.name,
+                "status": record.status,
+                "variant": plan.name,
+                "weight": plan.weight,
+                "image": plan.image,
+            }
+            if not mine:
+                rows.append({**base, "instance": "-", "state": "-", "url": "-", "sessions": 0, "restarts": 0})
+            for inst in mine:
+                rows.append(
+                    {
+                        **base,
+                        "instance": inst.instance_id,
+                        "state": inst.state,
+                        "url": inst.base_url,
+                        "sessions": inst.live_sessions,
+                        "restarts": inst.restarts,
+                    }
+                )
+        if not record.doc.get("deployment"):
+            rows.append({"endpoint": record.name, "status": record.status})
+    return rows
+
+
+def format_table(rows: list[dict[str, object]]) -> str:
+    columns = [
+        "endpoint",
+        "status",
+        "variant",
+        "weight",
+        "image",
+        "instance",
+        "state",
+        "url",
+        "sessions",
+        "restarts",
+    ]
+    if not rows:
+        return "no endpoints (create one with boto3's create_endpoint, or run: bidistream run)"
+    cells = [[str(r.get(c, "")) for c in columns] for r in rows]
+    widths = [max(len(c), *(len(row[i]) for row in cells)) for i, c in enumerate(columns)]
+    lines = ["  ".join(c.upper().ljust(w) for c, w in zip(columns, widths, strict=True))]
+    lines += ["  ".join(v.ljust(w) for v, w in zip(row, widths, strict=True)) for row in cells]
+    return "\n".join(line.rstrip() for line in lines)

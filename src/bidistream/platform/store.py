@@ -1,0 +1,313 @@
+"""The control plane's memory: one SQLite file in the data dir.
+
+SQLite because it is embedded (nothing to start), transactional and survives a
+gateway restart.  Every control-plane write is one transaction, so a crash in
+the middle of CreateEndpoint leaves either no endpoint or a whole one, never a
+half-written row.  Records are stored as a few indexed columns plus one JSON
+document; the JSON holds exactly the request fields SageMaker echoes back in
+Describe*, so the store never needs a migration to carry a new field.
+
+The ``instances`` table is a live snapshot written by the running gateway for
+``bidistream endpoints`` (which may run in another process); it is rewritten
+at start and is not part of the durable state.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from bidistream.errors import ConflictError, NotFoundError
+
+__all__ = ["EndpointRecord", "InstanceRow", "Record", "Store"]
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS models (
+    name TEXT PRIMARY KEY,
+    arn TEXT NOT NULL,
+    created REAL NOT NULL,
+    doc TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS endpoint_configs (
+    name TEXT PRIMARY KEY,
+    arn TEXT NOT NULL,
+    created REAL NOT NULL,
+    doc TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS endpoints (
+    name TEXT PRIMARY KEY,
+    arn TEXT NOT NULL,
+    config_name TEXT NOT NULL,
+    status TEXT NOT NULL,
+    failure_reason TEXT,
+    created REAL NOT NULL,
+    modified REAL NOT NULL,
+    doc TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS instances (
+    instance_id TEXT PRIMARY KEY,
+    endpoint TEXT NOT NULL,
+    variant TEXT NOT NULL,
+    state TEXT NOT NULL,
+    base_url TEXT NOT NULL,
+    live_sessions INTEGER NOT NULL,
+    restarts INTEGER NOT NULL,
+    log_path TEXT NOT NULL,
+    updated REAL NOT NULL
+);
+CREATE TABLE IF NOT EXISTS meta (
+    key TEXT PRIMARY KEY,
+    value TEXT NOT NULL
+);
+"""
+
+# Tables holding named documents (model and endpoint-config records share a shape).
+_DOC_TABLES = ("models", "endpoint_configs")
+
+
+@dataclass(slots=True)
+class Record:
+    """A model or endpoint config: name, ARN, creation time and the request document."""
+
+    name: str
+    arn: str
+    created: float
+    doc: dict[str, Any]
+
+
+@dataclass(slots=True)
+class EndpointRecord:
+    """An endpoint.  ``doc`` holds the resolved deployment (variants with image,
+    environment, counts and weights), so an endpoint can be restarted even after
+    its endpoint config or model was deleted, as SageMaker allows."""
+
+    name: str
+    arn: str
+    config_name: str
+    status: str
+    failure_reason: str | None
+    created: float
+    modified: float
+    doc: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(slots=True)
+class InstanceRow:
+    instance_id: str
+    endpoint: str
+    variant: str
+    state: str
+    base_url: str
+    live_sessions: int
+    restarts: int
+    log_path: str
+    updated: float
+
+
+class Store:
+    """Thread-safe access to the SQLite file; each public method is one transaction."""
+
+    def __init__(self, path: Path | str) -> None:
+        self.path = Path(path)
+        if str(path) != ":memory:":
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+        # One connection shared under a lock: calls are short and the asyncio loop
+        # is the only writer, so a pool would only add contention.
+        self._conn = sqlite3.connect(str(path), check_same_thread=False, isolation_level=None)
+        self._conn.row_factory = sqlite3.Row
+        self._lock = threading.RLock()
+        with self._lock:
+            self._conn.execute("PRAGMA journal_mode=WAL")
+            self._conn.execute("PRAGMA synchronous=FULL")
+            self._conn.execute("PRAGMA busy_timeout=5000")
+            self._conn.executescript(_SCHEMA)
+
+    def close(self) -> None:
+        with self._lock:
+            self._conn.close()
+
+    @contextmanager
+    def transaction(self) -> Iterator[sqlite3.Connection]:
+        """BEGIN IMMEDIATE … COMMIT, or ROLLBACK on any exception."""
+        with self._lock:
+            self._conn.execute("BEGIN IMMEDIATE")
+            try:
+                yield self._conn
+            except BaseException:
+                self._conn.execute("ROLLBACK")
+                raise
+            self._conn.execute("COMMIT")
+
+    # ------------------------------------------------------------ models/configs
+    def insert_doc(self, table: str, record: Record, *, kind: str) -> None:
+        assert table in _DOC_TABLES
+        with self.transaction() as conn:
+            if conn.execute(f"SELECT 1 FROM {table} WHERE name = ?", (record.name,)).fetchone():
+                raise ConflictError(f'Cannot create already existing {kind} "{record.arn}".')
+            conn.execute(
+                f"INSERT INTO {table} (name, arn, created, doc) VALUES (?, ?, ?, ?)",
+                (record.name, record.arn, record.created, json.dumps(record.doc)),
+            )
+
+    def get_doc(self, table: str, name: str) -> Record | None:
+        assert table in _DOC_TABLES
+        with self._lock:
+            row = self._conn.execute(f"SELECT * FROM {table} WHERE name = ?", (name,)).fetchone()
+        if row is None:
+            return None
+        return Record(row["name"], row["arn"], row["created"], json.loads(row["doc"]))
+
+    def delete_doc(self, table: str, name: str) -> bool:
+        assert table in _DOC_TABLES
+        with self.transaction() as conn:
+            cur = conn.execute(f"DELETE FROM {table} WHERE name = ?", (name,))
+            return cur.rowcount > 0
+
+    def list_docs(self, table: str) -> list[Record]:
+        assert table in _DOC_TABLES
+        with self._lock:
+            rows = self._conn.execute(f"SELECT * FROM {table} ORDER BY created, name").fetchall()
+        return [Record(r["name"], r["arn"], r["created"], json.loads(r["doc"])) for r in rows]
+
+    # ----------------------------------------------------------------- endpoints
+    def insert_endpoint(self, record: EndpointRecord) -> None:
+        with self.transaction() as conn:
+            if conn.execute("SELECT 1 FROM endpoints WHERE name = ?", (record.name,)).fetchone():
+                raise ConflictError(f'Cannot create already existing endpoint "{record.arn}".')
+            conn.execute(
+                "INSERT INTO endpoints (name, arn, config_name, status, failure_reason, created, "
+                "modified, doc) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                (
+                    record.name,
+                    record.arn,
+                    record.config_name,
+                    record.status,
+                    record.failure_reason,
+                    record.created,
+                    record.modified,
+                    json.dumps(record.doc),
+                ),
+            )
+
+    def get_endpoint(self, name: str) -> EndpointRecord | None:
+        with self._lock:
+            row = self._conn.execute("SELECT * FROM endpoints WHERE name = ?", (name,)).fetchone()
+        return None if row is None else _endpoint(row)
+
+    def list_endpoints(self) -> list[EndpointRecord]:
+        with self._lock:
+            rows = self._conn.execute("SELECT * FROM endpoints ORDER BY created, name").fetchall()
+        return [_endpoint(r) for r in rows]
+
+    def update_endpoint(
+        self,
+        name: str,
+        *,
+        status: str | None = None,
+        failure_reason: str | None = None,
+        clear_failure: bool = False,
+        config_name: str | None = None,
+        doc: dict[str, Any] | None = None,
+        modified: float | None = None,
+        expect_status: tuple[str, ...] | None = None,
+    ) -> EndpointRecord:
+        """Change some columns of one endpoint in one transaction.
+
+        ``expect_status`` makes the write conditional (compare-and-set), so two
+        racing UpdateEndpoint calls cannot both win.  ``failure_reason`` is only
+        written when given; ``clear_failure`` erases it.
+        """
+        with self.transaction() as conn:
+            row = conn.execute("SELECT * FROM endpoints WHERE name = ?", (name,)).fetchone()
+            if row is None:
+                raise NotFoundError(f"Could not find endpoint {name!r}.")
+            current = _endpoint(row)
+            if expect_status is not None and current.status not in expect_status:
+                raise ConflictError(
+                    f'Cannot update in-progress endpoint "{current.arn}" (status {current.status}).'
+                )
+            if status is not None:
+                current.status = status
+            if clear_failure:
+                current.failure_reason = None
+            if failure_reason is not None:
+                current.failure_reason = failure_reason
+            if config_name is not None:
+                current.config_name = config_name
+            if doc is not None:
+                current.doc = doc
+            current.modified = modified if modified is not None else time.time()
+            conn.execute(
+                "UPDATE endpoints SET status = ?, failure_reason = ?, config_name = ?, doc = ?, "
+                "modified = ? WHERE name = ?",
+                (
+                    current.status,
+                    current.failure_reason,
+                    current.config_name,
+                    json.dumps(current.doc),
+                    current.modified,
+                    name,
+                ),
+            )
+            return current
+
+    def delete_endpoint(self, name: str) -> bool:
+        with self.transaction() as conn:
+            conn.execute("DELETE FROM instances WHERE endpoint = ?", (name,))
+            return conn.execute("DELETE FROM endpoints WHERE name = ?", (name,)).rowcount > 0
+
+    # ------------------------------------------------------- live instance view
+    def replace_instances(self, rows: list[InstanceRow]) -> None:
+        with self.transaction() as conn:
+            conn.execute("DELETE FROM instances")
+            conn.executemany(
+                "INSERT INTO instances VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                [
+                    (
+                        r.instance_id,
+                        r.endpoint,
+                        r.variant,
+                        r.state,
+                        r.base_url,
+                        r.live_sessions,
+                        r.restarts,
+                        r.log_path,
+                        r.updated,
+                    )
+                    for r in rows
+                ],
+            )
+
+    def list_instances(self) -> list[InstanceRow]:
+        with self._lock:
+            rows = self._conn.execute("SELECT * FROM instances ORDER BY endpoint, variant, instance_id")
+            return [InstanceRow(**dict(r)) for r in rows.fetchall()]
+
+    def set_meta(self, key: str, value: str) -> None:
+        with self.transaction() as conn:
+            conn.execute("INSERT OR REPLACE INTO meta (key, value) VALUES (?, ?)", (key, value))
+
+    def get_meta(self, key: str) -> str | None:
+        with self._lock:
+            row = self._conn.execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()
+        return None if row is None else str(row["value"])
+
+
+def _endpoint(row: sqlite3.Row) -> EndpointRecord:
+    return EndpointRecord(
+        name=row["name"],
+        arn=row["arn"],
+        config_name=row["config_name"],
+        status=row["status"],
+        failure_reason=row["failure_reason"],
+        created=row["created"],
+        modified=row["modified"],
+        doc=json.loads(row["doc"]),
+    )

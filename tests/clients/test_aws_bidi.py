@@ -1,0 +1,239 @@
+"""The unmodified official bidi client (aws-sdk-sagemaker-runtime-http2 0.12 + AWSCRTHTTPClient).
+
+The seed's client script (four phrases sent to an echo endpoint) re-expressed as
+tests, plus what the launch post implies a real user does with it: mixed
+UTF8/BINARY parts, a 1 MiB part, many sequential and concurrent sessions.
+Every client call is wrapped in a timeout: the client hangs instead of failing
+in several situations (wire spec, surprise 12).
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from contextlib import AsyncExitStack, asynccontextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+from aws_sdk_sagemaker_runtime_http2.client import AsyncSageMakerRuntimeHTTP2Client
+from aws_sdk_sagemaker_runtime_http2.config import AsyncSageMakerRuntimeHTTP2Config
+from aws_sdk_sagemaker_runtime_http2.models import (
+    InvokeEndpointWithBidirectionalStreamInput,
+    RequestPayloadPart,
+    RequestStreamEventPayloadPart,
+    ResponseStreamEventPayloadPart,
+)
+from smithy_aws_core.identity.components import AWSCredentialsIdentity
+from smithy_aws_core.identity.static import StaticCredentialsResolver
+from smithy_http.aio.crt import AWSCRTHTTPClient
+
+from bidistream.container.server import ModelServer
+from bidistream.gateway.limits import GatewayLimits
+from bidistream.gateway.server import Gateway
+from bidistream.model import Model
+from bidistream.models.echo import EchoModel
+from bidistream.platform.routing import StaticRouter
+from bidistream.sigv4 import CredentialStore
+from tests.conftest import running_server
+
+AKID, SECRET = "AKIDEXAMPLE", "wJalrXUtnFEMI/K7MDENG+bPxRfiCYEXAMPLEKEY"
+SEED_PHRASES = ["I need help with", "my account balance", "I can help with that", "and recent charges"]
+T = 15.0  # per-call bound
+
+
+@dataclass
+class Stack:
+    gateway: Gateway
+    servers: dict[str, ModelServer]
+
+
+@asynccontextmanager
+async def gateway_stack(
+    data_dir: Path,
+    models: dict[str, Model] | None = None,
+    *,
+    urls: dict[str, str] | None = None,
+    limits: GatewayLimits | None = None,
+    credentials: CredentialStore | None = None,
+) -> AsyncIterator[Stack]:
+    """Model servers on ephemeral ports behind a gateway declaring them as endpoints."""
+    async with AsyncExitStack() as stack:
+        servers: dict[str, ModelServer] = {}
+        for name, model in (models if models is not None else {"echo": EchoModel()}).items():
+            servers[name] = await stack.enter_async_context(running_server(model))
+        all_urls = {name: f"http://127.0.0.1:{s.port}" for name, s in servers.items()} | (urls or {})
+        gw = Gateway(
+            StaticRouter(all_urls),
+            port=0,
+            data_dir=data_dir,
+            limits=limits or GatewayLimits(),
+            credentials=credentials or CredentialStore({}),
+        )
+        await gw.start()
+        try:
+            yield Stack(gw, servers)
+        finally:
+            await gw.stop()
+
+
+async def official_client(gw: Gateway) -> AsyncSageMakerRuntimeHTTP2Client:
+    """The client exactly as a user configures it (SSL_CERT_FILE must point at the CA)."""
+    config = await AsyncSageMakerRuntimeHTTP2Config.resolve(
+        endpoint_uri=gw.url,
+        region="us-east-1",
+        aws_credentials_identity_resolver=StaticCredentialsResolver(
+            AWSCredentialsIdentity(access_key_id=AKID, secret_access_key=SECRET)
+        ),
+        transport=AWSCRTHTTPClient(),
+    )
+    return AsyncSageMakerRuntimeHTTP2Client(config=config)
+
+
+def text_part(s: str, complete: bool = True) -> RequestPayloadPart:
+    return RequestPayloadPart(
+        bytes_=s.encode(), data_type="UTF8", completion_state="COMPLETE" if complete else "PARTIAL"
+    )
+
+
+def bin_part(b: bytes) -> RequestPayloadPart:
+    return RequestPayloadPart(bytes_=b, data_type="BINARY")
+
+
+async def session(
+    client: AsyncSageMakerRuntimeHTTP2Client,
+    endpoint: str,
+    parts: list[RequestPayloadPart],
+    *,
+    gap: float = 0.0,
+    **kw: Any,
+) -> list[Any]:
+    """One session the way the seed drives it: a reader task while sending, then close."""
+    stream = await asyncio.wait_for(
+        client.invoke_endpoint_with_bidirectional_stream(
+            InvokeEndpointWithBidirectionalStreamInput(endpoint_name=endpoint, **kw)
+        ),
+        T,
+    )
+    got: list[Any] = []
+
+    async def read() -> None:
+        _, receiver = await stream.await_output()
+        while (ev := await receiver.receive()) is not None:
+            got.append(ev)
+
+    reader = asyncio.create_task(read())
+    try:
+        for part in parts:
+            await asyncio.wait_for(stream.input_stream.send(RequestStreamEventPayloadPart(value=part)), T)
+            if gap:
+                await asyncio.sleep(gap)
+        await asyncio.wait_for(stream.input_stream.close(), T)
+        await asyncio.wait_for(reader, T)
+    finally:
+        reader.cancel()
+    return got
+
+
+def payloads(events: list[Any]) -> list[tuple[bytes, str | None, str | None]]:
+    out = []
+    for ev in events:
+        assert isinstance(ev, ResponseStreamEventPayloadPart), ev
+        out.append((ev.value.bytes_, ev.value.data_type, ev.value.completion_state))
+    return out
+
+
+@pytest.fixture
+async def stack(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> AsyncIterator[Stack]:
+    async with gateway_stack(tmp_path / "gw") as s:
+        monkeypatch.setenv("SSL_CERT_FILE", str(s.gateway.ca_path))
+        yield s
+
+
+@pytest.fixture
+async def client(stack: Stack) -> AsyncIterator[AsyncSageMakerRuntimeHTTP2Client]:
+    c = await official_client(stack.gateway)
+    yield c
+    await asyncio.wait_for(c.close(), T) if hasattr(c, "close") else None
+
+
+async def test_seed_four_phrases_echo_in_order(client: AsyncSageMakerRuntimeHTTP2Client) -> None:
+    events = await session(client, "echo", [text_part(p) for p in SEED_PHRASES], gap=0.05)
+    assert payloads(events) == [(p.encode(), "UTF8", "COMPLETE") for p in SEED_PHRASES]
+
+
+async def test_seed_as_written_without_data_type_is_binary(client: AsyncSageMakerRuntimeHTTP2Client) -> None:
+    # The blog sends RequestPayloadPart(bytes_=...) with no DataType: binary frames.
+    events = await session(client, "echo", [RequestPayloadPart(bytes_=p.encode()) for p in SEED_PHRASES])
+    assert payloads(events) == [(p.encode(), "BINARY", "COMPLETE") for p in SEED_PHRASES]
+
+
+async def test_mixed_utf8_and_binary_parts(client: AsyncSageMakerRuntimeHTTP2Client) -> None:
+    parts = [text_part("héllo"), bin_part(bytes(range(256))), text_part("{}"), bin_part(b"\x00\xff")]
+    events = await session(client, "echo", parts)
+    assert payloads(events) == [
+        ("héllo".encode(), "UTF8", "COMPLETE"),
+        (bytes(range(256)), "BINARY", "COMPLETE"),
+        (b"{}", "UTF8", "COMPLETE"),
+        (b"\x00\xff", "BINARY", "COMPLETE"),
+    ]
+
+
+async def test_partial_parts_travel_as_fragments(client: AsyncSageMakerRuntimeHTTP2Client) -> None:
+    # PARTIAL + COMPLETE is one WebSocket message in two frames; the container's
+    # server reassembles it, so the echo is one complete message.
+    events = await session(client, "echo", [text_part("hello ", complete=False), text_part("world")])
+    assert b"".join(p for p, _, _ in payloads(events)) == b"hello world"
+    assert payloads(events)[-1][2] == "COMPLETE"
+
+
+async def test_one_mib_part(client: AsyncSageMakerRuntimeHTTP2Client) -> None:
+    blob = bytes(i % 251 for i in range(1024 * 1024))
+    events = await session(client, "echo", [bin_part(blob), text_part("after")])
+    assert payloads(events) == [(blob, "BINARY", "COMPLETE"), (b"after", "UTF8", "COMPLETE")]
+
+
+async def test_hundred_sequential_sessions_on_one_client(
+    client: AsyncSageMakerRuntimeHTTP2Client, stack: Stack
+) -> None:
+    for i in range(100):
+        events = await session(client, "echo", [text_part(f"n{i}")])
+        assert payloads(events) == [(f"n{i}".encode(), "UTF8", "COMPLETE")]
+    await asyncio.sleep(0.2)
+    assert stack.servers["echo"].live_sessions == 0
+    assert stack.gateway.live_sessions == 0
+
+
+async def test_twenty_concurrent_sessions(client: AsyncSageMakerRuntimeHTTP2Client) -> None:
+    async def one(i: int) -> list[Any]:
+        return await session(client, "echo", [text_part(f"s{i}-{k}") for k in range(5)], gap=0.01)
+
+    results = await asyncio.gather(*(one(i) for i in range(20)))
+    for i, events in enumerate(results):
+        assert [p for p, _, _ in payloads(events)] == [f"s{i}-{k}".encode() for k in range(5)]
+
+
+async def test_output_arrives_while_still_sending(client: AsyncSageMakerRuntimeHTTP2Client) -> None:
+    stream = await client.invoke_endpoint_with_bidirectional_stream(
+        InvokeEndpointWithBidirectionalStreamInput(endpoint_name="echo")
+    )
+    await stream.input_stream.send(RequestStreamEventPayloadPart(value=text_part("first")))
+    _, receiver = await asyncio.wait_for(stream.await_output(), T)
+    first = await asyncio.wait_for(receiver.receive(), T)
+    assert first.value.bytes_ == b"first"  # echoed before the input was closed
+    await stream.input_stream.send(RequestStreamEventPayloadPart(value=text_part("second")))
+    second = await asyncio.wait_for(receiver.receive(), T)
+    assert second.value.bytes_ == b"second"
+    await asyncio.wait_for(stream.input_stream.close(), T)
+    assert await asyncio.wait_for(receiver.receive(), T) is None
+
+
+async def test_invoked_variant_header_reaches_the_client(client: AsyncSageMakerRuntimeHTTP2Client) -> None:
+    stream = await client.invoke_endpoint_with_bidirectional_stream(
+        InvokeEndpointWithBidirectionalStreamInput(endpoint_name="echo", target_variant="AllTraffic")
+    )
+    output, receiver = await asyncio.wait_for(stream.await_output(), T)
+    assert output.invoked_production_variant == "AllTraffic"
+    await asyncio.wait_for(stream.input_stream.close(), T)
+    assert await asyncio.wait_for(receiver.receive(), T) is None

@@ -1,0 +1,81 @@
+"""Shared fixtures: model servers on real sockets (127.0.0.1, ephemeral ports)."""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import AsyncIterator, Callable, Iterator
+from contextlib import asynccontextmanager, contextmanager
+from pathlib import Path
+
+import pytest
+
+from bidistream.container.limits import ServerLimits
+from bidistream.container.server import ModelServer
+from bidistream.model import Model
+
+ROOT = Path(__file__).resolve().parent.parent
+BIN = Path(sys.executable).parent
+
+
+@asynccontextmanager
+async def running_server(model: Model, **limits: float | int) -> AsyncIterator[ModelServer]:
+    """A ModelServer on an ephemeral port, loaded, stopped at the end."""
+    server = ModelServer(model, port=0, limits=ServerLimits(**limits))  # type: ignore[arg-type]
+    await server.start()
+    try:
+        await server.wait_loaded(timeout=30)
+        yield server
+    finally:
+        await server.stop(drain_timeout=0)
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def wait_for_port(port: int, timeout: float = 20.0, proc: subprocess.Popen[bytes] | None = None) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc is not None and proc.poll() is not None:
+            raise RuntimeError(f"process exited with {proc.returncode} before listening on {port}")
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=0.2):
+                return
+        except OSError:
+            time.sleep(0.05)
+    raise TimeoutError(f"nothing listening on 127.0.0.1:{port} after {timeout} s")
+
+
+@contextmanager
+def serve_process(
+    *args: str, env: dict[str, str] | None = None, port: int | None = None
+) -> Iterator[tuple[subprocess.Popen[bytes], int]]:
+    """``bidistream serve ...`` as a real process; ended by PID at the end."""
+    port = port or free_port()
+    cmd = [str(BIN / "bidistream"), "serve", *args]
+    if "--port" not in args and not (env or {}).get("SAGEMAKER_BIND_TO_PORT"):
+        cmd += ["--port", str(port)]
+    full_env = {**os.environ, "PYTHONPATH": str(ROOT), **(env or {})}
+    proc = subprocess.Popen(cmd, env=full_env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    try:
+        wait_for_port(port, proc=proc)
+        yield proc, port
+    finally:
+        if proc.poll() is None:
+            proc.terminate()
+            try:
+                proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+
+
+@pytest.fixture
+def server_factory() -> Callable[..., object]:
+    return running_server

@@ -1,0 +1,127 @@
+"""The CLI as a user runs it: `bidistream serve echo`, `bidistream gateway`, `bidistream invoke`."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import BIN, ROOT, free_port, serve_process, wait_for_port
+
+
+@pytest.fixture
+def gateway_proc(tmp_path: Path) -> Iterator[tuple[int, Path]]:
+    with serve_process("echo") as (_, echo_port):
+        port = free_port()
+        data_dir = tmp_path / "gw"
+        proc = subprocess.Popen(
+            [
+                str(BIN / "bidistream"),
+                "gateway",
+                "--port",
+                str(port),
+                "--data-dir",
+                str(data_dir),
+                "--endpoint",
+                f"echo=http://127.0.0.1:{echo_port}",
+            ],
+            env={**os.environ, "PYTHONPATH": str(ROOT)},
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+        )
+        try:
+            wait_for_port(port, proc=proc)
+            yield port, data_dir
+        finally:
+            proc.terminate()
+            try:
+                out, _ = proc.communicate(timeout=10)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+            else:
+                assert f"export SSL_CERT_FILE={data_dir / 'ca.pem'}".encode() in out
+
+
+def test_invoke_streams_stdin_lines(gateway_proc: tuple[int, Path]) -> None:
+    port, data_dir = gateway_proc
+    assert (data_dir / "ca.pem").exists() and (data_dir / "server.pem").exists()
+    result = subprocess.run(
+        [
+            str(BIN / "bidistream"),
+            "invoke",
+            "echo",
+            "--data-dir",
+            str(data_dir),
+            "--endpoint-url",
+            f"https://127.0.0.1:{port}",
+        ],
+        input=b"I need help with\nmy account balance\n",
+        capture_output=True,
+        timeout=30,
+    )
+    assert result.returncode == 0, result.stderr.decode()
+    assert result.stdout.decode().splitlines() == ["I need help with", "my account balance"]
+
+
+def test_invoke_binary_file_in_chunks(gateway_proc: tuple[int, Path], tmp_path: Path) -> None:
+    port, data_dir = gateway_proc
+    blob = bytes(range(256)) * 64
+    src = tmp_path / "blob.bin"
+    src.write_bytes(blob)
+    result = subprocess.run(
+        [
+            str(BIN / "bidistream"),
+            "invoke",
+            "echo",
+            "--binary",
+            "--chunk-bytes",
+            "1000",
+            "--file",
+            str(src),
+            "--data-dir",
+            str(data_dir),
+            "--endpoint-url",
+            f"https://127.0.0.1:{port}",
+        ],
+        capture_output=True,
+        timeout=30,
+    )
+    assert result.returncode == 0, result.stderr.decode()
+    assert result.stdout == blob
+
+
+def test_invoke_unknown_endpoint_exits_1(gateway_proc: tuple[int, Path]) -> None:
+    port, data_dir = gateway_proc
+    result = subprocess.run(
+        [
+            str(BIN / "bidistream"),
+            "invoke",
+            "nope",
+            "--data-dir",
+            str(data_dir),
+            "--endpoint-url",
+            f"https://127.0.0.1:{port}",
+        ],
+        input=b"x\n",
+        capture_output=True,
+        timeout=30,
+    )
+    assert result.returncode == 1
+    assert "InputValidationError: Endpoint nope not found" in result.stderr.decode()
+
+
+def test_env_prints_client_exports(tmp_path: Path) -> None:
+    result = subprocess.run(
+        [str(BIN / "bidistream"), "env", "--data-dir", str(tmp_path / "d"), "--port", "9443"],
+        capture_output=True,
+        timeout=30,
+        check=True,
+    )
+    out = result.stdout.decode()
+    assert "export AWS_ENDPOINT_URL_SAGEMAKER_RUNTIME_HTTP2=https://127.0.0.1:9443" in out
+    assert f"export SSL_CERT_FILE={tmp_path / 'd' / 'ca.pem'}" in out
+    assert (tmp_path / "d" / "ca.pem").exists()

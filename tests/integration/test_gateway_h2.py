@@ -1,0 +1,261 @@
+"""The HTTP/2 front door fed with bytes no official client would send, on real sockets.
+
+A raw ``h2`` client stands in for a broken or malicious client: bad CRCs, a
+truncated prelude, an oversized length, an abrupt disconnect.  Each case shows
+the exact response the client gets, and a healthy session on the same
+connection keeps working.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import http.client
+import json
+import ssl
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import h2.connection
+import h2.events
+import pytest
+
+from bidistream.eventstream import EventStreamDecoder, decode_message
+from bidistream.gateway.limits import GatewayLimits
+from tests.clients.test_aws_bidi import Stack, gateway_stack
+
+VECTORS = Path(__file__).resolve().parents[2].parent / "shared" / "vectors"
+EVENT1 = bytes.fromhex((VECTORS / "sagemaker-bidi-request-event-1.hex").read_text().strip())
+FINAL = bytes.fromhex((VECTORS / "sagemaker-bidi-request-final.hex").read_text().strip())
+T = 10.0
+
+
+class RawH2:
+    """A minimal full-duplex HTTP/2 client over TLS (ALPN h2)."""
+
+    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.reader, self.writer = reader, writer
+        self.conn = h2.connection.H2Connection()
+        self.responses: dict[int, dict[str, object]] = {}
+        self.data: dict[int, bytearray] = {}
+        self.ended: dict[int, asyncio.Event] = {}
+        self.headers_seen: dict[int, asyncio.Event] = {}
+        self.task = asyncio.create_task(self._read())
+
+    @classmethod
+    async def connect(cls, port: int, ca: Path) -> RawH2:
+        ctx = ssl.create_default_context(cafile=str(ca))
+        ctx.set_alpn_protocols(["h2"])
+        reader, writer = await asyncio.open_connection("127.0.0.1", port, ssl=ctx)
+        self = cls(reader, writer)
+        self.conn.initiate_connection()
+        self._flush()
+        return self
+
+    def _flush(self) -> None:
+        self.writer.write(self.conn.data_to_send())
+
+    async def _read(self) -> None:
+        while data := await self.reader.read(65536):
+            for ev in self.conn.receive_data(data):
+                if isinstance(ev, h2.events.ResponseReceived):
+                    self.responses[ev.stream_id] = {k.decode(): v.decode() for k, v in ev.headers}
+                    self.headers_seen[ev.stream_id].set()
+                elif isinstance(ev, h2.events.DataReceived):
+                    self.data[ev.stream_id] += ev.data
+                    self.conn.acknowledge_received_data(ev.flow_controlled_length, ev.stream_id)
+                elif isinstance(ev, h2.events.StreamEnded | h2.events.StreamReset):
+                    self.ended[ev.stream_id].set()
+            self._flush()
+
+    def open(self, endpoint: str = "echo", extra: list[tuple[str, str]] | None = None) -> int:
+        sid = self.conn.get_next_available_stream_id()
+        self.data[sid] = bytearray()
+        self.ended[sid] = asyncio.Event()
+        self.headers_seen[sid] = asyncio.Event()
+        self.conn.send_headers(
+            sid,
+            [
+                (":method", "POST"),
+                (":scheme", "https"),
+                (":authority", "localhost"),
+                (":path", f"/endpoints/{endpoint}/invocations-bidirectional-stream?"),
+                ("content-type", "application/vnd.amazon.eventstream"),
+                *(extra or []),
+            ],
+        )
+        self._flush()
+        return sid
+
+    def send(self, sid: int, data: bytes, end: bool = False) -> None:
+        self.conn.send_data(sid, data, end_stream=end)
+        self._flush()
+
+    async def headers(self, sid: int) -> dict[str, object]:
+        await asyncio.wait_for(self.headers_seen[sid].wait(), T)
+        return self.responses[sid]
+
+    async def events(self, sid: int, min_count: int) -> list[dict[str, object]]:
+        async with asyncio.timeout(T):
+            while True:
+                dec = EventStreamDecoder()
+                raws = dec.feed(bytes(self.data[sid]))
+                if len(raws) >= min_count:
+                    break
+                await asyncio.sleep(0.01)
+        out = []
+        for raw in raws:
+            msg = decode_message(raw)
+            out.append({**msg.headers, "payload": msg.payload})
+        return out
+
+    async def wait_end(self, sid: int) -> None:
+        await asyncio.wait_for(self.ended[sid].wait(), T)
+
+    def close(self) -> None:
+        self.task.cancel()
+        self.writer.transport.abort()
+
+
+@pytest.fixture
+async def stack(tmp_path: Path) -> AsyncIterator[Stack]:
+    limits = GatewayLimits(max_event_size=4096)
+    async with gateway_stack(tmp_path / "gw", limits=limits) as s:
+        yield s
+
+
+@pytest.fixture
+async def raw(stack: Stack) -> AsyncIterator[RawH2]:
+    c = await RawH2.connect(stack.gateway.port, stack.gateway.ca_path)
+    yield c
+    c.close()
+
+
+async def healthy_open(raw: RawH2) -> int:
+    sid = raw.open()
+    raw.send(sid, EVENT1)
+    assert (await raw.headers(sid))[":status"] == "200"
+    assert (await raw.events(sid, 1))[0]["payload"] == b'{"prompt":"Hello"}'
+    return sid
+
+
+async def healthy_finish(raw: RawH2, sid: int) -> None:
+    raw.send(sid, EVENT1)
+    raw.send(sid, FINAL, end=True)
+    await raw.wait_end(sid)
+    evs = await raw.events(sid, 2)
+    assert [e["payload"] for e in evs] == [b'{"prompt":"Hello"}'] * 2
+
+
+async def in_stream_error(raw: RawH2, sid: int) -> dict[str, object]:
+    assert (await raw.headers(sid))[":status"] == "200"
+    await raw.wait_end(sid)
+    evs = await raw.events(sid, 1)
+    assert evs[-1][":message-type"] == "exception"
+    return evs[-1]
+
+
+async def test_bad_crc(raw: RawH2) -> None:
+    healthy = await healthy_open(raw)
+    sid = raw.open()
+    bad = bytearray(EVENT1)
+    bad[-1] ^= 0xFF
+    await raw.headers(sid)
+    raw.send(sid, bytes(bad))
+    ev = await in_stream_error(raw, sid)
+    assert ev[":exception-type"] == "ModelStreamError"
+    body = json.loads(ev["payload"])  # type: ignore[arg-type]
+    assert body["ErrorCode"] == "InvalidFrame" and "ChecksumMismatch" in body["Message"]
+    await healthy_finish(raw, healthy)
+
+
+async def test_truncated_prelude(raw: RawH2) -> None:
+    healthy = await healthy_open(raw)
+    sid = raw.open()
+    await raw.headers(sid)
+    raw.send(sid, EVENT1[:7], end=True)
+    ev = await in_stream_error(raw, sid)
+    body = json.loads(ev["payload"])  # type: ignore[arg-type]
+    assert body["ErrorCode"] == "InvalidFrame" and "inside a prelude" in body["Message"]
+    await healthy_finish(raw, healthy)
+
+
+async def test_oversized_message(raw: RawH2) -> None:
+    healthy = await healthy_open(raw)
+    sid = raw.open()
+    await raw.headers(sid)
+    raw.send(sid, (1 << 20).to_bytes(4, "big") + b"\0" * 8)
+    ev = await in_stream_error(raw, sid)
+    body = json.loads(ev["payload"])  # type: ignore[arg-type]
+    assert body["ErrorCode"] == "MessageTooLarge" and "exceeds the limit of 4096" in body["Message"]
+    await healthy_finish(raw, healthy)
+
+
+async def test_bad_bytes_before_instance_connects_get_a_400(raw: RawH2) -> None:
+    sid = raw.open()
+    raw.send(sid, b"\0\0\0\x01garbage....", end=True)
+    headers = await raw.headers(sid)
+    await raw.wait_end(sid)
+    if headers[":status"] == "200":  # the instance answered first: in-stream form
+        evs = await raw.events(sid, 1)
+        assert evs[-1][":exception-type"] == "ModelStreamError"
+    else:
+        assert headers[":status"] == "400"
+        assert headers["x-amzn-errortype"] == "InputValidationError"
+        assert "below the 16-byte minimum" in json.loads(bytes(raw.data[sid]))["Message"]
+
+
+async def test_client_vanishes_instance_sees_close_within_a_second(stack: Stack) -> None:
+    raw = await RawH2.connect(stack.gateway.port, stack.gateway.ca_path)
+    other = await RawH2.connect(stack.gateway.port, stack.gateway.ca_path)
+    healthy = await healthy_open(other)
+    sid = raw.open()
+    raw.send(sid, EVENT1)
+    await raw.events(sid, 1)
+    server = stack.servers["echo"]
+    assert server.live_sessions == 2
+    raw.close()  # TCP reset, no GOAWAY
+    async with asyncio.timeout(1.0):
+        while server.live_sessions != 1:
+            await asyncio.sleep(0.01)
+    await healthy_finish(other, healthy)
+    other.close()
+
+
+async def test_stream_reset_closes_instance_socket(raw: RawH2, stack: Stack) -> None:
+    healthy = await healthy_open(raw)
+    sid = raw.open()
+    raw.send(sid, EVENT1)
+    await raw.events(sid, 1)
+    raw.conn.reset_stream(sid)
+    raw._flush()
+    server = stack.servers["echo"]
+    async with asyncio.timeout(1.0):
+        while server.live_sessions != 1:
+            await asyncio.sleep(0.01)
+    await healthy_finish(raw, healthy)
+
+
+async def test_bare_end_stream_without_final_envelope(raw: RawH2) -> None:
+    # Client 0.1 ends with END_STREAM only; so does a 0.12 app that exits without close().
+    sid = raw.open()
+    raw.send(sid, EVENT1, end=True)
+    await raw.wait_end(sid)
+    evs = await raw.events(sid, 1)
+    assert [e["payload"] for e in evs] == [b'{"prompt":"Hello"}']
+
+
+async def test_http11_to_bidi_path_is_a_clear_error(stack: Stack) -> None:
+    def call() -> tuple[int, str | None, dict[str, str]]:
+        ctx = ssl.create_default_context(cafile=str(stack.gateway.ca_path))
+        ctx.set_alpn_protocols(["http/1.1"])
+        conn = http.client.HTTPSConnection("127.0.0.1", stack.gateway.port, context=ctx, timeout=T)
+        conn.request("POST", "/endpoints/echo/invocations-bidirectional-stream", body=EVENT1)
+        resp = conn.getresponse()
+        out = resp.status, resp.getheader("x-amzn-errortype"), json.loads(resp.read())
+        conn.close()
+        return out
+
+    status, etype, body = await asyncio.to_thread(call)
+    assert status == 400
+    assert etype == "InputValidationError"
+    assert "needs HTTP/2" in body["Message"]

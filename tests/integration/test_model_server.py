@@ -1,0 +1,429 @@
+"""The container contract on real sockets, with the `websockets` package as the client."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+import time
+
+import aiohttp
+import pytest
+import websockets
+from websockets.exceptions import ConnectionClosed, InvalidStatus
+
+from bidistream.models.echo import EchoModel
+from bidistream.models.words import WordsModel
+from tests.conftest import running_server, serve_process
+from tests.fixtures.models import (
+    CheckingModel,
+    FailingModel,
+    PathQueryModel,
+    SlowInvokeModel,
+    SlowLoadModel,
+    SlowReaderModel,
+    StreamedInvokeModel,
+    StuckModel,
+)
+
+BIDI = "invocations-bidirectional-stream"
+MiB = 1024 * 1024
+
+
+def ws_url(port: int, path: str = BIDI) -> str:
+    return f"ws://127.0.0.1:{port}/{path}"
+
+
+async def close_code(ws: websockets.ClientConnection, timeout: float = 5.0) -> tuple[int | None, str]:
+    """Read until the server closes; return its close code and reason."""
+    try:
+        async with asyncio.timeout(timeout):
+            while True:
+                await ws.recv()
+    except ConnectionClosed as exc:
+        rcvd = exc.rcvd
+        return (rcvd.code if rcvd else None), (rcvd.reason if rcvd else "")
+
+
+# --------------------------------------------------------------------- echo / words
+async def test_echo_preserves_kind_and_order() -> None:
+    async with running_server(EchoModel()) as server, websockets.connect(ws_url(server.port)) as ws:
+        await ws.send("héllo text")
+        await ws.send(b"\x00\xffbinary")
+        await ws.send("second")
+        assert await ws.recv() == "héllo text"
+        got = await ws.recv()
+        assert isinstance(got, bytes) and got == b"\x00\xffbinary"
+        assert await ws.recv() == "second"
+
+
+async def test_echo_one_mib_frame_round_trips() -> None:
+    payload = os.urandom(MiB)
+    async with (
+        running_server(EchoModel()) as server,
+        websockets.connect(ws_url(server.port), max_size=2 * MiB) as ws,
+    ):
+        await ws.send(payload)
+        assert await ws.recv() == payload
+
+
+async def test_words_stream_back_before_input_ends() -> None:
+    """Full duplex: the first words arrive while the session still has input to send."""
+    async with running_server(WordsModel()) as server, websockets.connect(ws_url(server.port)) as ws:
+        await ws.send("the quick brown fox")
+        assert [await ws.recv() for _ in range(4)] == ["the", "quick", "brown", "fox"]
+        await ws.send("jumps over")
+        assert [await ws.recv() for _ in range(2)] == ["jumps", "over"]
+        await ws.close()
+
+
+async def test_words_delay_streams_one_by_one_while_input_keeps_arriving() -> None:
+    async with (
+        running_server(WordsModel(delay=0.05)) as server,
+        websockets.connect(ws_url(server.port)) as ws,
+    ):
+        started = time.monotonic()
+        await ws.send("a b c d e f")
+        first = await ws.recv()
+        first_at = time.monotonic() - started
+        await ws.send("g h")  # sent while words of the first frame are still streaming
+        rest = [await ws.recv() for _ in range(7)]
+        assert first == "a" and rest == ["b", "c", "d", "e", "f", "g", "h"]
+        assert first_at < 0.25  # one word's delay, not the whole frame's
+
+
+async def test_words_rejects_binary_with_policy_close() -> None:
+    async with running_server(WordsModel()) as server, websockets.connect(ws_url(server.port)) as ws:
+        await ws.send(b"\x01\x02")
+        code, reason = await close_code(ws)
+        assert code == 1008 and "text frames only" in reason
+
+
+# --------------------------------------------------------------------- paths / query
+async def test_custom_invocation_path_and_query_reach_the_model() -> None:
+    async with running_server(PathQueryModel()) as server:
+        url = ws_url(server.port, "v1/listen") + "?model=nova-3&keyterm=a%20b&x=1&x=2"
+        headers = {"X-Amzn-SageMaker-Request-Id": "req-123"}
+        async with websockets.connect(url, additional_headers=headers) as ws:
+            await ws.send("hi")
+            info = json.loads(await ws.recv())
+        assert info["path"] == "v1/listen"
+        assert info["raw_query"] == "model=nova-3&keyterm=a%20b&x=1&x=2"  # byte for byte
+        assert ["keyterm", "a b"] in info["query"] and ["x", "2"] in info["query"]
+        assert info["request_id"] == "req-123"
+        async with websockets.connect(ws_url(server.port, "custom/deep.path_1")) as ws:
+            await ws.send("hi")
+            assert json.loads(await ws.recv())["path"] == "custom/deep.path_1"
+        async with websockets.connect(ws_url(server.port)) as ws:
+            await ws.send("hi")
+            assert json.loads(await ws.recv())["path"] == BIDI
+
+
+async def test_unknown_path_refuses_upgrade_with_404() -> None:
+    async with running_server(EchoModel()) as server:
+        with pytest.raises(InvalidStatus) as info:
+            async with websockets.connect(ws_url(server.port, "v1/listen")):
+                pass
+        assert info.value.response.status_code == 404
+        assert b"no route" in info.value.response.body
+
+
+async def test_check_session_refusal_is_400_with_json_body() -> None:
+    async with running_server(CheckingModel()) as server:
+        with pytest.raises(InvalidStatus) as info:
+            async with websockets.connect(ws_url(server.port) + "?bad=1"):
+                pass
+        assert info.value.response.status_code == 400
+        assert json.loads(info.value.response.body) == {
+            "err_code": "Bad Request",
+            "err_msg": "parameter bad is not allowed",
+        }
+        async with websockets.connect(ws_url(server.port) + "?good=1") as ws:
+            await ws.send("still fine")
+            assert await ws.recv() == "still fine"
+
+
+# --------------------------------------------------------------------- pings / accept
+async def test_ping_is_answered_with_same_payload() -> None:
+    async with running_server(EchoModel()) as server, websockets.connect(ws_url(server.port)) as ws:
+        waiter = await ws.ping(b"payload-123")
+        latency = await asyncio.wait_for(waiter, 2)
+        assert latency >= 0
+
+
+async def test_ping_answered_with_same_payload_on_raw_socket() -> None:
+    """Check the pong's payload bytes on the wire, not just the client's bookkeeping."""
+    async with running_server(EchoModel()) as server, aiohttp.ClientSession() as http:
+        async with http.ws_connect(ws_url(server.port), autoping=False) as ws:
+            await ws.ping(b"exact-bytes")
+            msg = await ws.receive(timeout=2)
+            assert msg.type is aiohttp.WSMsgType.PONG
+            assert msg.data == b"exact-bytes"
+
+
+async def test_accept_is_fast_while_other_sessions_are_busy() -> None:
+    async with running_server(WordsModel(delay=0.001)) as server:
+        busy = [await websockets.connect(ws_url(server.port)) for _ in range(10)]
+        received = [0] * len(busy)
+
+        async def drain(i: int, ws: websockets.ClientConnection) -> None:
+            async for _ in ws:
+                received[i] += 1
+
+        drains = [asyncio.create_task(drain(i, ws)) for i, ws in enumerate(busy)]
+        for ws in busy:
+            await ws.send(" ".join(["word"] * 2000))
+        await asyncio.sleep(0.2)
+        times = []
+        for _ in range(20):
+            began = time.perf_counter()
+            ws = await websockets.connect(ws_url(server.port))
+            times.append(time.perf_counter() - began)
+            await ws.close()
+        assert all(n > 0 for n in received), "busy sessions were not streaming during the accepts"
+        for ws in busy:
+            await ws.close()
+        for task in drains:
+            task.cancel()
+        assert max(times) < 0.250, f"slowest accept {max(times) * 1000:.1f} ms"
+
+
+# --------------------------------------------------------------------- limits
+async def test_oversized_message_closes_1009_and_other_sessions_survive() -> None:
+    async with running_server(EchoModel(), max_message_size=64 * 1024) as server:
+        async with (
+            websockets.connect(ws_url(server.port)) as healthy,
+            websockets.connect(ws_url(server.port), max_size=None) as ws,
+        ):
+            await ws.send(b"x" * (64 * 1024 + 1))
+            code, _ = await close_code(ws)
+            assert code == 1009
+            await healthy.send("ok")
+            assert await healthy.recv() == "ok"
+
+
+async def test_session_limit_closes_1013_try_again_later() -> None:
+    async with running_server(EchoModel(), max_sessions=2) as server:
+        a = await websockets.connect(ws_url(server.port))
+        b = await websockets.connect(ws_url(server.port))
+        c = await websockets.connect(ws_url(server.port))
+        code, reason = await close_code(c)
+        assert code == 1013 and "instance full" in reason
+        await a.send("a")
+        assert await a.recv() == "a"
+        await a.close()
+        await asyncio.sleep(0.1)
+        async with websockets.connect(ws_url(server.port)) as d:
+            await d.send("d")
+            assert await d.recv() == "d"
+        await b.close()
+
+
+async def test_max_session_duration_closes_1008() -> None:
+    async with running_server(EchoModel(), max_session_duration=0.5) as server:
+        async with websockets.connect(ws_url(server.port)) as ws:
+            began = time.monotonic()
+            code, reason = await close_code(ws)
+            assert code == 1008 and "max session duration" in reason
+            assert 0.4 < time.monotonic() - began < 3
+
+
+async def test_idle_timeout_closes_1011_but_activity_keeps_alive() -> None:
+    async with running_server(EchoModel(), idle_timeout=0.6) as server:
+        async with (
+            websockets.connect(ws_url(server.port)) as busy,
+            websockets.connect(ws_url(server.port)) as idle,
+        ):
+            for _ in range(6):
+                await busy.send("tick")
+                assert await busy.recv() == "tick"
+                await asyncio.sleep(0.2)
+            code, reason = await close_code(idle)
+            assert code == 1011 and "idle" in reason
+            await busy.send("still here")
+            assert await busy.recv() == "still here"
+
+
+async def test_model_exception_closes_1011_and_other_session_untouched() -> None:
+    async with running_server(FailingModel()) as server:
+        async with (
+            websockets.connect(ws_url(server.port)) as good,
+            websockets.connect(ws_url(server.port)) as bad,
+        ):
+            await good.send("before")
+            assert await good.recv() == "before"
+            await bad.send("boom")
+            code, reason = await close_code(bad)
+            assert code == 1011
+            assert "boom requested by the client" in reason and "Traceback" not in reason
+            await good.send("after")
+            assert await good.recv() == "after"
+
+
+async def test_backpressure_pauses_reads_when_model_does_not_read() -> None:
+    """A model that never reads must stop the client's sends, not buffer without bound."""
+    async with running_server(StuckModel()) as server:
+        async with websockets.connect(ws_url(server.port), write_limit=64 * 1024) as ws:
+            chunk = b"\x00" * (256 * 1024)
+            sent = 0
+
+            async def push() -> None:
+                nonlocal sent
+                while True:
+                    await ws.send(chunk)
+                    sent += 1
+
+            pusher = asyncio.create_task(push())
+            await asyncio.sleep(2.0)
+            pusher.cancel()
+            ws.transport.abort()  # a graceful close would queue behind the unread data
+            pushed_mib = sent * len(chunk) / MiB
+            # aiohttp's 64 KiB buffer + kernel socket buffers stay well under 64 MiB;
+            # without backpressure 2 s of loopback moves gigabytes.
+            assert pushed_mib < 64, f"client pushed {pushed_mib:.0f} MiB into a model that never reads"
+
+
+async def test_slow_reader_gets_every_frame_in_order() -> None:
+    model = SlowReaderModel(delay=0.01)
+    async with running_server(model) as server, websockets.connect(ws_url(server.port)) as ws:
+        for i in range(60):
+            await ws.send(b"x" * (i + 1))
+        got = [await ws.recv() for _ in range(60)]
+        assert got == [str(i + 1) for i in range(60)]
+
+
+# --------------------------------------------------------------------- HTTP side
+async def test_ping_and_invocations() -> None:
+    async with running_server(WordsModel()) as server, aiohttp.ClientSession() as http:
+        base = f"http://127.0.0.1:{server.port}"
+        async with http.get(f"{base}/ping") as resp:
+            assert resp.status == 200 and await resp.read() == b""
+        async with http.post(
+            f"{base}/invocations", data="hello streaming world", headers={"Content-Type": "text/plain"}
+        ) as resp:
+            assert resp.status == 200
+            assert resp.headers["Content-Type"].startswith("application/json")
+            assert await resp.json() == ["hello", "streaming", "world"]
+        async with http.post(f"{base}/nope") as resp:
+            assert resp.status == 404 and "no route" in (await resp.json())["message"]
+        async with http.get(f"{base}/invocations") as resp:
+            assert resp.status == 405
+
+
+async def test_invocations_content_type_passes_through_echo() -> None:
+    async with running_server(EchoModel()) as server, aiohttp.ClientSession() as http:
+        async with http.post(
+            f"http://127.0.0.1:{server.port}/invocations",
+            data=b"\x01\x02",
+            headers={"Content-Type": "application/x-custom"},
+        ) as resp:
+            assert resp.status == 200
+            assert resp.headers["Content-Type"] == "application/x-custom"
+            assert await resp.read() == b"\x01\x02"
+
+
+async def test_invocation_model_error_is_clear_5xx_without_traceback() -> None:
+    async with running_server(FailingModel()) as server, aiohttp.ClientSession() as http:
+        async with http.post(f"http://127.0.0.1:{server.port}/invocations", data=b"x") as resp:
+            assert resp.status == 500
+            body = await resp.json()
+            assert "invoke exploded on purpose" in body["message"]
+            assert "Traceback" not in json.dumps(body)
+
+
+async def test_invocation_time_limit_gives_504() -> None:
+    async with (
+        running_server(SlowInvokeModel(), invoke_timeout=0.3) as server,
+        aiohttp.ClientSession() as http,
+    ):
+        async with http.post(f"http://127.0.0.1:{server.port}/invocations", data=b"x") as resp:
+            assert resp.status == 504
+            assert (await resp.json())["error"] == "ModelInvocationTimeExceeded"
+
+
+async def test_invocation_body_limit_gives_413() -> None:
+    async with running_server(EchoModel(), max_invoke_body=1000) as server, aiohttp.ClientSession() as http:
+        async with http.post(f"http://127.0.0.1:{server.port}/invocations", data=b"x" * 5000) as resp:
+            assert resp.status == 413
+
+
+async def test_streamed_invocation_is_chunked() -> None:
+    async with running_server(StreamedInvokeModel()) as server, aiohttp.ClientSession() as http:
+        async with http.post(f"http://127.0.0.1:{server.port}/invocations", data=b"one two three") as resp:
+            assert resp.status == 200
+            assert resp.headers.get("Transfer-Encoding") == "chunked"
+            chunks = [chunk async for chunk in resp.content.iter_any()]
+            assert b"".join(chunks) == b"one\ntwo\nthree\n"
+
+
+async def test_ping_is_503_while_loading_then_200() -> None:
+    from bidistream.container.server import ModelServer
+
+    server = ModelServer(SlowLoadModel(delay=1.0), port=0)
+    await server.start()
+    try:
+        async with aiohttp.ClientSession() as http:
+            base = f"http://127.0.0.1:{server.port}"
+            began = time.monotonic()
+            async with http.get(f"{base}/ping") as resp:
+                assert resp.status == 503
+            assert time.monotonic() - began < 2
+            with pytest.raises(InvalidStatus) as info:
+                async with websockets.connect(ws_url(server.port)):
+                    pass
+            assert info.value.response.status_code == 503
+            await server.wait_loaded(timeout=10)
+            async with http.get(f"{base}/ping") as resp:
+                assert resp.status == 200
+    finally:
+        await server.stop(drain_timeout=0)
+
+
+# --------------------------------------------------------------------- process / SIGTERM
+async def test_port_from_sagemaker_bind_to_port_env() -> None:
+    from tests.conftest import free_port
+
+    port = free_port()
+    with serve_process("echo", env={"SAGEMAKER_BIND_TO_PORT": str(port)}, port=port):
+        async with websockets.connect(ws_url(port)) as ws:
+            await ws.send("env port")
+            assert await ws.recv() == "env port"
+
+
+async def test_sigterm_drains_live_sessions_then_stops() -> None:
+    with serve_process("words", "--set", "delay=0.05", "--drain-timeout", "10") as (proc, port):
+        ws = await websockets.connect(ws_url(port))
+        await ws.send(" ".join(f"w{i}" for i in range(20)))
+        assert await ws.recv() == "w0"
+        proc.send_signal(signal.SIGTERM)
+        await asyncio.sleep(0.3)
+        # No new sessions while draining...
+        with pytest.raises((OSError, InvalidStatus)):
+            async with websockets.connect(ws_url(port), open_timeout=1):
+                pass
+        # ...but the live one gets all its words, then ends normally when the client is done.
+        rest = [await ws.recv() for _ in range(19)]
+        assert rest == [f"w{i}" for i in range(1, 20)]
+        await ws.close()
+        assert await asyncio.to_thread(proc.wait, 10) == 0
+
+
+async def test_sigterm_closes_sessions_1001_after_drain_limit() -> None:
+    with serve_process("echo", "--drain-timeout", "0.5") as (proc, port):
+        ws = await websockets.connect(ws_url(port))
+        await ws.send("hold")
+        assert await ws.recv() == "hold"
+        began = time.monotonic()
+        proc.send_signal(signal.SIGTERM)
+        code, reason = await close_code(ws)
+        assert code == 1001 and "shutting down" in reason
+        assert time.monotonic() - began < 5
+        assert await asyncio.to_thread(proc.wait, 10) == 0
+
+
+async def test_serve_user_model_class_by_import_path() -> None:
+    with serve_process("tests.fixtures.models:PathQueryModel") as (_proc, port):
+        async with websockets.connect(ws_url(port, "v1/listen") + "?a=1") as ws:
+            await ws.send("x")
+            assert json.loads(await ws.recv())["raw_query"] == "a=1"

@@ -1,0 +1,131 @@
+"""The ray runtime: an endpoint of 2 instances as Ray actors on a local cluster this test starts.
+
+The cluster is ``ray start --head --block`` bound to 127.0.0.1 in its own
+process group; the test stops that group (only what it started) at the end.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from bidistream.gateway.server import Gateway
+from bidistream.platform.app import build_platform
+from bidistream.platform.runtimes.ray import RayInstance, resources_for
+from bidistream.sigv4 import CredentialStore
+from tests.clients.platform_stack import FAST, SEED_PHRASES, Stack, create_endpoint, phrases_session, sync
+
+pytestmark = pytest.mark.timeout(90)
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+@pytest.fixture
+def ray_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    ray_bin = Path(sys.executable).parent / "ray"
+    assert ray_bin.exists(), "Ray is not installed: pip install -e '.[ray]'"
+    port = _free_port()
+    temp_dir = Path(f"/tmp/bidiray-{os.getpid()}-{port}")  # short: Ray's socket paths are length-limited
+    env = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0", "RAY_ENABLE_UV_RUN_RUNTIME_ENV": "0"}
+    log = (tmp_path_factory.mktemp("ray") / "head.log").open("wb")
+    proc = subprocess.Popen(
+        [
+            str(ray_bin),
+            "start",
+            "--head",
+            "--block",
+            "--node-ip-address=127.0.0.1",
+            f"--port={port}",
+            "--num-cpus=4",
+            "--num-gpus=0",
+            "--include-dashboard=false",
+            "--disable-usage-stats",
+            f"--temp-dir={temp_dir}",
+        ],
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        env=env,
+        start_new_session=True,
+    )
+    try:
+        deadline = time.monotonic() + 45
+        while True:
+            assert proc.poll() is None, f"ray start exited with {proc.returncode}; see {log.name}"
+            try:
+                with socket.create_connection(("127.0.0.1", port), timeout=0.5):
+                    break
+            except OSError:
+                assert time.monotonic() < deadline, "Ray head did not come up in 45 s"
+                time.sleep(0.3)
+        yield f"127.0.0.1:{port}"
+    finally:
+        os.killpg(proc.pid, signal.SIGTERM)
+        try:
+            proc.wait(timeout=8)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+        log.close()
+        shutil.rmtree(temp_dir, ignore_errors=True)
+
+
+def test_resource_table_is_keyed_by_instance_type_and_overridable() -> None:
+    assert resources_for("ml.m5.large") == {"num_cpus": 1.0, "num_gpus": 0.0}
+    assert resources_for("ml.g5.xlarge") == {"num_cpus": 2.0, "num_gpus": 1.0}
+    assert resources_for("ml.p4d.24xlarge")["num_gpus"] == 4.0
+    assert resources_for("ml.g5.xlarge", {"ml.g5.xlarge": {"num_gpus": 0.5}}) == {
+        "num_cpus": 1.0,
+        "num_gpus": 0.5,
+    }
+
+
+async def test_two_instances_on_a_local_ray_cluster(
+    ray_cluster: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("RAY_USAGE_STATS_ENABLED", "0")
+    platform = build_platform(tmp_path / "data", runtime="ray", ray_address=ray_cluster, manager_limits=FAST)
+    await platform.start()
+    gateway = Gateway(
+        platform.router,
+        control_plane=platform.control_plane,
+        port=0,
+        data_dir=tmp_path / "data",
+        credentials=CredentialStore({}),
+    )
+    await gateway.start()
+    try:
+        stack = Stack(platform, gateway)
+        monkeypatch.setenv("SSL_CERT_FILE", str(gateway.ca_path))
+        sm = stack.boto()
+        await sync(create_endpoint, sm, "on-ray", "bidistream/echo", variants=[("AllTraffic", 2, 1.0)])
+        desc = await sync(sm.describe_endpoint, EndpointName="on-ray")
+        assert desc["ProductionVariants"][0]["CurrentInstanceCount"] == 2
+        instances = platform.manager.instances("on-ray")
+        assert len(instances) == 2 and all(isinstance(i.handle, RayInstance) for i in instances)
+        assert len({i.handle.base_url for i in instances if i.handle}) == 2
+        client = await stack.bidi()
+        sessions = await asyncio.gather(*(phrases_session(client, "on-ray") for _ in range(6)))
+        assert all(s.error is None and s.texts() == SEED_PHRASES for s in sessions)
+        # Both actors served: their model servers each logged a session.
+        served = [await i.handle.last_log_lines(200) for i in instances if i.handle]
+        assert all("model echo loaded" in text for text in served)
+        await sync(sm.delete_endpoint, EndpointName="on-ray")
+        await sync(sm.get_waiter("endpoint_deleted").wait, EndpointName="on-ray", WaiterConfig={"Delay": 1})
+        assert all(i.handle is not None and i.handle.exited() for i in instances)
+    finally:
+        await gateway.stop()
+        await platform.stop()

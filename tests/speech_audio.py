@@ -1,0 +1,125 @@
+"""Test audio made at test time (espeak-ng + sox) and one shared speech server per test run.
+
+The speech model takes ~2 s and ~300 MB to load, so every speech test talks to
+one ``bidistream serve speech`` process started on first use and ended (by
+PID) when the test process exits.  Audio is synthesised once per run into a
+temporary directory, the same way ../shared/speech_eval/make_set.sh does.
+"""
+
+from __future__ import annotations
+
+import atexit
+import hashlib
+import shutil
+import subprocess
+import tempfile
+import time
+import urllib.request
+import wave
+from pathlib import Path
+
+from tests.conftest import BIN, ROOT, free_port
+
+_AUDIO_DIR: Path | None = None
+_SERVER: tuple[subprocess.Popen[bytes], int] | None = None
+
+# The shared server closes sessions after this many idle seconds (Deepgram: 10 s),
+# short so the idle test is quick.
+SERVER_IDLE_TIMEOUT = 3.0
+
+
+def require_tools() -> None:
+    missing = [t for t in ("espeak-ng", "sox") if shutil.which(t) is None]
+    if missing:
+        raise RuntimeError(f"speech tests need {', '.join(missing)}: run `make sysdeps`")
+
+
+def audio_dir() -> Path:
+    global _AUDIO_DIR
+    if _AUDIO_DIR is None:
+        _AUDIO_DIR = Path(tempfile.mkdtemp(prefix="bidistream-speech-audio-"))
+        atexit.register(shutil.rmtree, _AUDIO_DIR, True)
+    return _AUDIO_DIR
+
+
+def synth(
+    text: str,
+    *,
+    voice: str = "en-us",
+    speed: int = 165,
+    rate: int = 16000,
+    lead: float = 0.25,
+    tail: float = 0.5,
+) -> Path:
+    """A mono 16-bit WAV of ``text`` at ``rate`` Hz with silence around it (cached)."""
+    require_tools()
+    key = hashlib.sha1(f"{text}|{voice}|{speed}|{rate}|{lead}|{tail}".encode()).hexdigest()[:16]
+    out = audio_dir() / f"{key}.wav"
+    if not out.exists():
+        raw = audio_dir() / f"{key}.raw.wav"
+        subprocess.run(["espeak-ng", "-v", voice, "-s", str(speed), "-w", str(raw), text], check=True)
+        subprocess.run(
+            ["sox", str(raw), "-r", str(rate), "-c", "1", "-b", "16", str(out), "pad", str(lead), str(tail)],
+            check=True,
+        )
+        raw.unlink()
+    return out
+
+
+def pcm(path: Path) -> tuple[bytes, int]:
+    """Raw little-endian PCM frames and sample rate of a WAV file."""
+    with wave.open(str(path)) as wav:
+        return wav.readframes(wav.getnframes()), wav.getframerate()
+
+
+def silence(seconds: float, rate: int = 16000) -> bytes:
+    return b"\0\0" * int(seconds * rate)
+
+
+def speech_server() -> int:
+    """Port of the shared ``bidistream serve speech`` process (started on first call)."""
+    global _SERVER
+    if _SERVER is not None and _SERVER[0].poll() is None:
+        return _SERVER[1]
+    port = free_port()
+    cmd = [
+        str(BIN / "bidistream"),
+        "serve",
+        "speech",
+        "--port",
+        str(port),
+        "--set",
+        f"idle_timeout={SERVER_IDLE_TIMEOUT}",
+        "--log-level",
+        "warning",
+    ]
+    log = open(audio_dir() / "server.log", "wb")
+    proc = subprocess.Popen(cmd, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT)
+    deadline = time.monotonic() + 90
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(
+                f"speech server exited with {proc.returncode}: {(audio_dir() / 'server.log').read_text()}"
+            )
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/ping", timeout=1) as resp:
+                if resp.status == 200:
+                    break
+        except OSError:
+            pass
+        time.sleep(0.2)
+    else:
+        proc.terminate()
+        raise TimeoutError("speech server did not answer /ping 200 within 90 s")
+    _SERVER = (proc, port)
+
+    def stop() -> None:
+        if proc.poll() is None:
+            proc.terminate()
+            try:
+                proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+
+    atexit.register(stop)
+    return port

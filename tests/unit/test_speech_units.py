@@ -1,0 +1,302 @@
+"""Sans-I/O layers of the speech model: protocol, endpointing, audio, scheduler."""
+
+from __future__ import annotations
+
+import asyncio
+import math
+import struct
+import threading
+from collections.abc import Sequence
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from bidistream.errors import ModelError, wire_form
+from bidistream.models.speech import protocol as dg
+from bidistream.models.speech.audio import AudioDecoder, AudioFormatError, Resampler
+from bidistream.models.speech.endpointing import EndpointConfig, Endpointer, SpeechBegan, UtteranceDone
+from bidistream.models.speech.engines import Engine, Transcript, Word, clamp_start
+from bidistream.models.speech.model import PROFILE_ALIASES
+from bidistream.models.speech.scheduler import DecodeScheduler
+from bidistream.models.speech.vad import FRAME_SAMPLES
+
+# ----------------------------------------------------------------------------- protocol
+
+
+def parse(query: str) -> dg.ListenOptions:
+    from urllib.parse import parse_qsl
+
+    return dg.parse_listen_query(parse_qsl(query, keep_blank_values=True), PROFILE_ALIASES)
+
+
+def test_query_defaults_and_case_insensitive_booleans() -> None:
+    opts = parse("model=nova-3&interim_results=TRUE&punctuate=False&vad_events=1&tag=a&tag=b")
+    assert opts.profile == "default" and opts.interim_results and not opts.punctuate and opts.vad_events
+    assert opts.endpointing_ms == 300 and opts.tags == ("a", "b") and opts.encoding is None
+
+
+def test_query_profiles_and_endpointing_false() -> None:
+    assert parse("model=whisper-base").profile == "accurate"
+    assert parse("model=pocketsphinx").profile == "light"
+    assert parse("model=nova-2-phonecall").profile == "default"
+    assert parse("model=nova-3&endpointing=false").endpointing_ms is None
+    assert parse("model=nova-3&endpointing=500").endpointing_ms == 500
+
+
+@pytest.mark.parametrize(
+    "query",
+    [
+        "model=nova-9",
+        "model=nova-3&encoding=flac&sample_rate=1",
+        "model=nova-3&sample_rate=x",
+        "model=nova-3&channels=0",
+        "model=nova-3&utterance_end_ms=1000",
+        "model=nova-3&bogus=1",
+    ],
+)
+def test_bad_query_has_deepgram_error_body(query: str) -> None:
+    with pytest.raises(dg.DeepgramQueryError) as info:
+        parse(query)
+    assert wire_form(info.value).http_status == 400
+    assert info.value.detail is not None
+    assert set(info.value.detail) == {"err_code", "err_msg", "request_id"}
+
+
+def test_auth_token_bearer_and_subprotocol() -> None:
+    keys = frozenset({"k1"})
+    dg.check_auth({"Authorization": "Token k1"}, keys)
+    dg.check_auth({"authorization": "bearer k1"}, keys)
+    dg.check_auth({"Sec-WebSocket-Protocol": "token, k1"}, keys)
+    dg.check_auth({}, frozenset())
+    for headers in ({}, {"Authorization": "Token nope"}, {"Sec-WebSocket-Protocol": "token"}):
+        with pytest.raises(dg.DeepgramAuthError) as info:
+            dg.check_auth(headers, keys)
+        assert wire_form(info.value).http_status == 401
+
+
+def test_control_messages() -> None:
+    assert dg.parse_control('{"type": "KeepAlive"}').type == "KeepAlive"
+    with pytest.raises(ValueError, match="Unknown message type"):
+        dg.parse_control('{"type":"Nope"}')
+    with pytest.raises(ValueError, match="JSON"):
+        dg.parse_control("{")
+    assert dg.sniff_control(b'{"type":"CloseStream"}') is not None
+    assert dg.sniff_control(b"\x00\x01{}") is None
+
+
+def test_results_shape_is_compact_and_complete() -> None:
+    tr = Transcript(
+        "Hello world.", 0.9, (Word("hello", 0.1, 0.4, 0.95, "Hello"), Word("world", 0.5, 0.9, 0.85, "world."))
+    )
+    info = dg.ModelInfo("n", "v", "a", "u")
+    msg = dg.results_message(
+        tr,
+        start=2.0,
+        duration=1.0,
+        is_final=True,
+        speech_final=True,
+        from_finalize=False,
+        request_id="r",
+        info=info,
+        formatted=False,
+    )
+    text = dg.dumps(msg)
+    assert '"type":"Results"' in text and ": " not in text
+    alt = msg["channel"]["alternatives"][0]
+    assert alt["transcript"] == "hello world"
+    assert alt["words"][0] == {
+        "word": "hello",
+        "start": 2.1,
+        "end": 2.4,
+        "confidence": 0.95,
+        "punctuated_word": "hello",
+    }
+    assert msg["channel_index"] == [0, 1] and msg["metadata"]["model_info"]["name"] == "n"
+
+
+def test_clamp_start_moves_words_to_onset() -> None:
+    tr = Transcript("a b", 1.0, (Word("a", 0.0, 0.5, 1, "a"), Word("b", 0.5, 0.9, 1, "b")))
+    out = clamp_start(tr, 0.25)
+    assert out.words[0].start == 0.25 and out.words[1].start == 0.5
+
+
+# ----------------------------------------------------------------------------- endpointing
+
+
+def frames(pattern: str) -> list[float]:
+    """'s' = speech frame, '.' = silence frame (32 ms each)."""
+    return [0.9 if c == "s" else 0.05 for c in pattern]
+
+
+def test_endpoint_after_300ms_of_silence() -> None:
+    ep = Endpointer(EndpointConfig(endpoint_ms=300))
+    events = ep.feed(frames("....." + "s" * 30 + "." * 12))
+    began = [e for e in events if isinstance(e, SpeechBegan)]
+    done = [e for e in events if isinstance(e, UtteranceDone)]
+    assert len(began) == 1 and began[0].at == 5 * FRAME_SAMPLES
+    assert len(done) == 1 and done[0].speech_final and not done[0].from_finalize
+    assert done[0].speech_end == 35 * FRAME_SAMPLES
+    # ends after ceil(300 ms / 32 ms) = 10 quiet frames
+    assert done[0].end == 45 * FRAME_SAMPLES - FRAME_SAMPLES
+
+
+def test_short_pause_does_not_end_and_click_is_ignored() -> None:
+    ep = Endpointer()
+    assert ep.feed(frames("s.....")) == []  # one frame is a click, not speech
+    events = ep.feed(frames("ssss" + "....." + "ssss"))
+    assert [type(e) for e in events] == [SpeechBegan]
+
+
+def test_length_cap_and_flush() -> None:
+    ep = Endpointer(EndpointConfig(max_utterance_ms=1000))
+    events = ep.feed(frames("s" * 40))
+    done = [e for e in events if isinstance(e, UtteranceDone)]
+    assert len(done) == 1 and not done[0].speech_final
+    flushed = ep.flush()
+    assert len(flushed) == 1 and isinstance(flushed[0], UtteranceDone) and flushed[0].from_finalize
+    empty = ep.flush()
+    assert len(empty) == 1 and isinstance(empty[0], UtteranceDone) and empty[0].end == empty[0].start
+
+
+def test_endpointing_disabled_gives_no_speech_final() -> None:
+    ep = Endpointer(EndpointConfig(endpoint_ms=None, fallback_end_ms=320))
+    done = [e for e in ep.feed(frames("sssss" + "." * 12)) if isinstance(e, UtteranceDone)]
+    assert len(done) == 1 and not done[0].speech_final
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(st.floats(0, 1), max_size=300), st.lists(st.booleans(), max_size=5))
+def test_endpointer_any_input_is_in_the_table(probs: list[float], flushes: list[bool]) -> None:
+    ep = Endpointer(EndpointConfig(max_utterance_ms=2000))
+    last_end = 0
+    for chunk_start in range(0, len(probs), 60):
+        for event in ep.feed(probs[chunk_start : chunk_start + 60]):
+            if isinstance(event, UtteranceDone):
+                assert event.start >= last_end - FRAME_SAMPLES * 10 and event.end >= event.start
+                last_end = event.end
+        if flushes and flushes.pop():
+            ep.flush()
+    assert ep.keep_from() <= ep.position
+
+
+# ----------------------------------------------------------------------------- audio
+
+
+def wav_bytes(samples: np.ndarray, rate: int, tag: int = 1, bits: int = 16) -> bytes:
+    data = samples.astype("<i2").tobytes()
+    fmt = struct.pack("<HHIIHH", tag, 1, rate, rate * 2, 2, bits)
+    return (
+        b"RIFF"
+        + struct.pack("<I", 36 + len(data))
+        + b"WAVE"
+        + b"fmt "
+        + struct.pack("<I", 16)
+        + fmt
+        + b"LIST"
+        + struct.pack("<I", 4)
+        + b"INFO"
+        + b"data"
+        + struct.pack("<I", len(data))
+        + data
+    )
+
+
+def test_wav_header_split_anywhere_gives_same_samples() -> None:
+    samples = (np.sin(np.arange(8000) / 5) * 10000).astype(np.int16)
+    blob = wav_bytes(samples, 16000)
+    whole = AudioDecoder().feed(blob)
+    dec = AudioDecoder()
+    parts = [dec.feed(blob[i : i + 7]) for i in range(0, len(blob), 7)]
+    assert np.allclose(np.concatenate(parts), whole) and len(whole) == 8000
+    assert np.allclose(whole, samples / 32768.0)
+
+
+def test_not_wav_without_encoding_is_unsupported_data() -> None:
+    with pytest.raises(AudioFormatError) as info:
+        AudioDecoder().feed(b"definitely not a wav header")
+    assert wire_form(info.value).ws_close == 1002
+
+
+def test_mulaw_and_alaw_known_codes() -> None:
+    mu = AudioDecoder("mulaw", 16000).feed(bytes([0xFF, 0x7F, 0x80, 0x00]))
+    assert (
+        mu[0] == 0
+        and mu[1] == 0
+        and mu[2] == pytest.approx(32124 / 32768)
+        and mu[3] == pytest.approx(-32124 / 32768)
+    )
+    al = AudioDecoder("alaw", 16000).feed(bytes([0xD5, 0x55, 0xAA, 0x2A]))
+    assert al[0] == pytest.approx(8 / 32768) and al[1] == pytest.approx(-8 / 32768)
+    assert al[2] == pytest.approx(32256 / 32768) and al[3] == pytest.approx(-32256 / 32768)
+
+
+@pytest.mark.parametrize("rate", [8000, 44100, 48000])
+def test_resampler_keeps_frequency_and_is_seamless(rate: int) -> None:
+    t = np.arange(rate) / rate
+    tone = np.sin(2 * math.pi * 440 * t).astype(np.float32)
+    res = Resampler(rate)
+    out = np.concatenate([res.process(tone[i : i + 1000]) for i in range(0, len(tone), 1000)])
+    assert abs(len(out) - 16000) <= 40
+    spectrum = np.abs(np.fft.rfft(out[1000:15000]))
+    peak_hz = np.argmax(spectrum) * 16000 / len(out[1000:15000])
+    assert abs(peak_hz - 440) < 3
+    assert np.max(np.abs(np.diff(out[100:-100]))) < 0.2  # no clicks at chunk joins
+
+
+# ----------------------------------------------------------------------------- scheduler
+
+
+class FakeEngine(Engine):
+    def __init__(self, delay: float = 0.05, fail: bool = False) -> None:
+        self.calls: list[tuple[int, bool]] = []
+        self.delay = delay
+        self.fail = fail
+        self.lock = threading.Lock()
+
+    @property
+    def max_batch(self) -> int:
+        return 8
+
+    def decode(self, batch: Sequence[np.ndarray], *, final: bool) -> list[Transcript]:
+        import time
+
+        with self.lock:
+            self.calls.append((len(batch), final))
+        time.sleep(self.delay)
+        if self.fail:
+            raise RuntimeError("boom")
+        return [Transcript(str(len(a)), 1.0) for a in batch]
+
+
+async def test_scheduler_batches_coinciding_jobs_and_keeps_results_apart() -> None:
+    engine = FakeEngine()
+    sched = DecodeScheduler(engine, slots=1, batching=True)
+    jobs = [sched.decode(np.zeros(n, np.float32), final=False) for n in range(1, 7)]
+    results = await asyncio.gather(*jobs)
+    assert [r.text for r in results] == [str(n) for n in range(1, 7)]
+    assert engine.calls[0] == (1, False) and max(c[0] for c in engine.calls) == 5
+    assert sched.stats.calls == 2 and sched.stats.jobs == 6
+
+
+async def test_scheduler_without_batching_and_finals_first() -> None:
+    engine = FakeEngine()
+    sched = DecodeScheduler(engine, slots=1, batching=False)
+    first = asyncio.ensure_future(sched.decode(np.zeros(1, np.float32), final=False))
+    await asyncio.sleep(0.01)
+    rest = [asyncio.ensure_future(sched.decode(np.zeros(1, np.float32), final=f)) for f in (False, True)]
+    await asyncio.gather(first, *rest)
+    assert engine.calls == [(1, False), (1, True), (1, False)]
+
+
+async def test_scheduler_caps_concurrency_and_wraps_errors() -> None:
+    engine = FakeEngine(fail=True)
+    sched = DecodeScheduler(engine, slots=2, batching=False)
+    with pytest.raises(ModelError, match="boom"):
+        await sched.decode(np.zeros(1, np.float32), final=True)
+    ok = DecodeScheduler(FakeEngine(delay=0.1), slots=2)
+    tasks = [asyncio.ensure_future(ok.decode(np.zeros(1, np.float32), final=True)) for _ in range(3)]
+    await asyncio.sleep(0.02)
+    assert ok._running == 2 and ok.pending == 1
+    await asyncio.gather(*tasks)

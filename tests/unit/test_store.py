@@ -1,0 +1,74 @@
+"""The SQLite store: transactional writes, durable across reopen, conditional updates."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from bidistream.errors import ConflictError, NotFoundError
+from bidistream.platform.store import EndpointRecord, InstanceRow, Record, Store
+
+
+def _endpoint(name: str = "ep", status: str = "Creating") -> EndpointRecord:
+    return EndpointRecord(name, f"arn:{name}", "cfg", status, None, 1.0, 1.0, {"deployment": [{"x": 1}]})
+
+
+def test_records_survive_reopen(tmp_path: Path) -> None:
+    path = tmp_path / "s.sqlite3"
+    store = Store(path)
+    store.insert_doc("models", Record("m", "arn:m", 5.0, {"PrimaryContainer": {"Image": "x"}}), kind="model")
+    store.insert_endpoint(_endpoint())
+    store.close()
+    again = Store(path)
+    model = again.get_doc("models", "m")
+    assert model is not None and model.doc == {"PrimaryContainer": {"Image": "x"}} and model.created == 5.0
+    endpoint = again.get_endpoint("ep")
+    assert endpoint is not None and endpoint.doc["deployment"] == [{"x": 1}]
+    assert [r.name for r in again.list_docs("models")] == ["m"]
+
+
+def test_duplicate_insert_is_a_conflict_and_writes_nothing(tmp_path: Path) -> None:
+    store = Store(tmp_path / "s.sqlite3")
+    store.insert_endpoint(_endpoint())
+    with pytest.raises(ConflictError, match="already existing endpoint"):
+        store.insert_endpoint(_endpoint())
+    assert len(store.list_endpoints()) == 1
+    store.insert_doc("endpoint_configs", Record("c", "arn:c", 1.0, {}), kind="endpoint configuration")
+    with pytest.raises(ConflictError):
+        store.insert_doc("endpoint_configs", Record("c", "arn:c2", 2.0, {}), kind="endpoint configuration")
+    assert store.get_doc("endpoint_configs", "c").arn == "arn:c"  # type: ignore[union-attr]
+
+
+def test_failed_transaction_rolls_back(tmp_path: Path) -> None:
+    store = Store(tmp_path / "s.sqlite3")
+    with pytest.raises(RuntimeError), store.transaction() as conn:
+        conn.execute("INSERT INTO endpoints VALUES ('half', 'arn', 'cfg', 'Creating', NULL, 1, 1, '{}')")
+        raise RuntimeError("crash mid-CreateEndpoint")
+    assert store.get_endpoint("half") is None
+
+
+def test_update_is_compare_and_set(tmp_path: Path) -> None:
+    store = Store(tmp_path / "s.sqlite3")
+    store.insert_endpoint(_endpoint(status="InService"))
+    updated = store.update_endpoint("ep", status="Updating", expect_status=("InService",), failure_reason="x")
+    assert updated.status == "Updating" and updated.failure_reason == "x"
+    with pytest.raises(ConflictError, match="in-progress"):
+        store.update_endpoint("ep", status="Updating", expect_status=("InService",))
+    cleared = store.update_endpoint("ep", status="InService", clear_failure=True)
+    assert cleared.failure_reason is None
+    with pytest.raises(NotFoundError):
+        store.update_endpoint("nope", status="InService")
+
+
+def test_delete_and_live_view(tmp_path: Path) -> None:
+    store = Store(tmp_path / "s.sqlite3")
+    store.insert_endpoint(_endpoint())
+    row = InstanceRow("i1", "ep", "v", "healthy", "http://x", 2, 0, "/l", 1.0)
+    store.replace_instances([row])
+    assert store.list_instances() == [row]
+    assert store.delete_endpoint("ep") is True
+    assert store.delete_endpoint("ep") is False
+    assert store.list_instances() == []
+    store.set_meta("heartbeat", "12")
+    assert store.get_meta("heartbeat") == "12"
