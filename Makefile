@@ -3,7 +3,7 @@ SHELL := /bin/bash
 VENV  ?= .venv
 PY    := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-stamp
-PORT  ?= 8080
+RUN_ARGS ?=
 PYTEST_ARGS ?=
 
 .PHONY: run test lint typecheck bench bench-speech venv sysdeps clean
@@ -23,7 +23,7 @@ sysdeps:
 	@scripts/sysdeps.sh
 
 run: $(STAMP)
-	$(VENV)/bin/bidistream run --port $(PORT)
+	$(VENV)/bin/bidistream run $(RUN_ARGS)
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check src tests benchmarks

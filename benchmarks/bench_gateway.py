@@ -180,7 +180,9 @@ async def measure_idle(port: int, ca: Path, gw_pid: int, echo_port: int) -> dict
     opened = 0
     began = time.perf_counter()
     while opened < IDLE_SESSIONS:
-        _, c = await loop.create_connection(lambda: _H2Client(lambda _s: None), "127.0.0.1", port, ssl=_tls(ca))
+        _, c = await loop.create_connection(
+            lambda: _H2Client(lambda _s: None), "127.0.0.1", port, ssl=_tls(ca)
+        )
         await c.ready
         clients.append(c)
         sids = [c.open("/endpoints/echo/invocations-bidirectional-stream?") for _ in range(STREAMS_PER_CONN)]
@@ -270,12 +272,24 @@ def run() -> dict[str, Any]:
             "gateway_kib_per_idle_session": round(kib, 1),
         },
         "bars": [
-            {"name": "gateway CPU per pair <= 3x relay floor", "value": cpu_ratio, "limit": 3.0,
-             "passed": cpu_ratio <= 3.0},
-            {"name": "added p50 <= 200 us over direct", "value": added_p50, "limit": 200.0,
-             "passed": added_p50 <= 200.0},
-            {"name": "gateway memory <= 32 KiB per idle session", "value": kib, "limit": 32.0,
-             "passed": kib <= 32.0},
+            {
+                "name": "gateway CPU per pair <= 3x relay floor",
+                "value": cpu_ratio,
+                "limit": 3.0,
+                "passed": cpu_ratio <= 3.0,
+            },
+            {
+                "name": "added p50 <= 200 us over direct",
+                "value": added_p50,
+                "limit": 200.0,
+                "passed": added_p50 <= 200.0,
+            },
+            {
+                "name": "gateway memory <= 32 KiB per idle session",
+                "value": kib,
+                "limit": 32.0,
+                "passed": kib <= 32.0,
+            },
         ],
         "reps": reps,
     }
@@ -285,5 +299,9 @@ def run() -> dict[str, Any]:
 
 if __name__ == "__main__":
     out = run()
-    print(json.dumps({"ratios": out["ratios"], "gateway": out["gateway"], "idle": out["idle"],
-                      "bars": out["bars"]}, indent=2))
+    print(
+        json.dumps(
+            {"ratios": out["ratios"], "gateway": out["gateway"], "idle": out["idle"], "bars": out["bars"]},
+            indent=2,
+        )
+    )

@@ -112,7 +112,7 @@ async def stream_one(port: int, pcm: bytes, profile: str) -> dict[str, float | N
                     first_interim = time.monotonic() - start - LEAD_IN
                 if data["is_final"] and text:
                     final_at = time.monotonic()
-                if data.get("from_finalize") or data.get("speech_final"):
+                if data.get("from_finalize"):
                     break
         await sender
         await ws.send_str('{"type":"CloseStream"}')

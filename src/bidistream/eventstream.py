@@ -31,7 +31,6 @@ from smithy_aws_event_stream.events import (
     EventHeaderDecoder,
     EventHeaderEncoder,
     EventMessage,
-    EventPrelude,
     _EventEncoder,
     _validate_checksum,
 )
@@ -58,6 +57,7 @@ __all__ = [
 MAX_EVENT_SIZE = 16 * 1024 * 1024 + 128 * 1024 + 16
 _ENVELOPE_OVERHEAD = 83
 _MIN_EVENT_SIZE = 16
+_MAX_HEADERS = 128 * 1024
 _PRELUDE = 12
 
 DATA_TYPES = frozenset({"UTF8", "BINARY"})
@@ -139,11 +139,8 @@ def _split(raw: bytes) -> tuple[bytes, bytes]:
     """Check one complete message's prelude and CRCs; return (header block, payload)."""
     try:
         total, head_len, prelude_crc = unpack_from(">III", raw)
-        EventPrelude(total_length=total, headers_length=head_len, crc=prelude_crc)
-        if total != len(raw) or head_len > total - _MIN_EVENT_SIZE:
-            raise InvalidFrameError(
-                "malformed event-stream message: length prefix does not match its bytes"
-            )
+        if total != len(raw) or head_len > total - _MIN_EVENT_SIZE or head_len > _MAX_HEADERS:
+            raise InvalidFrameError("malformed event-stream message: length prefix does not match its bytes")
         _validate_checksum(raw[:8], prelude_crc)
         _validate_checksum(raw[8 : total - 4], unpack_from(">I", raw, total - 4)[0], prelude_crc)
     except EventError as exc:
@@ -273,7 +270,19 @@ def unwrap(raw: bytes) -> SignedEvent:
     date_ms = unpack_from(">q", date_header, 7)[0]
     if not inner:
         return SignedEvent(None, b"", date_header, date_ms, signature)
-    return SignedEvent(parse_payload_part(decode_message(inner)), inner, date_header, date_ms, signature)
+    inner_block, payload = _split(inner)
+    meta = _PART_META.get(inner_block)
+    if meta is None:
+        part = parse_payload_part(decode_message(inner))
+        if len(_PART_META) < _HEADER_CACHE_MAX:
+            _PART_META[inner_block] = (part.data_type, part.completion_state, part.p)
+        return SignedEvent(part, inner, date_header, date_ms, signature)
+    return SignedEvent(PayloadPart(payload, *meta), inner, date_header, date_ms, signature)
+
+
+# Validated (DataType, CompletionState, P) per inner header block: the official
+# client sends the same few blocks over and over.
+_PART_META: dict[bytes, tuple[str | None, str | None, str | None]] = {}
 
 
 # Response headers in the order the real service sends them (see the payload-part

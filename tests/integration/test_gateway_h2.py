@@ -215,7 +215,7 @@ async def test_client_vanishes_instance_sees_close_within_a_second(stack: Stack)
     assert server.live_sessions == 2
     raw.close()  # TCP reset, no GOAWAY
     async with asyncio.timeout(1.0):
-        while server.live_sessions != 1:
+        while server.live_sessions != 1:  # noqa: ASYNC110 (polling the server under test)
             await asyncio.sleep(0.01)
     await healthy_finish(other, healthy)
     other.close()
@@ -230,7 +230,7 @@ async def test_stream_reset_closes_instance_socket(raw: RawH2, stack: Stack) -> 
     raw._flush()
     server = stack.servers["echo"]
     async with asyncio.timeout(1.0):
-        while server.live_sessions != 1:
+        while server.live_sessions != 1:  # noqa: ASYNC110 (polling the server under test)
             await asyncio.sleep(0.01)
     await healthy_finish(raw, healthy)
 

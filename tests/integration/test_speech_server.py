@@ -110,7 +110,7 @@ async def test_live_interims_finals_utterance_end_metadata() -> None:
     final = finals(messages)
     assert len(final) == 1 and final[0]["speech_final"] is True and final[0]["from_finalize"] is False
     alt = final[0]["channel"]["alternatives"][0]
-    assert "account" in alt["transcript"].lower() and alt["transcript"][0].isupper()
+    assert "balance" in alt["transcript"].lower() and alt["transcript"][0].isupper()
     assert kinds.index("UtteranceEnd") > kinds.index("Results")
     ue = messages[kinds.index("UtteranceEnd")]
     assert ue["last_word_end"] == pytest.approx(alt["words"][-1]["end"], abs=0.01)
@@ -185,7 +185,7 @@ async def test_non_audio_closes_1002_and_other_session_untouched() -> None:
         await good.send_str(json.dumps({"type": "CloseStream"}))
         messages = await read_all(good)
         assert good.close_code == 1000
-    assert "account" in text_of(messages)
+    assert "balance" in text_of(messages)
 
 
 async def test_unknown_text_message_gets_error_and_stream_continues() -> None:

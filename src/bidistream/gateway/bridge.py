@@ -81,7 +81,7 @@ def _reason(text: str) -> bytes:
     return data if len(data) <= _MAX_REASON else data[: _MAX_REASON - 3] + b"..."
 
 
-class Upstream(WSListener):  # type: ignore[misc]
+class Upstream(WSListener):
     """picows listener for one session's instance WebSocket."""
 
     def __init__(self, downstream: Downstream | None = None) -> None:
@@ -299,7 +299,7 @@ async def open_upstream(
         try:
             async with asyncio.timeout(limits.connect_timeout):
                 transport, _ = await ws_connect(
-                    lambda listener=listener: listener,  # type: ignore[misc]
+                    lambda listener=listener: listener,
                     url,
                     extra_headers=dict(headers),
                     enable_auto_ping=False,

@@ -146,7 +146,7 @@ def run_invoke(args: argparse.Namespace) -> int:
     data_dir = Path(args.data_dir).expanduser()
     local_ca = data_dir / "ca.pem"
     ca = str(local_ca) if local_ca.exists() else os.environ.get("SSL_CERT_FILE")
-    source = open(args.file, "rb") if args.file else sys.stdin.buffer  # noqa: SIM115
+    source = open(args.file, "rb") if args.file else sys.stdin.buffer
     chunk = args.chunk_bytes or 4096
     code = 0
 

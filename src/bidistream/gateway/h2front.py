@@ -29,7 +29,7 @@ import asyncio
 import contextlib
 import logging
 from collections.abc import AsyncIterator, Callable
-from typing import TYPE_CHECKING, cast
+from typing import TYPE_CHECKING, Any, cast
 
 import h2.config
 import h2.connection
@@ -94,11 +94,11 @@ class H2Protocol(asyncio.Protocol):
         # Per-stream windows do the real limiting; keep the shared one out of the way.
         conn.increment_flow_control_window(2**31 - 1 - 65535)
         self.gateway.connections.add(self)
-        transport.write(conn.data_to_send())
+        self.transport.write(conn.data_to_send())
 
     def data_received(self, data: bytes) -> None:
         try:
-            events = self.conn.receive_data(data)
+            events: list[Any] = self.conn.receive_data(data)
         except h2.exceptions.ProtocolError as exc:
             log.info("HTTP/2 protocol error from client: %s", exc)
             self.flush()
@@ -297,6 +297,9 @@ class BidiStream(_Stream):
     """One InvokeEndpointWithBidirectionalStream session."""
 
     __slots__ = (
+        "_close_timer",
+        "_connect_task",
+        "_failed",
         "chain",
         "decoder",
         "early",
@@ -313,9 +316,6 @@ class BidiStream(_Stream):
         "unacked",
         "up",
         "upstream_done",
-        "_close_timer",
-        "_connect_task",
-        "_failed",
     )
 
     def __init__(self, proto: H2Protocol, sid: int, path: str, query: str, headers: dict[str, str]) -> None:
