@@ -11,6 +11,7 @@ import time
 import aiohttp
 import pytest
 import websockets
+from aiohttp import WSMsgType
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 
 from bidistream.models.echo import EchoModel
@@ -56,6 +57,19 @@ async def test_echo_preserves_kind_and_order() -> None:
         got = await ws.recv()
         assert isinstance(got, bytes) and got == b"\x00\xffbinary"
         assert await ws.recv() == "second"
+
+
+async def test_output_owed_after_client_close_is_still_delivered() -> None:
+    """A client that closes right after sending still gets what the model owes it."""
+    async with running_server(WordsModel(delay=0.02)) as server, aiohttp.ClientSession() as http:
+        async with http.ws_connect(ws_url(server.port), autoclose=False) as ws:
+            await ws.send_str("a b c")
+            await ws._writer.close(1000, b"")  # half-close: close frame out, keep reading
+            got = []
+            while (msg := await ws.receive(timeout=5)).type is WSMsgType.TEXT:
+                got.append(msg.data)
+            assert got == ["a", "b", "c"]
+            assert msg.type is WSMsgType.CLOSE and msg.data == 1000
 
 
 async def test_echo_one_mib_frame_round_trips() -> None:

@@ -288,6 +288,9 @@ class ModelServer:
             protocols=self.model.subprotocols,
             compress=False,
             timeout=CLOSE_HANDSHAKE_TIMEOUT,
+            # The client's close ends its input, not the session: the model may
+            # still owe output (echoes, final transcripts), sent before our close.
+            autoclose=False,
         )
         await ws.prepare(request)
         if len(self._sessions) >= self.limits.max_sessions:
