@@ -120,9 +120,15 @@ async def stream_one(port: int, pcm: bytes, profile: str) -> dict[str, float | N
     return {"first_interim": first_interim, "final_latency": final_latency}
 
 
+def _le(value: float | None, bar: float) -> bool:
+    return value is not None and value <= bar
+
+
 def pcm_of(path: Path) -> bytes:
+    """The utterance without make_set.sh's 0.5 s tail: the speech ends at the last chunk,
+    so "final latency" is measured from the end of the audio, as the spec does."""
     with wave.open(str(path)) as wav:
-        return wav.readframes(wav.getnframes())
+        return wav.readframes(wav.getnframes())[: -int(0.5 * 16000) * 2]
 
 
 def pct(values: list[float], q: float) -> float | None:
@@ -163,9 +169,7 @@ async def concurrency(model: SpeechModel, wavs: Path, utts: list[str], profile: 
                 *(stream_one(server.port, pcms[i % len(pcms)], profile) for i in range(n))
             )
             lat = [r["final_latency"] for r in runs]
-            ok = (
-                all(v is not None for v in lat) and (pct([v for v in lat if v is not None], 0.9) or 99) <= 1.5
-            )
+            ok = all(v is not None for v in lat) and _le(pct([v for v in lat if v is not None], 0.9), 1.5)
             print(f"  {profile} {n} sessions: final latencies {lat}", flush=True)
             if not ok:
                 break
@@ -205,8 +209,8 @@ async def main() -> None:
             "wer_a<=6%": d["wer"].get("a", 1) <= BARS["wer_a"],
             "wer_b<=8%": d["wer"].get("b", 1) <= BARS["wer_b"],
             "wer_r<=6%": d["wer"].get("r", 1) <= BARS["wer_r"],
-            "final_p50<=450ms": (rt["final_latency_p50"] or 99) <= BARS["final_p50"],
-            "first_interim<=1.2s": (rt["first_interim_after_onset_p50"] or 99) <= BARS["first_interim"],
+            "final_p50<=450ms": _le(rt["final_latency_p50"], BARS["final_p50"]),
+            "first_interim<=1.2s": _le(rt["first_interim_after_onset_p50"], BARS["first_interim"]),
             ">=4 concurrent": d["concurrent_batching"] >= BARS["concurrent"],
         }
         print("bars:", json.dumps(report["bars"], indent=2))

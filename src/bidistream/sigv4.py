@@ -138,6 +138,10 @@ def _parse_authorization(value: str) -> tuple[str, str, str, str, list[str], str
     return akid, date, region, service, signed, signature
 
 
+def _strip_default_port(authority: str) -> str:
+    return authority[: -len(":443")] if authority.endswith(":443") else authority
+
+
 def verify_request(
     store: CredentialStore,
     method: str,
@@ -151,6 +155,10 @@ def verify_request(
     ``body`` None means the streaming form (``x-amz-content-sha256`` carries the
     literal); otherwise the payload hash is the body's SHA-256.
     """
+    if "host" not in headers and ":authority" in headers:
+        # HTTP/2 has no Host header; the client signs ``host`` with the value it
+        # sends as ``:authority`` (RFC 9113 8.3.1), minus the scheme's default port.
+        headers = {**headers, "host": _strip_default_port(headers[":authority"])}
     auth = headers.get("authorization")
     if not auth:
         raise AuthError("missing Authorization header: this gateway requires SigV4-signed requests")

@@ -45,6 +45,13 @@ def test_request_signature_and_event_chain_verify() -> None:
         chain.verify(ev.date_header, ev.date_ms, ev.inner, ev.signature)
 
 
+def test_headers_exactly_as_received_over_h2_verify() -> None:
+    # HTTP/2 carries no Host header: the signed ``host`` is the ``:authority`` value.
+    assert "host" not in HEADERS
+    sig = verify_request(store(), "POST", PATH, "", dict(HEADERS))
+    assert sig.signature == SPEC["seed_signature_hex"]
+
+
 def test_wrong_secret_is_refused() -> None:
     with pytest.raises(AuthError, match="does not match"):
         verify_request(store("not-the-secret"), "POST", PATH, "", h2_headers())

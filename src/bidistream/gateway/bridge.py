@@ -82,7 +82,16 @@ def _reason(text: str) -> bytes:
 
 
 class Upstream(WSListener):
-    """picows listener for one session's instance WebSocket."""
+    """picows listener for one session's instance WebSocket.
+
+    It starts *unconfirmed*: a full instance accepts the upgrade and closes with
+    1013 at once (``bidistream serve`` does), and that close may come in a later
+    read than the 101.  Until the instance has shown it took the session (a
+    frame, a pong, or ``confirm_timeout`` of silence) nothing is relayed either
+    way: the instance's frames are held here (reads paused) and the client's in
+    the front door, so the router can still move the session elsewhere.
+    :meth:`attach` ends that phase.
+    """
 
     def __init__(self, downstream: Downstream | None = None) -> None:
         self.downstream = downstream
@@ -100,6 +109,10 @@ class Upstream(WSListener):
         # Opcode of the message being fragmented in each direction (None between messages).
         self._out_frag = False
         self._in_text = False
+        # Instance frames received before attach(); None once attached.
+        self._held: list[tuple[bytes, bool, bool]] | None = []
+        self._confirm: asyncio.Future[None] | None = None
+        self.settled = False
 
     # ------------------------------------------------------------------ picows callbacks
     def on_ws_connected(self, transport: WSTransport) -> None:
@@ -116,13 +129,19 @@ class Upstream(WSListener):
             ds = self.downstream
             if ds is not None:
                 ds.on_upstream_frame(frame.get_payload_as_bytes(), text, fin)
+            elif self._held is not None:
+                self._hold(frame.get_payload_as_bytes(), text, fin)
         elif kind is _CONT:
             self.relayed += 1
             ds = self.downstream
             if ds is not None:
                 ds.on_upstream_frame(frame.get_payload_as_bytes(), self._in_text, frame.fin)
+            elif self._held is not None:
+                self._hold(frame.get_payload_as_bytes(), self._in_text, frame.fin)
         elif kind is _PONG:
             self.missed = 0
+            if not self.settled:
+                self._settle()
         elif kind is _CLOSE:
             self.got_close = True
             payload = frame.get_payload_as_bytes()
@@ -136,11 +155,15 @@ class Upstream(WSListener):
             if not transport.is_close_frame_sent:
                 transport.send_close(WSCloseCode.OK)
             transport.disconnect()
+            if not self.settled:
+                self._settle()
 
     def on_ws_disconnected(self, transport: WSTransport) -> None:
         if self.closed:
             return
         self.closed = True
+        if not self.settled:
+            self._settle()
         if self.ticker is not None:
             self.ticker.remove(self)
         if self.router is not None and self.target is not None:
@@ -163,6 +186,53 @@ class Upstream(WSListener):
         ds = self.downstream
         if ds is not None:
             ds.on_upstream_writable()
+
+    # ------------------------------------------------------------------ confirmation
+    def _hold(self, data: bytes, text: bool, fin: bool) -> None:
+        """The instance spoke before attach(): keep it, and read no more until attached."""
+        assert self._held is not None
+        self._held.append((data, text, fin))
+        self.pause_reading()
+        if not self.settled:
+            self._settle()
+
+    def _settle(self) -> None:
+        self.settled = True
+        fut = self._confirm
+        if fut is not None and not fut.done():
+            fut.set_result(None)
+
+    async def confirm(self, timeout: float) -> None:
+        """Wait until the instance shows it kept the session, or ``timeout`` of silence.
+
+        A ping is the probe: an instance that closes right after accepting
+        (1013, full) has sent that close before it can answer, and a WebSocket
+        peer answers pings in order, so a pong means the accept stood.  An
+        instance that does not read yet (pongs come from the read loop) is taken
+        after ``timeout``.
+        """
+        if self.settled or self.transport is None:
+            return
+        self._confirm = asyncio.get_running_loop().create_future()
+        self.transport.send_ping()
+        try:
+            async with asyncio.timeout(timeout):
+                await self._confirm
+        except TimeoutError:
+            self.settled = True
+        finally:
+            self._confirm = None
+
+    def attach(self, downstream: Downstream) -> None:
+        """Start relaying to ``downstream``: first the frames held while unconfirmed."""
+        self.downstream = downstream
+        held, self._held = self._held, None
+        if held:
+            for data, text, fin in held:
+                downstream.on_upstream_frame(data, text, fin)
+                if self.downstream is None:
+                    return  # the front door gave up while we replayed
+            self.resume_reading()
 
     # ------------------------------------------------------------------ used by front doors
     def send(self, data: bytes, text: bool, fin: bool = True) -> None:
@@ -272,7 +342,6 @@ def upstream_url(base_url: str, path: str | None, query: str | None) -> str:
 
 async def open_upstream(
     router: Router,
-    downstream: Downstream,
     endpoint: str,
     *,
     variant: str | None,
@@ -287,6 +356,10 @@ async def open_upstream(
     A full instance (upgrade answered 503, or close 1013 right after the
     accept) or an unreachable one makes us try the next candidate; a refused
     upgrade (any other status) is the model's answer and surfaces as 424.
+
+    The returned upstream is confirmed but not attached: the caller calls
+    ``attach(downstream)`` once it is ready to relay (response headers sent),
+    and checks ``closed`` for an instance that closed during the handshake.
     """
     targets = router.candidates(endpoint, variant)
     last: BidistreamError = ServiceUnavailableError(
@@ -294,7 +367,7 @@ async def open_upstream(
     )
     for target in targets:
         url = upstream_url(target.base_url, path, query)
-        listener = Upstream(downstream)
+        listener = Upstream()
         began = time.monotonic()
         try:
             async with asyncio.timeout(limits.connect_timeout):
@@ -334,15 +407,18 @@ async def open_upstream(
             continue
         except Exception as exc:
             raise InternalError(f"opening the instance connection failed: {exc}") from exc
-        # A full instance may accept and close with 1013 at once: let that close
-        # frame, if it came with the handshake, be seen before committing.
-        if listener.got_close and not listener.relayed:
-            err = listener.close_error
-            listener.downstream = None
-            if isinstance(err, InstanceFullError):
-                last = err
-                continue
+        # A full instance accepts and closes with 1013 at once, with the 101 or in
+        # a later read: confirm before committing, while nothing has been relayed.
         listener.transport = transport
+        try:
+            await listener.confirm(limits.confirm_timeout)
+        except BaseException:
+            transport.disconnect(graceful=False)
+            raise
+        if listener.got_close and not listener.relayed and isinstance(listener.close_error, InstanceFullError):
+            last = listener.close_error
+            transport.disconnect(graceful=False)
+            continue
         listener.target = target
         listener.router = router
         transport.underlying_transport.set_write_buffer_limits(high=limits.high_water)

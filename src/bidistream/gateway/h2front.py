@@ -376,7 +376,6 @@ class BidiStream(_Stream):
         try:
             up = await open_upstream(
                 gw.router,
-                self,
                 self.endpoint,
                 variant=variant,
                 path=inv_path,
@@ -413,6 +412,7 @@ class BidiStream(_Stream):
         if early:
             for data, text, fin in early:
                 up.send(data, text, fin)
+        up.attach(self)
         self._ack()
         if self.proto.write_paused:
             up.pause_reading()

@@ -29,6 +29,11 @@ class GatewayLimits:
     # Time to open the WebSocket to the instance (the contract gives the accept 250 ms;
     # connect time on a busy host comes on top).
     connect_timeout: float = 10.0
+    # After the instance accepts, how long to wait for a sign it kept the session
+    # (a frame or the answer to a ping) before relaying to it anyway.  Client
+    # frames wait in the front door meanwhile; a 1013 close in that time sends
+    # the session to the next instance.
+    confirm_timeout: float = 0.25
     # After the client ends its input, how long the instance gets to finish and close.
     close_timeout: float = 30.0
     # InvokeEndpoint: 6 MB body (API limit) and 60 s per call.

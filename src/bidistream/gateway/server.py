@@ -33,6 +33,7 @@ Both call :meth:`Gateway.handle_http` for ordinary requests:
 * ``POST /endpoints/{name}/invocations`` → InvokeEndpoint;
 * ``POST /endpoints/{name}/invocations-response-stream`` → InvokeEndpointWithResponseStream;
 * ``GET /ping`` → 200.
+* ``GET /`` → 302 to ``/web/``, ``GET /web/<file>`` → the browser demo page (``static.py``).
 """
 
 from __future__ import annotations
@@ -55,6 +56,7 @@ from bidistream.gateway.h2front import H2Protocol
 from bidistream.gateway.http import Api, HttpResponse, error_response, new_request_id
 from bidistream.gateway.limits import GatewayLimits
 from bidistream.gateway.runtime import invoke_endpoint
+from bidistream.gateway.static import static_response
 from bidistream.gateway.tls import TLSFiles, ensure_certificates, server_context
 from bidistream.gateway.wsfront import WsFrontDoor
 from bidistream.platform.routing import Router
@@ -186,6 +188,8 @@ class Gateway:
     ) -> HttpResponse:
         if method == "GET" and path == "/ping":
             return HttpResponse(200, [("content-type", "text/plain")], b"ok\n")
+        if (page := static_response(method, path)) is not None:
+            return page  # the browser demo page; browsers load it over h2, so both doors
         if method == "POST" and path == "/" and "x-amz-target" in headers:
             return await self._control(headers, body)
         if method == "POST" and path.startswith("/endpoints/"):

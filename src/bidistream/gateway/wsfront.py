@@ -131,7 +131,6 @@ class WsSession(asyncio.Protocol):
         try:
             up = await open_upstream(
                 gw.router,
-                self,
                 endpoint,
                 variant=None,
                 path=inv_path,
@@ -154,6 +153,7 @@ class WsSession(asyncio.Protocol):
         early, self.early = self.early, None
         for data, text, fin in early or ():
             up.send(data, text, fin)
+        up.attach(self)
         self.transport.resume_reading()
         if up.closed:
             self.on_upstream_closed(up.close_error)
