@@ -30,7 +30,7 @@ from bidistream.model import Request
 from bidistream.models.speech import SpeechModel
 
 ROOT = Path(__file__).resolve().parent.parent
-MAKE_SET = ROOT.parent / "shared" / "speech_eval" / "make_set.sh"
+MAKE_SET = ROOT / "benchmarks" / "speech_eval" / "make_set.sh"
 RESULTS = Path(__file__).resolve().parent / "results" / "speech.json"
 BARS = {"wer_a": 0.06, "wer_b": 0.08, "wer_r": 0.06, "final_p50": 0.45, "first_interim": 1.2, "concurrent": 4}
 LEAD_IN = 0.25  # make_set.sh pads every utterance with 0.25 s of silence

@@ -66,7 +66,11 @@ class OrderedRouter:
 
 
 class _LateFull(picows.WSListener):  # type: ignore[misc]
-    """Accepts, then closes 1013 a little later: the close never rides with the 101."""
+    """Accepts, then closes 1013 a little later: the close never rides with the 101.
+
+    Like aiohttp (what ``bidistream serve`` runs on), it answers pings only from
+    its application's read loop, which a full instance never enters.
+    """
 
     def on_ws_connected(self, transport: picows.WSTransport) -> None:
         asyncio.get_running_loop().call_later(0.03, self._full, transport)
@@ -144,7 +148,7 @@ async def test_first_frames_wait_for_the_confirmed_instance(
 
 
 async def test_close_1013_in_a_later_read_is_retried(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    late = await picows.ws_create_server(lambda _req: _LateFull(), "127.0.0.1", 0)
+    late = await picows.ws_create_server(lambda _req: _LateFull(), "127.0.0.1", 0, enable_auto_pong=False)
     late_port = late.sockets[0].getsockname()[1]
     try:
         async with running_server(EchoModel()) as roomy:

@@ -23,7 +23,7 @@ from bidistream.eventstream import EventStreamDecoder, decode_message
 from bidistream.gateway.limits import GatewayLimits
 from tests.clients.test_aws_bidi import Stack, gateway_stack
 
-VECTORS = Path(__file__).resolve().parents[2].parent / "shared" / "vectors"
+VECTORS = Path(__file__).resolve().parents[1] / "vectors"
 EVENT1 = bytes.fromhex((VECTORS / "sagemaker-bidi-request-event-1.hex").read_text().strip())
 FINAL = bytes.fromhex((VECTORS / "sagemaker-bidi-request-final.hex").read_text().strip())
 T = 10.0

@@ -20,7 +20,7 @@ from bidistream.eventstream import (
     unwrap,
 )
 
-VECTORS = Path(__file__).resolve().parents[2].parent / "shared" / "vectors"
+VECTORS = Path(__file__).resolve().parents[1] / "vectors"
 
 
 def vec(name: str) -> bytes:

@@ -11,7 +11,7 @@ from bidistream.errors import AuthError
 from bidistream.eventstream import unwrap
 from bidistream.sigv4 import CredentialStore, EventChain, canonical_request, verify_request
 
-VECTORS = Path(__file__).resolve().parents[2].parent / "shared" / "vectors"
+VECTORS = Path(__file__).resolve().parents[1] / "vectors"
 SPEC = json.loads((VECTORS / "sagemaker-bidi-vectors.json").read_text())
 HEADERS = {k: v for k, v in json.loads((VECTORS / "sagemaker-bidi-request-headers.json").read_text())}
 PATH = "/endpoints/my-endpoint/invocations-bidirectional-stream"

@@ -291,6 +291,14 @@ async function startMic() {
     showError(micErrorText(err));
     return;
   }
+  if (state.stopped) {
+    // Stop was pressed while the permission prompt was open.
+    releaseAudio(state);
+    mic = null;
+    setMicControls(false);
+    setStatus("mic-status", "closed", "off");
+    return;
+  }
   const query = `encoding=linear16&sample_rate=${TARGET_RATE}&interim_results=true`;
   const url = frontDoorUrl(endpoint, "v1/listen", query);
   setStatus("mic-status", "connecting", "connecting…");
