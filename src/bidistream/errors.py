@@ -76,13 +76,21 @@ class BidistreamError(Exception):
     code: ClassVar[str] = "InternalFailure"
 
     def __init__(
-        self, message: str, *, code: str | None = None, detail: dict[str, object] | None = None
+        self,
+        message: str,
+        *,
+        code: str | None = None,
+        detail: dict[str, object] | None = None,
+        headers: dict[str, str] | None = None,
     ) -> None:
         super().__init__(message)
         self.message = message
         # A wire body a protocol wants verbatim (e.g. Deepgram's JSON error on a
         # refused upgrade); None means "use the generic shape for this wire".
         self.detail = detail
+        # Extra HTTP response headers a protocol sends with the error (e.g. Deepgram's
+        # dg-error / dg-request-id); HTTP wires only.
+        self.headers = headers or {}
         if code is not None:
             self.code = code  # type: ignore[misc]
 
@@ -143,8 +151,9 @@ class ModelError(BidistreamError):
         original_status: int | None = None,
         original_message: str | None = None,
         detail: dict[str, object] | None = None,
+        headers: dict[str, str] | None = None,
     ) -> None:
-        super().__init__(message, code=code, detail=detail)
+        super().__init__(message, code=code, detail=detail, headers=headers)
         self.original_status = original_status
         self.original_message = original_message
 

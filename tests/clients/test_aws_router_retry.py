@@ -92,7 +92,9 @@ async def occupy(server: ModelServer) -> picows.WSTransport:
 
 
 @pytest.fixture
-async def two(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> AsyncIterator[tuple[Gateway, ModelServer, ModelServer, OrderedRouter]]:
+async def two(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> AsyncIterator[tuple[Gateway, ModelServer, ModelServer, OrderedRouter]]:
     async with AsyncExitStack() as stack:
         full = await stack.enter_async_context(running_server(EchoModel(), max_sessions=1))
         roomy = await stack.enter_async_context(running_server(EchoModel()))
@@ -136,7 +138,9 @@ async def test_first_frames_wait_for_the_confirmed_instance(
             T,
         )
         for p in SEED_PHRASES[:2]:
-            await asyncio.wait_for(stream.input_stream.send(RequestStreamEventPayloadPart(value=text_part(p))), T)
+            await asyncio.wait_for(
+                stream.input_stream.send(RequestStreamEventPayloadPart(value=text_part(p))), T
+            )
         _, receiver = await asyncio.wait_for(stream.await_output(), T)
         got = [(await asyncio.wait_for(receiver.receive(), T)).value.bytes_ for _ in range(2)]
         assert got == [p.encode() for p in SEED_PHRASES[:2]]

@@ -133,7 +133,9 @@ async def test_boto3_invoke_endpoint_wrong_secret_is_denied(stack: Stack) -> Non
     rt = runtime(stack, secret="not-the-secret")
     with pytest.raises(ClientError) as info:
         await asyncio.wait_for(
-            asyncio.to_thread(rt.invoke_endpoint, EndpointName="words", Body=b"one", ContentType="text/plain"),
+            asyncio.to_thread(
+                rt.invoke_endpoint, EndpointName="words", Body=b"one", ContentType="text/plain"
+            ),
             T,
         )
     assert info.value.response["Error"]["Code"] == "AccessDeniedException"

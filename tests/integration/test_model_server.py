@@ -149,6 +149,7 @@ async def test_check_session_refusal_is_400_with_json_body() -> None:
             async with websockets.connect(ws_url(server.port) + "?bad=1"):
                 pass
         assert info.value.response.status_code == 400
+        assert info.value.response.headers["dg-error"] == "parameter bad is not allowed"
         assert json.loads(info.value.response.body) == {
             "err_code": "Bad Request",
             "err_msg": "parameter bad is not allowed",

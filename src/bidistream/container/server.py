@@ -65,7 +65,9 @@ def error_body(error: BidistreamError) -> tuple[bytes, str]:
 
 def http_error(error: BidistreamError, status: int | None = None) -> web.Response:
     body, ctype = error_body(error)
-    return web.Response(status=status or wire_form(error).http_status, body=body, content_type=ctype)
+    return web.Response(
+        status=status or wire_form(error).http_status, body=body, content_type=ctype, headers=error.headers
+    )
 
 
 @dataclass(eq=False, slots=True)

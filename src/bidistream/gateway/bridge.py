@@ -415,7 +415,11 @@ async def open_upstream(
         except BaseException:
             transport.disconnect(graceful=False)
             raise
-        if listener.got_close and not listener.relayed and isinstance(listener.close_error, InstanceFullError):
+        if (
+            listener.got_close
+            and not listener.relayed
+            and isinstance(listener.close_error, InstanceFullError)
+        ):
             last = listener.close_error
             transport.disconnect(graceful=False)
             continue
