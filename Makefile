@@ -18,7 +18,7 @@ $(STAMP): pyproject.toml constraints.txt scripts/find-python.sh
 
 venv: $(STAMP)
 
-# Debian packages the speech tests need (espeak-ng and sox make test audio).
+# Debian packages the tests need: espeak-ng, sox and bc make test audio; chromium runs the browser tests.
 sysdeps:
 	@scripts/sysdeps.sh
 

@@ -178,6 +178,7 @@ def instructions(url: str, ca_path: Path, names: list[str], data_dir: Path) -> s
 bidistream is up: {url}  (CA certificate: {ca_path})
 endpoints: {", ".join(names) or "(none created)"}
   list them with: bidistream endpoints --data-dir {data_dir}
+  in a browser:   {url}/web/  (trust {ca_path} first)
 
 1) the official bidi client (aws-sdk-sagemaker-runtime-http2):
    export SSL_CERT_FILE={ca_path} AWS_ACCESS_KEY_ID=local AWS_SECRET_ACCESS_KEY=local
