@@ -12,9 +12,8 @@ import sys
 
 from bidistream import logs
 from bidistream.container.limits import ServerLimits
+from bidistream.defaults import MODEL_SERVER_PORT as DEFAULT_PORT
 from bidistream.errors import BidistreamError
-
-DEFAULT_PORT = 8080
 
 
 def _options(pairs: list[str]) -> dict[str, str]:

@@ -12,9 +12,9 @@ import time
 from pathlib import Path
 
 from bidistream import logs
+from bidistream.defaults import DEFAULT_DATA_DIR, GATEWAY_PORT
 from bidistream.errors import BidistreamError
 
-DEFAULT_DATA_DIR = Path(".bidistream")
 # Built-in endpoints `run` creates when missing: endpoint name → image (speech
 # only once its model ships in this build).
 BUILTIN_ENDPOINTS: dict[str, str] = {
@@ -38,7 +38,7 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         "built-in endpoints through the control plane if they are missing, and print how to invoke them.",
     )
     run.add_argument("--host", default="127.0.0.1")
-    run.add_argument("--port", type=int, default=8080)
+    run.add_argument("--port", type=int, default=GATEWAY_PORT)
     run.add_argument("--data-dir", type=Path, default=DEFAULT_DATA_DIR)
     run.add_argument("--runtime", choices=("process", "ray"), default="process")
     run.add_argument("--ray-address", default=None)
