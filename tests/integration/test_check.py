@@ -39,7 +39,7 @@ from bidistream.container.check import (
     validate_query,
 )
 from bidistream.errors import InputValidationError
-from tests.conftest import BIN, ROOT, free_port, serve_process, wait_for_port
+from tests.conftest import BIN, ROOT, free_port, listening_process, serve_process
 
 FASTAPI_APP = ROOT / "tests" / "fixtures" / "fastapi_echo_app.py"
 ALL = list(range(1, 9))
@@ -93,18 +93,8 @@ def fastapi_process(
         cmd += ["--port", str(port)]
     else:
         port = int(full_env["SAGEMAKER_BIND_TO_PORT"])
-    proc = subprocess.Popen(cmd, env=full_env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-    try:
-        wait_for_port(port, proc=proc)
+    with listening_process(cmd, port, full_env) as proc:
         yield proc, port
-    finally:
-        if proc.poll() is None:
-            proc.terminate()
-            try:
-                proc.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
 
 
 @asynccontextmanager

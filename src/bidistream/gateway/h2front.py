@@ -106,12 +106,17 @@ class H2Protocol(asyncio.Protocol):
                 self.transport.close()
             return
         streams = self.streams
+        # Streams that took DATA in this batch: acknowledged once at the end, so a
+        # read carrying many events costs one window computation, not one each.
+        fed: list[_Stream] = []
         for ev in events:
             t = type(ev)
             if t is h2.events.DataReceived:
                 st = streams.get(ev.stream_id)
                 if st is not None:
                     st.on_data(ev.data, ev.flow_controlled_length)
+                    if not fed or fed[-1] is not st:
+                        fed.append(st)
                 else:
                     with contextlib.suppress(h2.exceptions.StreamClosedError):
                         self.conn.acknowledge_received_data(ev.flow_controlled_length, ev.stream_id)
@@ -140,6 +145,8 @@ class H2Protocol(asyncio.Protocol):
                 self.flush()
                 if self.transport is not None:
                     self.transport.close()
+        for st in fed:
+            st.after_data()
         self.flush()
 
     def connection_lost(self, exc: Exception | None) -> None:
@@ -217,6 +224,9 @@ class _Stream:
 
     def on_data(self, data: bytes, fc_len: int) -> None: ...
 
+    def after_data(self) -> None:
+        """End of a read that fed this stream DATA (acknowledge it now if due)."""
+
     def on_end(self) -> None: ...
 
     def on_reset(self) -> None: ...
@@ -247,18 +257,18 @@ class _Sender:
             self.pending += data
             return
         conn = self.proto.conn
-        n = len(data)
         try:
-            window = conn.local_flow_control_window(self.sid)
-        except h2.exceptions.StreamClosedError:
+            # h2 checks the window and frame size itself; asking first would do
+            # the stream lookup twice per relayed frame.
+            conn.send_data(self.sid, data)
+        except (h2.exceptions.FlowControlError, h2.exceptions.FrameTooLargeError):
+            self.pending += data
+            self.pump()
+            return
+        except (h2.exceptions.StreamClosedError, h2.exceptions.ProtocolError):
             self.ended = True
             return
-        if n <= window and n <= conn.max_outbound_frame_size:
-            conn.send_data(self.sid, data)
-            self.proto.schedule_flush()
-            return
-        self.pending += data
-        self.pump()
+        self.proto.schedule_flush()
 
     def end(self) -> None:
         self._end_after = True
@@ -480,7 +490,8 @@ class BidiStream(_Stream):
                     self.early.append((part.data, text, fin))
         except BidistreamError as exc:
             self._input_error(exc)
-            return
+
+    def after_data(self) -> None:
         self._ack()
 
     def _ack(self) -> None:
