@@ -9,7 +9,11 @@ Three paths, same 64 B messages, same driver (``benchmarks.floor``):
 * direct: WebSocket client (picows) → ``bidistream serve echo``.
 
 The gateway runs as its own process pinned to CPU 1; client and instance share
-CPU 0 (as in the transport bench's relay prototype).  Reported: gateway CPU µs
+CPU 0 (as in the transport bench's relay prototype).  The gateway's client opens
+its stream with ``h2`` and then writes prebuilt DATA frames and counts reply
+events from raw frame headers (:class:`_RawH2Client`): a full h2 client cost
+~100 µs per pair on CPU 0 and, with the instance beside it, was the bottleneck,
+leaving the gateway idle between single-message wakeups.  Reported: gateway CPU µs
 per relayed up+down pair, p50/p99, pairs/s, and gateway RSS per idle session
 with 1,000 sessions open.  Bars (from the issue, never loosened): ≤ 3× the relay
 floor's CPU per pair, added p50 ≤ 0.2 ms over direct, ≤ 32 KiB per idle session.
@@ -148,8 +152,8 @@ class _RawH2Client(_H2Client):
     def go_raw(self, sid: int) -> None:
         """Switch to raw frames (after the response headers; nothing else is in flight)."""
         self.raw_sid = sid
-        leftover = bytes(self.conn.incoming_buffer._data)  # noqa: SLF001 - a partial frame, if any
-        self.conn.incoming_buffer._data = bytearray()  # noqa: SLF001
+        leftover = bytes(self.conn.incoming_buffer._data)
+        self.conn.incoming_buffer._data = bytearray()
         if leftover:
             self._raw_received(leftover)
 

@@ -30,9 +30,10 @@ from smithy_aws_core.identity.static import StaticCredentialsResolver
 from smithy_http.aio.crt import AWSCRTHTTPClient
 
 from bidistream.container.server import ModelServer
+from bidistream.frames import Frame, FrameKind
 from bidistream.gateway.limits import GatewayLimits
 from bidistream.gateway.server import Gateway
-from bidistream.model import Model
+from bidistream.model import Model, Session
 from bidistream.models.echo import EchoModel
 from bidistream.platform.routing import StaticRouter
 from bidistream.sigv4 import CredentialStore
@@ -237,3 +238,28 @@ async def test_invoked_variant_header_reaches_the_client(client: AsyncSageMakerR
     assert output.invoked_production_variant == "AllTraffic"
     await asyncio.wait_for(stream.input_stream.close(), T)
     assert await asyncio.wait_for(receiver.receive(), T) is None
+
+
+class BurstModel(Model):
+    """Answers each input frame with a burst of small numbered frames, all at once."""
+
+    name = "burst"
+    COUNT = 300
+
+    async def stream(self, frames: AsyncIterator[Frame], session: Session) -> AsyncIterator[Frame]:
+        async for frame in frames:
+            for i in range(self.COUNT):
+                yield Frame(frame.data + f"-{i}".encode(), FrameKind.TEXT)
+
+
+async def test_burst_of_small_events_arrives_whole_and_in_order(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Events relayed in one loop turn share HTTP/2 DATA frames; the real client
+    # must still cut them into the same events, in order.
+    async with gateway_stack(tmp_path / "gwb", {"burst": BurstModel()}) as s:
+        monkeypatch.setenv("SSL_CERT_FILE", str(s.gateway.ca_path))
+        client = await official_client(s.gateway)
+        events = await session(client, "burst", [text_part("a"), text_part("b")])
+        expected = [f"{p}-{i}".encode() for p in "ab" for i in range(BurstModel.COUNT)]
+        assert [p for p, _, _ in payloads(events)] == expected

@@ -86,7 +86,7 @@ async def occupy(server: ModelServer) -> picows.WSTransport:
         picows.WSListener, f"ws://127.0.0.1:{server.port}/invocations-bidirectional-stream"
     )
     async with asyncio.timeout(T):
-        while not server._sessions:
+        while not server._sessions:  # noqa: ASYNC110 (polling the server under test)
             await asyncio.sleep(0.01)
     return transport
 
@@ -109,7 +109,7 @@ async def two(
 async def test_full_instance_closing_1013_sends_session_to_the_next(
     two: tuple[Gateway, ModelServer, ModelServer, OrderedRouter],
 ) -> None:
-    gw, full, roomy, router = two
+    gw, full, _, router = two
     blocker = await occupy(full)
     try:
         client = await official_client(gw)
@@ -174,7 +174,7 @@ async def test_close_1013_in_a_later_read_is_retried(tmp_path: Path, monkeypatch
 async def test_all_instances_full_is_service_unavailable_and_healthy_session_survives(
     two: tuple[Gateway, ModelServer, ModelServer, OrderedRouter],
 ) -> None:
-    gw, full, roomy, router = two
+    gw, full, roomy, _ = two
     client = await official_client(gw)
     blocker = await occupy(full)
     # A healthy session on the roomy instance, open across the failure.

@@ -32,7 +32,7 @@ import pytest
 from bidistream.eventstream import EventStreamDecoder, decode_message, encode_payload_part
 from bidistream.frames import Frame, FrameKind
 from bidistream.gateway.h2front import BidiStream, H2Protocol
-from bidistream.gateway.limits import KiB, MiB, GatewayLimits
+from bidistream.gateway.limits import GatewayLimits, KiB, MiB
 from bidistream.gateway.server import Gateway
 from bidistream.model import Model, Session
 from tests.clients.test_aws_bidi import Stack, gateway_stack
@@ -240,7 +240,7 @@ async def test_slow_client_pauses_instance_reads_and_loses_nothing(stack: Stack)
         client.granting = True
         client.grant()
         async with asyncio.timeout(T):
-            while len(client.events()) < N_FRAMES:
+            while len(client.events()) < N_FRAMES:  # noqa: ASYNC110 (polling what the client got)
                 await asyncio.sleep(0.02)
         client.send(sid, b"", end=True)
         await asyncio.wait_for(client.ended.wait(), T)

@@ -9,7 +9,10 @@ from pathlib import Path
 import pytest
 from websockets.asyncio.client import connect
 from websockets.exceptions import ConnectionClosed
+from websockets.typing import Subprotocol
 
+from bidistream.errors import InputValidationError
+from bidistream.model import Session
 from bidistream.models.echo import EchoModel
 from tests.clients.test_aws_bidi import Stack, gateway_stack
 from tests.clients.test_aws_errors import CrashingModel
@@ -63,3 +66,57 @@ async def test_ws_model_crash_relays_close_code(stack: Stack) -> None:
             await ws.recv()
     assert ws.close_code == 1011
     assert "crashed" in (ws.close_reason or "")
+
+
+class KeyedListen(EchoModel):
+    """A Deepgram-style model: ``v1/listen``, the key checked by the model itself."""
+
+    name = "keyed"
+    invocation_paths = ("v1/listen",)
+    subprotocols = ("token",)
+    KEY = "dg-secret-key"
+
+    def check_session(self, session: Session) -> None:
+        auth = session.headers.get("Authorization", "")
+        offered = [p.strip() for p in session.headers.get("Sec-WebSocket-Protocol", "").split(",")]
+        if auth != f"Token {self.KEY}" and offered[:2] != ["token", self.KEY]:
+            raise InputValidationError("invalid credentials: no valid Deepgram key")
+
+
+@pytest.fixture
+async def keyed(tmp_path: Path) -> AsyncIterator[Stack]:
+    async with gateway_stack(tmp_path / "gwk", {"keyed": KeyedListen(), "echo": EchoModel()}) as s:
+        yield s
+
+
+async def test_ws_forwards_authorization_and_subprotocols_to_the_instance(keyed: Stack) -> None:
+    base = f"wss://127.0.0.1:{keyed.gateway.port}/endpoints/keyed/ws/v1/listen?model=nova-3"
+    # Key as an Authorization header (Deepgram's server-side SDKs).
+    async with connect(
+        base, ssl=tls(keyed), additional_headers={"Authorization": "Token dg-secret-key"}
+    ) as ws:
+        await ws.send("by header")
+        assert await ws.recv() == "by header"
+    # Key as subprotocols `token, <key>` (browsers, which cannot set headers).
+    async with connect(
+        base, ssl=tls(keyed), subprotocols=[Subprotocol("token"), Subprotocol(KeyedListen.KEY)]
+    ) as ws:
+        assert ws.subprotocol == "token"
+        await ws.send("by subprotocol")
+        assert await ws.recv() == "by subprotocol"
+
+
+async def test_ws_wrong_key_is_refused_and_healthy_session_untouched(keyed: Stack) -> None:
+    healthy_url = f"wss://127.0.0.1:{keyed.gateway.port}/endpoints/echo/ws"
+    async with connect(healthy_url, ssl=tls(keyed)) as healthy:
+        await healthy.send("before")
+        assert await healthy.recv() == "before"
+        url = f"wss://127.0.0.1:{keyed.gateway.port}/endpoints/keyed/ws/v1/listen"
+        async with connect(url, ssl=tls(keyed), additional_headers={"Authorization": "Token wrong"}) as ws:
+            with pytest.raises(ConnectionClosed):
+                await ws.recv()
+        # The model refused the upgrade (400): ModelError's close code, with its message.
+        assert ws.close_code == 1011
+        assert "invalid credentials" in (ws.close_reason or "")
+        await healthy.send("after")
+        assert await healthy.recv() == "after"

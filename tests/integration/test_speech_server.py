@@ -167,8 +167,11 @@ async def test_bad_query_refuses_upgrade_with_deepgram_json(query: str, needle: 
         )
         assert resp.status == 400
         body = await resp.json()
+        headers = resp.headers
     assert body["err_code"] == "INVALID_QUERY_PARAMETER" and needle in body["err_msg"]
     assert body["request_id"]
+    # Deepgram also says it in headers, which clients that drop the body still log.
+    assert needle in headers["dg-error"] and headers["dg-request-id"] == body["request_id"]
 
 
 async def test_non_audio_closes_1002_and_other_session_untouched() -> None:

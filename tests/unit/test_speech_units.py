@@ -7,6 +7,7 @@ import math
 import struct
 import threading
 from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 import pytest
@@ -120,6 +121,42 @@ def test_clamp_start_moves_words_to_onset() -> None:
     tr = Transcript("a b", 1.0, (Word("a", 0.0, 0.5, 1, "a"), Word("b", 0.5, 0.9, 1, "b")))
     out = clamp_start(tr, 0.25)
     assert out.words[0].start == 0.25 and out.words[1].start == 0.5
+
+
+def test_unpunctuated_output_splits_hyphenated_compounds() -> None:
+    # "illdisposed" (hyphen deleted) was two word errors on the real recordings.
+    word = Word("ill-disposed", 1.0, 2.0, 0.8, "ill-disposed,")
+    tr = Transcript("He was ill-disposed, so-so.", 0.8, (word,))
+    assert dg.format_transcript(tr, False) == "he was ill disposed so so"
+    assert dg.format_transcript(tr, True) == tr.text
+    msg = dg.results_message(tr, **_kw(start=10.0))
+    words = msg["channel"]["alternatives"][0]["words"]
+    assert [w["word"] for w in words] == ["ill", "disposed"]
+    assert words[0]["start"] == 11.0 and words[0]["end"] == words[1]["start"] < words[1]["end"] == 12.0
+    formatted = dg.results_message(tr, **_kw(formatted=True))
+    assert [w["punctuated_word"] for w in formatted["channel"]["alternatives"][0]["words"]] == [
+        "ill-disposed,"
+    ]
+
+
+def _kw(**over: Any) -> dict[str, Any]:
+    return {
+        "start": 0.0,
+        "duration": 3.0,
+        "is_final": True,
+        "speech_final": True,
+        "from_finalize": False,
+        "request_id": "r",
+        "info": dg.ModelInfo("n", "v", "a", "u"),
+        "formatted": False,
+        "channels": 1,
+    } | over
+
+
+def test_refused_query_carries_dg_error_headers() -> None:
+    err = dg.DeepgramQueryError("Invalid value for\nmodel: 'nöpe'", request_id="rid-1")
+    assert err.headers == {"dg-error": "Invalid value for model: 'nöpe'", "dg-request-id": "rid-1"}
+    assert err.detail is not None and err.detail["request_id"] == "rid-1"
 
 
 # ----------------------------------------------------------------------------- endpointing
@@ -300,3 +337,30 @@ async def test_scheduler_caps_concurrency_and_wraps_errors() -> None:
     await asyncio.sleep(0.02)
     assert ok._running == 2 and ok.pending == 1
     await asyncio.gather(*tasks)
+
+
+async def test_scheduler_keeps_a_slot_for_finals() -> None:
+    engine = FakeEngine(delay=0.2)
+    sched = DecodeScheduler(engine, slots=2, batching=False)
+    interims = [asyncio.ensure_future(sched.decode(np.zeros(1, np.float32), final=False)) for _ in range(3)]
+    await asyncio.sleep(0.02)
+    assert sched._running == 1 and sched.pending == 2  # interims never take the last slot
+    final = asyncio.ensure_future(sched.decode(np.zeros(1, np.float32), final=True))
+    await asyncio.sleep(0.02)
+    assert sched._running == 2 and engine.calls[-1] == (1, True)  # the final starts at once
+    await asyncio.gather(final, *interims)
+    assert DecodeScheduler(FakeEngine(), slots=2, reserve_final_slot=False).interim_slots == 2
+
+
+async def test_scheduler_skips_cancelled_interims() -> None:
+    engine = FakeEngine(delay=0.1)
+    sched = DecodeScheduler(engine, slots=1, batching=False)
+    first = asyncio.ensure_future(sched.decode(np.zeros(1, np.float32), final=False))
+    await asyncio.sleep(0.01)
+    superseded = asyncio.ensure_future(sched.decode(np.zeros(2, np.float32), final=False))
+    await asyncio.sleep(0.01)
+    superseded.cancel()
+    final = await sched.decode(np.zeros(3, np.float32), final=True)
+    await first
+    assert final.text == "3" and superseded.cancelled()
+    assert engine.calls == [(1, False), (1, True)]  # the cancelled interim never ran

@@ -23,6 +23,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import socket
 import time
 from collections.abc import Mapping
 from typing import Protocol
@@ -113,6 +114,8 @@ class Upstream(WSListener):
         self._held: list[tuple[bytes, bool, bool]] | None = []
         self._confirm: asyncio.Future[None] | None = None
         self.settled = False
+        self._sock: socket.socket | None = None
+        self.corked = False
 
     # ------------------------------------------------------------------ picows callbacks
     def on_ws_connected(self, transport: WSTransport) -> None:
@@ -244,6 +247,34 @@ class Upstream(WSListener):
         else:
             transport.send(_TEXT if text else _BINARY, data, fin)
         self._out_frag = not fin
+
+    def cork(self) -> None:
+        """Hold back partial segments: several frames from one client read leave together.
+
+        picows writes each frame with its own ``send()``; on loopback each one
+        costs a full transmit and a wakeup of the instance.  Corked for the rest
+        of a read, a burst of N frames costs one.
+        """
+        if self.corked or self.closed:
+            return
+        sock = self._sock
+        if sock is None:
+            t = self.transport
+            if t is None:
+                return
+            sock = self._sock = t.underlying_transport.get_extra_info("socket")
+            if sock is None:
+                return
+        with contextlib.suppress(OSError):
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_CORK, 1)
+            self.corked = True
+
+    def uncork(self) -> None:
+        if self.corked:
+            self.corked = False
+            if self._sock is not None and not self.closed:
+                with contextlib.suppress(OSError):
+                    self._sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_CORK, 0)
 
     def pause_reading(self) -> None:
         if not self.read_paused and self.transport is not None:

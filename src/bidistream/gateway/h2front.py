@@ -11,10 +11,14 @@ Each ``InvokeEndpointWithBidirectionalStream`` stream is a :class:`BidiStream`:
   chain checked (when SigV4 is on) and each PayloadPart sent on the instance
   WebSocket (UTF8 → text, BINARY/absent → binary, PARTIAL → FIN=0);
 * client data is acknowledged (HTTP/2 WINDOW_UPDATE) only while the instance
-  socket is writable, so a slow instance closes the client's window;
+  socket is writable, so a slow instance closes the client's window; acks are
+  computed once per socket read, and a read carrying several events for one
+  stream corks the instance socket so they leave in one segment;
 * instance frames become PayloadPart events written within the client's
-  stream window; above ``high_water`` queued bytes the instance socket's reads
-  pause until the client's WINDOW_UPDATEs drain the queue;
+  stream window; events relayed in one loop turn share DATA frames (one h2
+  ``send_data`` and one TLS write per turn, not per event); above
+  ``high_water`` queued bytes the instance socket's reads pause until the
+  client's WINDOW_UPDATEs drain the queue;
 * the response ends with END_STREAM (never RST_STREAM): after the instance's
   close, with a ``ModelStreamError`` event first if it closed with an error
   code, or ``InternalStreamFailure`` for a gateway fault.
@@ -82,6 +86,9 @@ class H2Protocol(asyncio.Protocol):
         self.streams: dict[int, _Stream] = {}
         self.write_paused = False
         self._flush_pending = False
+        # Senders written to since the last flush; their bytes leave in as few
+        # DATA frames as the window and frame size allow.
+        self._dirty: list[_Sender] = []
         self.closed = False
         self._loop = asyncio.get_running_loop()
 
@@ -114,9 +121,11 @@ class H2Protocol(asyncio.Protocol):
             if t is h2.events.DataReceived:
                 st = streams.get(ev.stream_id)
                 if st is not None:
-                    st.on_data(ev.data, ev.flow_controlled_length)
-                    if not fed or fed[-1] is not st:
+                    if fed and fed[-1] is st:
+                        st.more_data()
+                    else:
                         fed.append(st)
+                    st.on_data(ev.data, ev.flow_controlled_length)
                 else:
                     with contextlib.suppress(h2.exceptions.StreamClosedError):
                         self.conn.acknowledge_received_data(ev.flow_controlled_length, ev.stream_id)
@@ -169,6 +178,10 @@ class H2Protocol(asyncio.Protocol):
     # ------------------------------------------------------------------ writing
     def flush(self) -> None:
         self._flush_pending = False
+        if self._dirty:
+            dirty, self._dirty = self._dirty, []
+            for sender in dirty:
+                sender.pump()
         data = self.conn.data_to_send()
         if data and self.transport is not None and not self.closed:
             self.transport.write(data)
@@ -224,6 +237,9 @@ class _Stream:
 
     def on_data(self, data: bytes, fc_len: int) -> None: ...
 
+    def more_data(self) -> None:
+        """A second DATA frame for this stream in the same read: a burst is coming."""
+
     def after_data(self) -> None:
         """End of a read that fed this stream DATA (acknowledge it now if due)."""
 
@@ -251,24 +267,21 @@ class _Sender:
         self._end_after = False
 
     def write(self, data: bytes) -> None:
+        """Queue ``data``; it leaves at the next flush (same loop turn) or window update.
+
+        Events relayed in one turn share DATA frames: framing a DATA frame in
+        h2 costs more than the event inside it, and HTTP/2 frames need not
+        line up with events (the client cuts events by their length prefix).
+        """
         if self.ended:
             return
-        if self.pending:
-            self.pending += data
-            return
-        conn = self.proto.conn
-        try:
-            # h2 checks the window and frame size itself; asking first would do
-            # the stream lookup twice per relayed frame.
-            conn.send_data(self.sid, data)
-        except (h2.exceptions.FlowControlError, h2.exceptions.FrameTooLargeError):
-            self.pending += data
-            self.pump()
-            return
-        except (h2.exceptions.StreamClosedError, h2.exceptions.ProtocolError):
-            self.ended = True
-            return
-        self.proto.schedule_flush()
+        pending = self.pending
+        if not pending:
+            proto = self.proto
+            proto._dirty.append(self)
+            if not proto._flush_pending:
+                proto.schedule_flush()
+        pending += data
 
     def end(self) -> None:
         self._end_after = True
@@ -491,7 +504,15 @@ class BidiStream(_Stream):
         except BidistreamError as exc:
             self._input_error(exc)
 
+    def more_data(self) -> None:
+        up = self.up
+        if up is not None:
+            up.cork()
+
     def after_data(self) -> None:
+        up = self.up
+        if up is not None and up.corked:
+            up.uncork()
         self._ack()
 
     def _ack(self) -> None:

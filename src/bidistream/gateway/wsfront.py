@@ -49,6 +49,21 @@ def _first_offered(protocol: ServerProtocol, offered: Sequence[Subprotocol]) -> 
     return offered[0] if offered else None
 
 
+# Client headers the instance must see for end-to-end auth: Deepgram-style
+# clients send their key as `Authorization: Token <key>` or as the subprotocols
+# `token, <key>`; the model checks it, not the gateway.
+_FORWARDED = {b"authorization": "Authorization", b"sec-websocket-protocol": "Sec-WebSocket-Protocol"}
+
+
+def _forwarded(raw: Sequence[tuple[bytes, bytes]]) -> dict[str, str]:
+    out: dict[str, list[str]] = {}
+    for name, value in raw:
+        key = _FORWARDED.get(name.lower())
+        if key is not None:
+            out.setdefault(key, []).append(value.decode("latin-1"))
+    return {key: ", ".join(values) for key, values in out.items()}
+
+
 class WsFrontDoor:
     def __init__(self, gateway: Gateway) -> None:
         self.gateway = gateway
@@ -108,6 +123,7 @@ class WsSession(asyncio.Protocol):
         headers = {
             "X-Amzn-SageMaker-Request-Id": uuid.uuid4().hex,
             "X-Amzn-SageMaker-Endpoint-Name": endpoint,
+            **_forwarded(req.headers),
         }
         self._task = asyncio.get_running_loop().create_task(self._connect(endpoint, inv_path, query, headers))
 

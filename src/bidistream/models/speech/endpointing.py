@@ -139,6 +139,15 @@ class Endpointer:
     def in_speech(self) -> bool:
         return self.state in (State.SPEECH, State.HANGOVER)
 
+    @property
+    def ending(self) -> bool:
+        """Speech has paused for at least half the endpoint window: a final is likely due.
+
+        An interim started now would finish about when the final is queued, spending a
+        decode on audio the final re-reads and, under load, delaying that final.
+        """
+        return self.state is State.HANGOVER and 2 * self._quiet_frames >= self._end_frames
+
     def keep_from(self) -> int:
         """Earliest sample the caller still needs to keep buffered."""
         if self.state is State.SILENCE:

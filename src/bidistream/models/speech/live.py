@@ -69,6 +69,7 @@ class LiveTranscriber:
         self._received = 0  # samples received (16 kHz)
         self._out: asyncio.Queue[_Item] = asyncio.Queue()
         self._interim_busy = False
+        self._interim_task: asyncio.Future[dict[str, Any] | None] | None = None
         self._next_interim = 0
         self._last_word_end: float | None = None
         self._utterance_end_due = False
@@ -171,6 +172,9 @@ class LiveTranscriber:
                 self._final(event, closing)
 
     def _final(self, event: UtteranceDone, closing: bool = False) -> None:
+        if self._interim_task is not None and not self._interim_task.done():
+            # The final re-reads the same audio: an interim still waiting is superseded.
+            self._interim_task.cancel()
         start_s = event.start / SAMPLE_RATE
         duration = (event.end - event.start) / SAMPLE_RATE
         if event.end <= event.start:
@@ -193,6 +197,8 @@ class LiveTranscriber:
     def _maybe_interim(self) -> None:
         if not self.options.interim_results or self._interim_busy or not self.endpointer.in_speech:
             return
+        if self.endpointer.ending:
+            return
         position = self.endpointer.position
         if position < self._next_interim:
             return
@@ -204,13 +210,16 @@ class LiveTranscriber:
         async def decode() -> dict[str, Any] | None:
             try:
                 transcript = await self.scheduler.decode(audio, final=False)
+            except asyncio.CancelledError:
+                return None  # superseded by the utterance's final (see _final)
             finally:
                 self._interim_busy = False
             return self._results(
                 transcript, start / SAMPLE_RATE, len(audio) / SAMPLE_RATE, False, False, False
             )
 
-        self._out.put_nowait(asyncio.ensure_future(decode()))
+        self._interim_task = asyncio.ensure_future(decode())
+        self._out.put_nowait(self._interim_task)
 
     def _maybe_utterance_end(self) -> None:
         if (

@@ -90,13 +90,16 @@ class SpeechModel(Model):
         idle_timeout: str | float = 10.0,
         batching: str | bool = True,
         max_batch: str | int = 8,
+        max_interim_batch: str | int = 2,
         slots: str | int | None = None,
         cpu_threads: str | int = 1,
         beam_size: str | int = 5,
         window: str | float = 15.0,
+        interim_window: str | float = 10.0,
         api_keys: str | None = None,
         strict_query: str | bool = True,
         verify_weights: str | bool = True,
+        reserve_final_slot: str | bool = True,
     ) -> None:
         self.default_profile = PROFILE_ALIASES.get(profile.strip().lower(), "")
         if not self.default_profile:
@@ -113,14 +116,18 @@ class SpeechModel(Model):
         self.default_endpointing = int(endpointing)
         self.batching = _bool("batching", batching)
         self.max_batch = int(max_batch)
+        self.max_interim_batch = int(max_interim_batch)
         self.slots = int(slots) if slots else (os.cpu_count() or 1)
         self.cpu_threads = int(cpu_threads)
         self.beam_size = int(beam_size)
         self.window: float | None = None if str(window).lower() in ("full", "30", "none") else float(window)
+        self.interim_window = float(interim_window)
         keys = api_keys if api_keys is not None else os.environ.get("BIDISTREAM_SPEECH_API_KEYS", "")
         self.api_keys = frozenset(k.strip() for k in keys.split(",") if k.strip())
         self.strict_query = _bool("strict_query", strict_query)
         self.verify_weights = _bool("verify_weights", verify_weights)
+        # Keep one decode slot for finals (see DecodeScheduler); false lets interims use all.
+        self.reserve_final_slot = _bool("reserve_final_slot", reserve_final_slot)
         if self.live_config.interim_interval <= 0:
             raise ValueError("interim_interval must be > 0 seconds")
         self.vad: SileroVad | None = None
@@ -151,6 +158,7 @@ class SpeechModel(Model):
                 batch_limit=self.max_batch,
                 window_pad=None if self.window is None else 1.0,
                 min_window=self.window or 30.0,
+                interim_window=self.interim_window,
             )
 
         factories: dict[str, Callable[[], Engine]] = {
@@ -174,7 +182,12 @@ class SpeechModel(Model):
                 # Warm up: the first CTranslate2 call allocates its buffers (~1 s).
                 await asyncio.to_thread(engine.decode, [np.zeros(SAMPLE_RATE, dtype=np.float32)], final=True)
                 self._schedulers[profile] = DecodeScheduler(
-                    engine, slots=self.slots, batching=self.batching, max_batch=self.max_batch
+                    engine,
+                    slots=self.slots,
+                    batching=self.batching,
+                    max_batch=self.max_batch,
+                    max_interim_batch=self.max_interim_batch,
+                    reserve_final_slot=self.reserve_final_slot,
                 )
         return self._schedulers[profile]
 

@@ -16,7 +16,7 @@ from typing import Any
 
 from bidistream.errors import InputValidationError, UnauthenticatedError
 from bidistream.models.speech.audio import SUPPORTED_ENCODINGS
-from bidistream.models.speech.engines import Transcript
+from bidistream.models.speech.engines import Transcript, plain_parts
 
 __all__ = [
     "ControlMessage",
@@ -84,6 +84,17 @@ def _error_body(message: str, request_id: str) -> dict[str, object]:
     return {"err_code": "INVALID_QUERY_PARAMETER", "err_msg": message, "request_id": request_id}
 
 
+def _error_headers(message: str, request_id: str) -> dict[str, str]:
+    """Deepgram's ``dg-error`` / ``dg-request-id`` on a refused upgrade.
+
+    Clients that cannot read the body of a failed handshake (the SDK's
+    websockets layer keeps only status and headers) log these instead.  Header
+    values must be one line of Latin-1, so anything else is replaced.
+    """
+    line = " ".join(message.split()).encode("latin-1", "replace").decode("latin-1")
+    return {"dg-error": line[:512], "dg-request-id": request_id}
+
+
 class DeepgramQueryError(InputValidationError):
     """A query parameter Deepgram would refuse; the upgrade is refused with 400 and Deepgram's body."""
 
@@ -91,7 +102,7 @@ class DeepgramQueryError(InputValidationError):
 
     def __init__(self, message: str, *, request_id: str | None = None) -> None:
         rid = request_id or str(uuid.uuid4())
-        super().__init__(message, detail=_error_body(message, rid))
+        super().__init__(message, detail=_error_body(message, rid), headers=_error_headers(message, rid))
 
 
 class DeepgramAuthError(UnauthenticatedError):
@@ -99,7 +110,11 @@ class DeepgramAuthError(UnauthenticatedError):
 
     def __init__(self, message: str) -> None:
         rid = str(uuid.uuid4())
-        super().__init__(message, detail={"err_code": "INVALID_AUTH", "err_msg": message, "request_id": rid})
+        super().__init__(
+            message,
+            detail={"err_code": "INVALID_AUTH", "err_msg": message, "request_id": rid},
+            headers=_error_headers(message, rid),
+        )
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -301,28 +316,32 @@ class ModelInfo:
 
 
 def _words(transcript: Transcript, offset: float, formatted: bool) -> list[dict[str, Any]]:
-    return [
-        {
-            "word": w.word,
-            "start": round(w.start + offset, 3),
-            "end": round(w.end + offset, 3),
-            "confidence": w.confidence,
-            "punctuated_word": w.punctuated_word if formatted else w.word,
-        }
-        for w in transcript.words
-    ]
+    out: list[dict[str, Any]] = []
+    for w in transcript.words:
+        # Unpunctuated output has no hyphens, so a compound becomes its parts, sharing
+        # the compound's time span in proportion to their lengths (the transcript agrees).
+        parts = [w.word] if formatted else plain_parts(w.word) or [w.word]
+        total = sum(len(p) for p in parts)
+        start = w.start
+        for i, part in enumerate(parts):
+            end = w.end if i == len(parts) - 1 else start + (w.end - w.start) * len(part) / total
+            out.append(
+                {
+                    "word": part,
+                    "start": round(start + offset, 3),
+                    "end": round(end + offset, 3),
+                    "confidence": w.confidence,
+                    "punctuated_word": w.punctuated_word if formatted else part,
+                }
+            )
+            start = end
+    return out
 
 
 def format_transcript(transcript: Transcript, formatted: bool) -> str:
     if formatted:
         return transcript.text
-    return " ".join(w for w in (_plain_words(transcript.text)) if w)
-
-
-def _plain_words(text: str) -> list[str]:
-    from bidistream.models.speech.engines import plain_word
-
-    return [plain_word(t) for t in text.split()]
+    return " ".join(p for t in transcript.text.split() for p in plain_parts(t))
 
 
 def results_message(
