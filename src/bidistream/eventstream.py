@@ -68,7 +68,11 @@ COMPLETION_STATES = frozenset({"PARTIAL", "COMPLETE"})
 _DATE_HEADER_PREFIX = b"\x05:date\x08"
 
 
-@dataclass(frozen=True, slots=True)
+# PayloadPart and SignedEvent are built once per relayed request event; they are
+# not frozen because a frozen dataclass sets each field through
+# object.__setattr__ (2 µs per instance here, a tenth of unwrap's cost).  Treat
+# them as read-only.
+@dataclass(slots=True)
 class PayloadPart:
     """One ``PayloadPart`` event, request or response.
 
@@ -90,7 +94,7 @@ class PayloadPart:
         return self.completion_state != "PARTIAL"
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class SignedEvent:
     """A request event as received: its envelope (if signed) and its inner event.
 
