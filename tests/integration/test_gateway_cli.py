@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 from collections.abc import Iterator
@@ -125,3 +126,48 @@ def test_env_prints_client_exports(tmp_path: Path) -> None:
     assert "export AWS_ENDPOINT_URL_SAGEMAKER_RUNTIME_HTTP2=https://127.0.0.1:9443" in out
     assert f"export SSL_CERT_FILE={tmp_path / 'd' / 'ca.pem'}" in out
     assert (tmp_path / "d" / "ca.pem").exists()
+
+
+def test_gateway_command_serves_the_control_plane_beside_declared_endpoints(
+    gateway_proc: tuple[int, Path],
+) -> None:
+    """`bidistream gateway --endpoint ...` also manages endpoints created with boto3."""
+    import boto3
+    from botocore.config import Config
+
+    port, data_dir = gateway_proc
+    kwargs = {
+        "endpoint_url": f"https://127.0.0.1:{port}",
+        "verify": str(data_dir / "ca.pem"),
+        "region_name": "us-east-1",
+        "aws_access_key_id": "local",
+        "aws_secret_access_key": "local",
+        "config": Config(retries={"max_attempts": 1}),
+    }
+    sm = boto3.client("sagemaker", **kwargs)
+    rt = boto3.client("sagemaker-runtime", **kwargs)
+    sm.create_model(
+        ModelName="cli-words",
+        PrimaryContainer={"Image": "bidistream/words"},
+        ExecutionRoleArn="arn:aws:iam::000000000000:role/any",
+    )
+    sm.create_endpoint_config(
+        EndpointConfigName="cli-words",
+        ProductionVariants=[
+            {"VariantName": "AllTraffic", "ModelName": "cli-words", "InitialInstanceCount": 1}
+        ],
+    )
+    sm.create_endpoint(EndpointName="cli-words", EndpointConfigName="cli-words")
+    sm.get_waiter("endpoint_in_service").wait(
+        EndpointName="cli-words", WaiterConfig={"Delay": 1, "MaxAttempts": 30}
+    )
+    managed = rt.invoke_endpoint(EndpointName="cli-words", Body=b"two words")
+    assert json.loads(managed["Body"].read()) == ["two", "words"]
+    declared = rt.invoke_endpoint(EndpointName="echo", Body=b"static")
+    assert declared["Body"].read() == b"static"
+    names = [e["EndpointName"] for e in sm.list_endpoints()["Endpoints"]]
+    assert names == ["cli-words"]  # declared endpoints are not control-plane records
+    sm.delete_endpoint(EndpointName="cli-words")
+    sm.get_waiter("endpoint_deleted").wait(
+        EndpointName="cli-words", WaiterConfig={"Delay": 1, "MaxAttempts": 30}
+    )

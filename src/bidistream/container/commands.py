@@ -14,6 +14,7 @@ from bidistream import logs
 from bidistream.container.limits import ServerLimits
 from bidistream.defaults import MODEL_SERVER_PORT as DEFAULT_PORT
 from bidistream.errors import BidistreamError
+from bidistream.runloop import run as run_loop
 
 
 def _options(pairs: list[str]) -> dict[str, str]:
@@ -91,16 +92,9 @@ def _serve(args: argparse.Namespace) -> int:
         drain_timeout=args.drain_timeout,
     )
     try:
-        import uvloop
-
-        runner: asyncio.Runner = asyncio.Runner(loop_factory=uvloop.new_event_loop)
-    except ImportError:
-        runner = asyncio.Runner()
-    try:
-        with runner:
-            return runner.run(
-                serve_forever(args.model, _options(args.options), args.host, resolve_port(args.port), limits)
-            )
+        return run_loop(
+            serve_forever(args.model, _options(args.options), args.host, resolve_port(args.port), limits)
+        )
     except BidistreamError as exc:
         print(f"bidistream serve: {exc}", file=sys.stderr)
         return 2

@@ -13,9 +13,9 @@ import sys
 from pathlib import Path
 
 from bidistream import logs
+from bidistream.defaults import DEFAULT_DATA_DIR, GATEWAY_PORT
 from bidistream.errors import BidistreamError
-
-DEFAULT_DATA_DIR = "~/.bidistream"
+from bidistream.runloop import run as run_loop
 
 
 def _endpoints(pairs: list[str]) -> dict[str, str]:
@@ -39,11 +39,15 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         "and the WebSocket front door for the declared endpoints.",
     )
     gw.add_argument("--host", default="127.0.0.1")
-    gw.add_argument("--port", type=int, default=8443)
-    gw.add_argument("--data-dir", default=DEFAULT_DATA_DIR, help="holds the local CA and certificate")
+    gw.add_argument("--port", type=int, default=GATEWAY_PORT)
+    gw.add_argument(
+        "--data-dir", default=DEFAULT_DATA_DIR, help="holds the store, the local CA and instance logs"
+    )
     gw.add_argument(
         "--endpoint", action="append", default=[], metavar="NAME=URL", help="a running model server"
     )
+    gw.add_argument("--runtime", choices=("process", "ray"), default="process", help="where instances run")
+    gw.add_argument("--ray-address", default=None, metavar="HOST:PORT", help="Ray cluster (--runtime ray)")
     gw.add_argument("--credentials", default=None, metavar="AKID:SECRET", help="turn SigV4 checks on")
     gw.add_argument("--lenient-query", action="store_true", help="accept '+' etc. in ModelQueryString")
     gw.add_argument("--ping-interval", type=float, default=d.ping_interval)
@@ -54,7 +58,7 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
 
     env = sub.add_parser("env", help="print the exports a client needs to reach the gateway")
     env.add_argument("--host", default="127.0.0.1")
-    env.add_argument("--port", type=int, default=8443)
+    env.add_argument("--port", type=int, default=GATEWAY_PORT)
     env.add_argument("--data-dir", default=DEFAULT_DATA_DIR)
     env.add_argument("--region", default="us-east-1")
     env.set_defaults(handler=print_env)
@@ -107,37 +111,51 @@ def run_gateway(args: argparse.Namespace) -> int:
         ping_interval=args.ping_interval, missed_pongs=args.missed_pongs, lenient_query=args.lenient_query
     )
     data_dir = Path(args.data_dir).expanduser()
-    gateway = Gateway(
-        StaticRouter(_endpoints(args.endpoint)),
-        host=args.host,
-        port=args.port,
-        data_dir=data_dir,
-        limits=limits,
-        credentials=CredentialStore.from_spec(args.credentials),
-    )
+    static = _endpoints(args.endpoint)
 
-    async def main() -> None:
-        await gateway.start()
+    async def main() -> int:
+        from bidistream.platform.app import build_platform
+        from bidistream.platform.routing import LayeredRouter
+
+        platform = build_platform(data_dir, runtime=args.runtime, ray_address=args.ray_address)
+        router = LayeredRouter(StaticRouter(static), platform.router) if static else platform.router
+        gateway = Gateway(
+            router,
+            control_plane=platform.control_plane,
+            host=args.host,
+            port=args.port,
+            data_dir=data_dir,
+            limits=limits,
+            credentials=CredentialStore.from_spec(args.credentials),
+        )
+        await platform.start()
+        try:
+            await gateway.start()
+        except OSError as exc:
+            await platform.stop()
+            print(
+                f"bidistream gateway: cannot listen on {args.host}:{args.port}: {exc.strerror}",
+                file=sys.stderr,
+            )
+            return 1
         print(f"gateway listening on {gateway.url}", flush=True)
         print(f"export SSL_CERT_FILE={gateway.ca_path}", flush=True)
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, stop.set)
-        await stop.wait()
-        await gateway.stop()
+        try:
+            await stop.wait()
+        finally:
+            await gateway.stop()
+            await platform.stop()
+        return 0
 
-    _run(main())
-    return 0
-
-
-def _run(coro: object) -> None:
     try:
-        import uvloop
-
-        uvloop.run(coro)  # type: ignore[arg-type]
-    except ImportError:
-        asyncio.run(coro)  # type: ignore[arg-type]
+        return run_loop(main())
+    except BidistreamError as exc:
+        print(f"bidistream gateway: {exc}", file=sys.stderr)
+        return 2
 
 
 def run_invoke(args: argparse.Namespace) -> int:
@@ -188,7 +206,7 @@ def run_invoke(args: argparse.Namespace) -> int:
                     await sender
 
     try:
-        asyncio.run(main())
+        run_loop(main())
     except BidistreamError as exc:
         print(f"bidistream invoke: {exc.code}: {exc.message}", file=sys.stderr)
         code = 1

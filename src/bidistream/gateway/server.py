@@ -49,6 +49,7 @@ from typing import Any, Protocol, cast
 
 import aiohttp
 
+from bidistream.defaults import DEFAULT_DATA_DIR
 from bidistream.errors import BidistreamError, InternalError, NotFoundError
 from bidistream.gateway.bridge import PingTicker
 from bidistream.gateway.h1front import H1Protocol
@@ -66,7 +67,6 @@ __all__ = ["DEFAULT_DATA_DIR", "ControlPlane", "Gateway"]
 
 log = logging.getLogger("bidistream.gateway")
 
-DEFAULT_DATA_DIR = Path("~/.bidistream").expanduser()
 _INVOKE = "/invocations"
 _STREAM = "/invocations-response-stream"
 

@@ -14,6 +14,7 @@ from pathlib import Path
 from bidistream import logs
 from bidistream.defaults import DEFAULT_DATA_DIR, GATEWAY_PORT
 from bidistream.errors import BidistreamError
+from bidistream.runloop import run as run_loop
 
 # Built-in endpoints `run` creates when missing: endpoint name → image (speech
 # only once its model ships in this build).
@@ -67,7 +68,7 @@ def _run(args: argparse.Namespace) -> int:
     logs.configure(args.log_level)
     args.data_dir = Path(args.data_dir).resolve()
     try:
-        return asyncio.run(run_main(args))
+        return run_loop(run_main(args))
     except BidistreamError as exc:
         print(f"bidistream run: {exc}", file=sys.stderr)
         return 2

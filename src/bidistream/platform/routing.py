@@ -14,7 +14,7 @@ from typing import Protocol
 
 from bidistream.errors import NotFoundError
 
-__all__ = ["InstanceTarget", "Router", "StaticRouter"]
+__all__ = ["InstanceTarget", "LayeredRouter", "Router", "StaticRouter"]
 
 
 @dataclass(eq=False, slots=True)
@@ -77,3 +77,29 @@ class StaticRouter:
 
     def session_ended(self, target: InstanceTarget) -> None:
         target.live_sessions = max(0, target.live_sessions - 1)
+
+
+@dataclass
+class LayeredRouter:
+    """Endpoints declared on the command line first, then the control plane's.
+
+    Lets ``bidistream gateway --endpoint NAME=URL`` front an already running
+    model server while the same gateway still manages endpoints created with boto3.
+    """
+
+    static: StaticRouter
+    managed: Router
+
+    def candidates(self, endpoint: str, target_variant: str | None = None) -> list[InstanceTarget]:
+        if endpoint in self.static.urls:
+            return self.static.candidates(endpoint, target_variant)
+        return self.managed.candidates(endpoint, target_variant)
+
+    def session_started(self, target: InstanceTarget) -> None:
+        self._owner(target).session_started(target)
+
+    def session_ended(self, target: InstanceTarget) -> None:
+        self._owner(target).session_ended(target)
+
+    def _owner(self, target: InstanceTarget) -> Router:
+        return self.static if self.static._targets.get(target.endpoint) is target else self.managed
