@@ -364,3 +364,15 @@ async def test_scheduler_skips_cancelled_interims() -> None:
     await first
     assert final.text == "3" and superseded.cancelled()
     assert engine.calls == [(1, False), (1, True)]  # the cancelled interim never ran
+
+
+def test_endpointer_says_ending_after_half_the_window() -> None:
+    ep = Endpointer(EndpointConfig(endpoint_ms=320))  # 10 frames of 32 ms
+    ep.feed(frames("s" * 20))
+    assert ep.in_speech and not ep.ending
+    ep.feed(frames("." * 4))
+    assert not ep.ending  # a short pause between words
+    ep.feed(frames("."))
+    assert ep.ending  # half the window: the final is due, no new interim starts
+    ep.feed(frames("s"))
+    assert not ep.ending

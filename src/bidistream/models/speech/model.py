@@ -91,6 +91,7 @@ class SpeechModel(Model):
         batching: str | bool = True,
         max_batch: str | int = 8,
         max_interim_batch: str | int = 2,
+        max_final_batch: str | int = 2,
         slots: str | int | None = None,
         cpu_threads: str | int = 1,
         beam_size: str | int = 5,
@@ -117,6 +118,7 @@ class SpeechModel(Model):
         self.batching = _bool("batching", batching)
         self.max_batch = int(max_batch)
         self.max_interim_batch = int(max_interim_batch)
+        self.max_final_batch = int(max_final_batch)
         self.slots = int(slots) if slots else (os.cpu_count() or 1)
         self.cpu_threads = int(cpu_threads)
         self.beam_size = int(beam_size)
@@ -187,6 +189,7 @@ class SpeechModel(Model):
                     batching=self.batching,
                     max_batch=self.max_batch,
                     max_interim_batch=self.max_interim_batch,
+                    max_final_batch=self.max_final_batch,
                     reserve_final_slot=self.reserve_final_slot,
                 )
         return self._schedulers[profile]
