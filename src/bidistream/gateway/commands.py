@@ -10,12 +10,18 @@ import os
 import shlex
 import signal
 import sys
+from collections.abc import Awaitable, Callable
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from bidistream import logs
 from bidistream.defaults import DEFAULT_DATA_DIR, GATEWAY_PORT
 from bidistream.errors import BidistreamError
 from bidistream.runloop import run as run_loop
+
+if TYPE_CHECKING:
+    from bidistream.gateway.server import Gateway
+    from bidistream.platform.app import Platform
 
 
 def _endpoints(pairs: list[str]) -> dict[str, str]:
@@ -28,32 +34,41 @@ def _endpoints(pairs: list[str]) -> dict[str, str]:
     return out
 
 
-def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+def add_gateway_arguments(parser: argparse.ArgumentParser) -> None:
+    """The options of every command that runs the gateway (`gateway` and `run`)."""
     from bidistream.gateway.limits import GatewayLimits
 
     d = GatewayLimits()
+    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--port", type=int, default=GATEWAY_PORT)
+    parser.add_argument(
+        "--data-dir", default=DEFAULT_DATA_DIR, help="holds the store, the local CA and instance logs"
+    )
+    parser.add_argument(
+        "--endpoint", action="append", default=[], metavar="NAME=URL", help="a running model server"
+    )
+    parser.add_argument(
+        "--runtime", choices=("process", "ray"), default="process", help="where instances run"
+    )
+    parser.add_argument(
+        "--ray-address", default=None, metavar="HOST:PORT", help="Ray cluster (--runtime ray)"
+    )
+    parser.add_argument("--credentials", default=None, metavar="AKID:SECRET", help="turn SigV4 checks on")
+    parser.add_argument("--lenient-query", action="store_true", help="accept '+' etc. in ModelQueryString")
+    parser.add_argument("--ping-interval", type=float, default=d.ping_interval)
+    parser.add_argument("--missed-pongs", type=int, default=d.missed_pongs)
+    parser.add_argument("--log-level", default="info")
+    parser.add_argument("--log-json", action="store_true")
+
+
+def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     gw = sub.add_parser(
         "gateway",
         help="run the front door (SageMaker runtime API over TLS, HTTP/2 and HTTP/1.1)",
         description="Serve InvokeEndpointWithBidirectionalStream, InvokeEndpoint(+WithResponseStream) "
         "and the WebSocket front door for the declared endpoints.",
     )
-    gw.add_argument("--host", default="127.0.0.1")
-    gw.add_argument("--port", type=int, default=GATEWAY_PORT)
-    gw.add_argument(
-        "--data-dir", default=DEFAULT_DATA_DIR, help="holds the store, the local CA and instance logs"
-    )
-    gw.add_argument(
-        "--endpoint", action="append", default=[], metavar="NAME=URL", help="a running model server"
-    )
-    gw.add_argument("--runtime", choices=("process", "ray"), default="process", help="where instances run")
-    gw.add_argument("--ray-address", default=None, metavar="HOST:PORT", help="Ray cluster (--runtime ray)")
-    gw.add_argument("--credentials", default=None, metavar="AKID:SECRET", help="turn SigV4 checks on")
-    gw.add_argument("--lenient-query", action="store_true", help="accept '+' etc. in ModelQueryString")
-    gw.add_argument("--ping-interval", type=float, default=d.ping_interval)
-    gw.add_argument("--missed-pongs", type=int, default=d.missed_pongs)
-    gw.add_argument("--log-level", default="info")
-    gw.add_argument("--log-json", action="store_true")
+    add_gateway_arguments(gw)
     gw.set_defaults(handler=run_gateway)
 
     env = sub.add_parser("env", help="print the exports a client needs to reach the gateway")
@@ -98,64 +113,76 @@ def print_env(args: argparse.Namespace) -> int:
     return 0
 
 
-def run_gateway(args: argparse.Namespace) -> int:
-    from bidistream.gateway.limits import GatewayLimits
-    from bidistream.gateway.server import Gateway
-    from bidistream.platform.routing import StaticRouter
-    from bidistream.sigv4 import CredentialStore
+# Called once the gateway listens: (platform, gateway, stop event).
+OnReady = Callable[["Platform", "Gateway", asyncio.Event], Awaitable[None]]
 
+
+def run_gateway(args: argparse.Namespace) -> int:
+    async def ready(_platform: Platform, gateway: Gateway, _stop: asyncio.Event) -> None:
+        print(f"gateway listening on {gateway.url}", flush=True)
+        print(f"export SSL_CERT_FILE={gateway.ca_path}", flush=True)
+
+    return start_gateway(args, "gateway", ready)
+
+
+def start_gateway(args: argparse.Namespace, command: str, on_ready: OnReady) -> int:
+    """Run the gateway with the platform behind it until SIGINT/SIGTERM; the CLI's one way to do so."""
     logs.configure(args.log_level, as_json=args.log_json)
     # picows logs every instance connection at INFO: one line per session is noise.
     logging.getLogger("picows").setLevel(logging.WARNING)
+    args.data_dir = Path(args.data_dir).expanduser().resolve()
+    try:
+        return run_loop(serve_gateway(args, command, on_ready))
+    except BidistreamError as exc:
+        print(f"bidistream {command}: {exc}", file=sys.stderr)
+        return 2
+
+
+async def serve_gateway(args: argparse.Namespace, command: str, on_ready: OnReady) -> int:
+    from bidistream.gateway.limits import GatewayLimits
+    from bidistream.gateway.server import Gateway
+    from bidistream.platform.app import build_platform
+    from bidistream.platform.routing import LayeredRouter, StaticRouter
+    from bidistream.sigv4 import CredentialStore
+
     limits = GatewayLimits(
         ping_interval=args.ping_interval, missed_pongs=args.missed_pongs, lenient_query=args.lenient_query
     )
-    data_dir = Path(args.data_dir).expanduser()
+    data_dir: Path = args.data_dir
     static = _endpoints(args.endpoint)
-
-    async def main() -> int:
-        from bidistream.platform.app import build_platform
-        from bidistream.platform.routing import LayeredRouter
-
-        platform = build_platform(data_dir, runtime=args.runtime, ray_address=args.ray_address)
-        router = LayeredRouter(StaticRouter(static), platform.router) if static else platform.router
-        gateway = Gateway(
-            router,
-            control_plane=platform.control_plane,
-            host=args.host,
-            port=args.port,
-            data_dir=data_dir,
-            limits=limits,
-            credentials=CredentialStore.from_spec(args.credentials),
-        )
-        await platform.start()
-        try:
-            await gateway.start()
-        except OSError as exc:
-            await platform.stop()
-            print(
-                f"bidistream gateway: cannot listen on {args.host}:{args.port}: {exc.strerror}",
-                file=sys.stderr,
-            )
-            return 1
-        print(f"gateway listening on {gateway.url}", flush=True)
-        print(f"export SSL_CERT_FILE={gateway.ca_path}", flush=True)
-        stop = asyncio.Event()
-        loop = asyncio.get_running_loop()
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            loop.add_signal_handler(sig, stop.set)
-        try:
-            await stop.wait()
-        finally:
-            await gateway.stop()
-            await platform.stop()
-        return 0
-
+    platform = build_platform(data_dir, runtime=args.runtime, ray_address=args.ray_address)
+    router = LayeredRouter(StaticRouter(static), platform.router) if static else platform.router
+    gateway = Gateway(
+        router,
+        control_plane=platform.control_plane,
+        host=args.host,
+        port=args.port,
+        data_dir=data_dir,
+        limits=limits,
+        credentials=CredentialStore.from_spec(args.credentials),
+    )
+    await platform.start()
     try:
-        return run_loop(main())
-    except BidistreamError as exc:
-        print(f"bidistream gateway: {exc}", file=sys.stderr)
-        return 2
+        await gateway.start()
+    except OSError as exc:
+        await platform.stop()
+        print(
+            f"bidistream {command}: cannot listen on {args.host}:{args.port}: {exc.strerror}", file=sys.stderr
+        )
+        return 1
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        with contextlib.suppress(NotImplementedError):
+            loop.add_signal_handler(sig, stop.set)
+    try:
+        await on_ready(platform, gateway, stop)
+        await stop.wait()
+    finally:
+        print(f"bidistream {command}: stopping (instances drain their sessions)", flush=True)
+        await gateway.stop()
+        await platform.stop()
+    return 0
 
 
 def run_invoke(args: argparse.Namespace) -> int:

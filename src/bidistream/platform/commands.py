@@ -4,17 +4,19 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
 import json
-import signal
 import sys
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from bidistream import logs
-from bidistream.defaults import DEFAULT_DATA_DIR, GATEWAY_PORT
+from bidistream.defaults import DEFAULT_DATA_DIR
 from bidistream.errors import BidistreamError
-from bidistream.runloop import run as run_loop
+from bidistream.gateway.commands import add_gateway_arguments, start_gateway
+
+if TYPE_CHECKING:
+    from bidistream.gateway.server import Gateway
+    from bidistream.platform.app import Platform
 
 # Built-in endpoints `run` creates when missing: endpoint name → image (speech
 # only once its model ships in this build).
@@ -38,19 +40,13 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         description="Start the gateway (TLS, HTTP/2 + HTTP/1.1) with the process runtime, create the "
         "built-in endpoints through the control plane if they are missing, and print how to invoke them.",
     )
-    run.add_argument("--host", default="127.0.0.1")
-    run.add_argument("--port", type=int, default=GATEWAY_PORT)
-    run.add_argument("--data-dir", type=Path, default=DEFAULT_DATA_DIR)
-    run.add_argument("--runtime", choices=("process", "ray"), default="process")
-    run.add_argument("--ray-address", default=None)
+    add_gateway_arguments(run)
     run.add_argument(
         "--builtins",
         default=None,
         metavar="NAMES",
         help="comma-separated built-ins to create if missing (default: all in this build; '' for none)",
     )
-    run.add_argument("--credentials", default=None, metavar="AKID:SECRET", help="turn SigV4 checks on")
-    run.add_argument("--log-level", default="info")
     run.set_defaults(handler=_run)
 
     endpoints = sub.add_parser(
@@ -65,13 +61,20 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
 
 
 def _run(args: argparse.Namespace) -> int:
-    logs.configure(args.log_level)
-    args.data_dir = Path(args.data_dir).resolve()
-    try:
-        return run_loop(run_main(args))
-    except BidistreamError as exc:
-        print(f"bidistream run: {exc}", file=sys.stderr)
-        return 2
+    wanted = default_builtins() if args.builtins is None else args.builtins
+    names: dict[str, str] = {}
+    for name in filter(None, (n.strip() for n in wanted.split(","))):
+        if name not in BUILTIN_ENDPOINTS:
+            print(f"bidistream run: unknown built-in {name!r}: choose from {', '.join(BUILTIN_ENDPOINTS)}")
+            return 2
+        names[name] = BUILTIN_ENDPOINTS[name]
+
+    async def ready(platform: Platform, gateway: Gateway, stop: asyncio.Event) -> None:
+        await ensure_builtin_endpoints(platform, names)
+        await _wait_in_service(platform, list(names), stop)
+        print(instructions(gateway.url, gateway.ca_path, list(names), platform.data_dir), flush=True)
+
+    return start_gateway(args, "run", ready)
 
 
 async def ensure_builtin_endpoints(platform: object, names: dict[str, str]) -> list[str]:
@@ -109,53 +112,6 @@ async def ensure_builtin_endpoints(platform: object, names: dict[str, str]) -> l
             raise BidistreamError(f"cannot create endpoint {name}: {body.get('message')}")
         created.append(name)
     return created
-
-
-async def run_main(args: argparse.Namespace) -> int:
-    from bidistream.gateway.server import Gateway
-    from bidistream.platform.app import build_platform
-    from bidistream.sigv4 import CredentialStore
-
-    data_dir: Path = args.data_dir
-    platform = build_platform(data_dir, runtime=args.runtime, ray_address=args.ray_address)
-    gateway = Gateway(
-        platform.router,
-        control_plane=platform.control_plane,
-        host=args.host,
-        port=args.port,
-        data_dir=data_dir,
-        credentials=CredentialStore.from_spec(args.credentials),
-    )
-    await platform.start()
-    try:
-        await gateway.start()
-    except OSError as exc:
-        await platform.stop()
-        print(f"bidistream run: cannot listen on {args.host}:{args.port}: {exc.strerror}", file=sys.stderr)
-        return 1
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        with contextlib.suppress(NotImplementedError):
-            loop.add_signal_handler(sig, stop.set)
-    try:
-        wanted = default_builtins() if args.builtins is None else args.builtins
-        names = {}
-        for name in filter(None, (n.strip() for n in wanted.split(","))):
-            if name not in BUILTIN_ENDPOINTS:
-                raise BidistreamError(
-                    f"unknown built-in {name!r}: choose from {', '.join(BUILTIN_ENDPOINTS)}"
-                )
-            names[name] = BUILTIN_ENDPOINTS[name]
-        await ensure_builtin_endpoints(platform, names)
-        await _wait_in_service(platform, list(names), stop)
-        print(instructions(gateway.url, gateway.ca_path, list(names), data_dir), flush=True)
-        await stop.wait()
-    finally:
-        print("bidistream: stopping (instances drain their sessions)", flush=True)
-        await gateway.stop()
-        await platform.stop()
-    return 0
 
 
 async def _wait_in_service(platform: object, names: list[str], stop: asyncio.Event) -> None:
