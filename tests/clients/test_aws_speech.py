@@ -113,7 +113,9 @@ async def test_aws_client_streams_wav_through_gateway(
 ) -> None:
     wav = synth(BALANCE)
     audio = wav.read_bytes() if as_wav else pcm(wav)[0]
-    messages = await aws_listen(client, query, chunks(audio + silence(0.6)))
+    # 0.25 s of audio every 0.1 s: faster than real time, slow enough that the
+    # first interim (0.6 s after onset) starts before the final supersedes it.
+    messages = await aws_listen(client, query, chunks(audio + silence(0.6)), pace=0.1)
     results = [m for m in messages if m["type"] == "Results"]
     finals = [m for m in results if m["is_final"] and m["channel"]["alternatives"][0]["transcript"]]
     assert finals and all(m["speech_final"] or m["from_finalize"] for m in finals)

@@ -376,3 +376,26 @@ def test_endpointer_says_ending_after_half_the_window() -> None:
     assert ep.ending  # half the window: the final is due, no new interim starts
     ep.feed(frames("s"))
     assert not ep.ending
+
+
+async def test_scheduler_withdraws_only_decodes_not_started() -> None:
+    engine = FakeEngine(delay=0.1)
+    sched = DecodeScheduler(engine, slots=1, batching=False)
+    running = sched.submit(np.zeros(1, np.float32), final=False)
+    queued = sched.submit(np.zeros(2, np.float32), final=False)
+    await asyncio.sleep(0.01)
+    assert not sched.withdraw(running)  # already decoding: its result still arrives
+    assert sched.withdraw(queued) and queued.cancelled() and sched.pending == 0
+    assert (await running).text == "1"
+    assert engine.calls == [(1, False)]
+
+
+async def test_scheduler_withdraws_the_right_job_among_many() -> None:
+    # Jobs hold numpy audio: finding one by equality compared samples and raised.
+    engine = FakeEngine(delay=0.1)
+    sched = DecodeScheduler(engine, slots=1, batching=False)
+    first = sched.submit(np.zeros(1, np.float32), final=True)
+    queued = [sched.submit(np.zeros(n, np.float32), final=False) for n in (5, 6, 7)]
+    await asyncio.sleep(0.01)
+    assert sched.withdraw(queued[1]) and sched.pending == 2
+    assert [r.text for r in await asyncio.gather(first, queued[0], queued[2])] == ["1", "5", "7"]

@@ -69,7 +69,7 @@ class LiveTranscriber:
         self._received = 0  # samples received (16 kHz)
         self._out: asyncio.Queue[_Item] = asyncio.Queue()
         self._interim_busy = False
-        self._interim_task: asyncio.Future[dict[str, Any] | None] | None = None
+        self._interim_job: asyncio.Future[Transcript] | None = None
         self._next_interim = 0
         self._last_word_end: float | None = None
         self._utterance_end_due = False
@@ -172,9 +172,10 @@ class LiveTranscriber:
                 self._final(event, closing)
 
     def _final(self, event: UtteranceDone, closing: bool = False) -> None:
-        if self._interim_task is not None and not self._interim_task.done():
-            # The final re-reads the same audio: an interim still waiting is superseded.
-            self._interim_task.cancel()
+        if self._interim_job is not None:
+            # The final re-reads the same audio: an interim still queued is superseded.
+            self.scheduler.withdraw(self._interim_job)
+            self._interim_job = None
         start_s = event.start / SAMPLE_RATE
         duration = (event.end - event.start) / SAMPLE_RATE
         if event.end <= event.start:
@@ -207,19 +208,24 @@ class LiveTranscriber:
         self._interim_busy = True
         self._next_interim = position + int(self.config.interim_interval * SAMPLE_RATE)
 
+        job = self._interim_job = self.scheduler.submit(audio, final=False)
+
         async def decode() -> dict[str, Any] | None:
             try:
-                transcript = await self.scheduler.decode(audio, final=False)
+                transcript = await job
             except asyncio.CancelledError:
-                return None  # superseded by the utterance's final (see _final)
+                if not job.cancelled():
+                    raise
+                return None  # withdrawn: superseded by the utterance's final (see _final)
             finally:
                 self._interim_busy = False
+                if self._interim_job is job:
+                    self._interim_job = None
             return self._results(
                 transcript, start / SAMPLE_RATE, len(audio) / SAMPLE_RATE, False, False, False
             )
 
-        self._interim_task = asyncio.ensure_future(decode())
-        self._out.put_nowait(self._interim_task)
+        self._out.put_nowait(asyncio.ensure_future(decode()))
 
     def _maybe_utterance_end(self) -> None:
         if (

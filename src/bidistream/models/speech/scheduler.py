@@ -34,7 +34,7 @@ from bidistream.models.speech.engines import Engine, Transcript
 __all__ = ["DecodeScheduler", "SchedulerStats"]
 
 
-@dataclass(slots=True)
+@dataclass(slots=True, eq=False)  # identity: == on the audio arrays would compare samples
 class _Job:
     audio: np.ndarray
     final: bool
@@ -95,11 +95,28 @@ class DecodeScheduler:
         return self._running >= self.slots
 
     async def decode(self, audio: np.ndarray, *, final: bool) -> Transcript:
+        return await self.submit(audio, final=final)
+
+    def submit(self, audio: np.ndarray, *, final: bool) -> asyncio.Future[Transcript]:
+        """Queue one decode; the future resolves to its transcript (see :meth:`withdraw`)."""
         loop = asyncio.get_running_loop()
         job = _Job(audio, final, loop.create_future())
         (self._finals if final else self._interims).append(job)
         self._dispatch()
-        return await job.future
+        return job.future
+
+    def withdraw(self, future: asyncio.Future[Transcript]) -> bool:
+        """Drop a decode that has not started (its future is cancelled); False once it runs.
+
+        A running decode is left alone: its CPU is spent, and its result is still news.
+        """
+        for queue in (self._interims, self._finals):
+            for i, job in enumerate(queue):
+                if job.future is future:
+                    del queue[i]
+                    future.cancel()
+                    return True
+        return False
 
     def _take(self) -> list[_Job]:
         if self._finals:
