@@ -348,6 +348,9 @@ def run() -> dict[str, Any]:
     ratios = [r["gateway"]["server_cpu_us_per_msg"] / r["relay_floor"]["server_cpu_us_per_msg"] for r in reps]
     cpu_ratio = floor.median(ratios)
     added_p50 = med("gateway", "rtt_p50_us") - med("direct", "rtt_p50_us")
+    # Diagnostic, not a bar: how much of the added latency a raw-TCP relay in the same
+    # layout (three processes, cross-CPU wakeups) already costs, and what the gateway adds on top.
+    relay_added_p50 = med("relay_floor", "rtt_p50_us") - med("direct", "rtt_p50_us")
     kib = idle["gateway_kib_per_idle_session"]
     result: dict[str, Any] = {
         "machine": {"python": platform.python_version(), "cpus": os.cpu_count()},
@@ -358,6 +361,8 @@ def run() -> dict[str, Any]:
         "ratios": {
             "gateway_cpu_per_pair_x_relay_floor": round(cpu_ratio, 2),
             "added_p50_us_over_direct": round(added_p50, 1),
+            "relay_floor_added_p50_us_over_direct": round(relay_added_p50, 1),
+            "gateway_added_p50_us_over_relay_floor": round(added_p50 - relay_added_p50, 1),
             "gateway_kib_per_idle_session": round(kib, 1),
         },
         "bars": [
