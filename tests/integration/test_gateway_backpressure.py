@@ -20,22 +20,20 @@ buffers and as a plateau of the producer's progress.
 from __future__ import annotations
 
 import asyncio
-import ssl
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
-import h2.connection
-import h2.events
 import pytest
 
-from bidistream.eventstream import EventStreamDecoder, decode_message, encode_payload_part
+from bidistream.eventstream import encode_payload_part
 from bidistream.frames import Frame, FrameKind
 from bidistream.gateway.h2front import BidiStream, H2Protocol
 from bidistream.gateway.limits import GatewayLimits, KiB, MiB
 from bidistream.gateway.server import Gateway
 from bidistream.model import Model, Session
 from tests.clients.test_aws_bidi import Stack, gateway_stack
+from tests.h2client import H2TestClient
 
 T = 15.0
 HIGH_WATER = 256 * KiB
@@ -86,105 +84,6 @@ class GatedSink(Model):
         yield Frame(str(len(self.got)).encode(), FrameKind.TEXT)
 
 
-class FlowH2:
-    """An HTTP/2 client whose flow-control grants the test switches off and on.
-
-    It always reads its socket (so TCP never stalls); only WINDOW_UPDATEs stop,
-    which is what a client does when its application stops consuming.
-    """
-
-    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        self.reader, self.writer = reader, writer
-        self.conn = h2.connection.H2Connection()
-        self.granting = True
-        self.data = bytearray()
-        self.unacked: dict[int, int] = {}
-        self.status: str | None = None
-        self.ended = asyncio.Event()
-        self.window_opened = asyncio.Event()
-        self.task = asyncio.create_task(self._read())
-
-    @classmethod
-    async def connect(cls, gw: Gateway) -> FlowH2:
-        ctx = ssl.create_default_context(cafile=str(gw.ca_path))
-        ctx.set_alpn_protocols(["h2"])
-        reader, writer = await asyncio.open_connection("127.0.0.1", gw.port, ssl=ctx)
-        self = cls(reader, writer)
-        self.conn.initiate_connection()
-        self._flush()
-        return self
-
-    def _flush(self) -> None:
-        if data := self.conn.data_to_send():
-            self.writer.write(data)
-
-    async def _read(self) -> None:
-        while data := await self.reader.read(65536):
-            for ev in self.conn.receive_data(data):
-                if isinstance(ev, h2.events.ResponseReceived):
-                    self.status = dict(ev.headers)[b":status"].decode()
-                elif isinstance(ev, h2.events.DataReceived):
-                    self.data += ev.data
-                    self.unacked[ev.stream_id] = self.unacked.get(ev.stream_id, 0) + ev.flow_controlled_length
-                    if self.granting:
-                        self.grant()
-                elif isinstance(ev, h2.events.WindowUpdated):
-                    self.window_opened.set()
-                elif isinstance(ev, h2.events.StreamEnded | h2.events.StreamReset):
-                    self.ended.set()
-            self._flush()
-
-    def grant(self) -> None:
-        for sid, n in self.unacked.items():
-            if n:
-                self.conn.acknowledge_received_data(n, sid)
-        self.unacked.clear()
-        self._flush()
-
-    def open(self, endpoint: str) -> int:
-        sid: int = self.conn.get_next_available_stream_id()
-        self.conn.send_headers(
-            sid,
-            [
-                (":method", "POST"),
-                (":scheme", "https"),
-                (":authority", "localhost"),
-                (":path", f"/endpoints/{endpoint}/invocations-bidirectional-stream?"),
-                ("content-type", "application/vnd.amazon.eventstream"),
-            ],
-        )
-        self._flush()
-        return sid
-
-    def send(self, sid: int, data: bytes, end: bool = False) -> None:
-        self.conn.send_data(sid, data, end_stream=end)
-        self._flush()
-
-    async def send_within_window(self, sid: int, data: bytes) -> None:
-        """Send ``data`` as the server's window allows (waiting on WINDOW_UPDATE)."""
-        view = memoryview(data)
-        while view:
-            window = min(self.conn.local_flow_control_window(sid), self.conn.max_outbound_frame_size)
-            if window <= 0:
-                self.window_opened.clear()
-                await self.window_opened.wait()
-                continue
-            self.conn.send_data(sid, bytes(view[:window]))
-            self._flush()
-            view = view[window:]
-            await self.writer.drain()
-
-    def events(self) -> list[dict[str, Any]]:
-        return [
-            {**(m := decode_message(raw)).headers, "payload": m.payload}
-            for raw in EventStreamDecoder().feed(bytes(self.data))
-        ]
-
-    def close(self) -> None:
-        self.task.cancel()
-        self.writer.transport.abort()
-
-
 def bidi_stream(gw: Gateway) -> BidiStream:
     for conn in gw.connections:
         if isinstance(conn, H2Protocol):
@@ -217,7 +116,7 @@ async def test_slow_client_pauses_instance_reads_and_loses_nothing(stack: Stack)
     gw = stack.gateway
     model = stack.servers["flood"].model
     assert isinstance(model, Flood)
-    client = await FlowH2.connect(gw)
+    client = await H2TestClient.connect(gw.port, gw.ca_path)
     try:
         client.granting = False  # the client's application stops consuming
         sid = client.open("flood")
@@ -234,18 +133,18 @@ async def test_slow_client_pauses_instance_reads_and_loses_nothing(stack: Stack)
         assert up.read_paused
         assert len(st.sender.pending) <= HIGH_WATER + READ_CHUNK + FRAME, len(st.sender.pending)
         # The client got no more than its 64 KiB initial window.
-        assert len(client.data) <= 65535
-        assert client.status == "200"
+        assert len(client.data[sid]) <= 65535
+        assert client.responses[sid][":status"] == "200"
 
         client.granting = True
         client.grant()
         async with asyncio.timeout(T):
-            while len(client.events()) < N_FRAMES:  # noqa: ASYNC110 (polling what the client got)
+            while len(client.decoded(sid)) < N_FRAMES:  # noqa: ASYNC110 (polling what the client got)
                 await asyncio.sleep(0.02)
         client.send(sid, b"", end=True)
-        await asyncio.wait_for(client.ended.wait(), T)
+        await client.wait_end(sid)
 
-        events = client.events()
+        events = client.decoded(sid)
         assert [e["payload"] for e in events] == [numbered(i) for i in range(N_FRAMES)]
         assert all(e[":event-type"] == "PayloadPart" and e["DataType"] == "BINARY" for e in events)
         assert model.produced == N_FRAMES
@@ -257,7 +156,7 @@ async def test_slow_instance_closes_client_window_and_loses_nothing(stack: Stack
     gw = stack.gateway
     model = stack.servers["sink"].model
     assert isinstance(model, GatedSink)
-    client = await FlowH2.connect(gw)
+    client = await H2TestClient.connect(gw.port, gw.ca_path)
     sent_parts = [numbered(i) for i in range(N_FRAMES)]
     try:
         sid = client.open("sink")
@@ -294,10 +193,10 @@ async def test_slow_instance_closes_client_window_and_loses_nothing(stack: Stack
         finally:
             producer.cancel()
         client.send(sid, b"", end=True)
-        await asyncio.wait_for(client.ended.wait(), T)
+        await client.wait_end(sid)
 
         assert model.got == sent_parts
-        events = client.events()
+        events = client.decoded(sid)
         assert [e["payload"] for e in events] == [str(N_FRAMES).encode()]
     finally:
         client.close()

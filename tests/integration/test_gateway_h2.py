@@ -15,105 +15,16 @@ import ssl
 from collections.abc import AsyncIterator
 from pathlib import Path
 
-import h2.connection
-import h2.events
 import pytest
 
-from bidistream.eventstream import EventStreamDecoder, decode_message
 from bidistream.gateway.limits import GatewayLimits
 from tests.clients.test_aws_bidi import Stack, gateway_stack
+from tests.h2client import H2TestClient
 
 VECTORS = Path(__file__).resolve().parents[1] / "vectors"
 EVENT1 = bytes.fromhex((VECTORS / "sagemaker-bidi-request-event-1.hex").read_text().strip())
 FINAL = bytes.fromhex((VECTORS / "sagemaker-bidi-request-final.hex").read_text().strip())
 T = 10.0
-
-
-class RawH2:
-    """A minimal full-duplex HTTP/2 client over TLS (ALPN h2)."""
-
-    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        self.reader, self.writer = reader, writer
-        self.conn = h2.connection.H2Connection()
-        self.responses: dict[int, dict[str, object]] = {}
-        self.data: dict[int, bytearray] = {}
-        self.ended: dict[int, asyncio.Event] = {}
-        self.headers_seen: dict[int, asyncio.Event] = {}
-        self.task = asyncio.create_task(self._read())
-
-    @classmethod
-    async def connect(cls, port: int, ca: Path) -> RawH2:
-        ctx = ssl.create_default_context(cafile=str(ca))
-        ctx.set_alpn_protocols(["h2"])
-        reader, writer = await asyncio.open_connection("127.0.0.1", port, ssl=ctx)
-        self = cls(reader, writer)
-        self.conn.initiate_connection()
-        self._flush()
-        return self
-
-    def _flush(self) -> None:
-        self.writer.write(self.conn.data_to_send())
-
-    async def _read(self) -> None:
-        while data := await self.reader.read(65536):
-            for ev in self.conn.receive_data(data):
-                if isinstance(ev, h2.events.ResponseReceived):
-                    self.responses[ev.stream_id] = {k.decode(): v.decode() for k, v in ev.headers}
-                    self.headers_seen[ev.stream_id].set()
-                elif isinstance(ev, h2.events.DataReceived):
-                    self.data[ev.stream_id] += ev.data
-                    self.conn.acknowledge_received_data(ev.flow_controlled_length, ev.stream_id)
-                elif isinstance(ev, h2.events.StreamEnded | h2.events.StreamReset):
-                    self.ended[ev.stream_id].set()
-            self._flush()
-
-    def open(self, endpoint: str = "echo", extra: list[tuple[str, str]] | None = None) -> int:
-        sid = self.conn.get_next_available_stream_id()
-        self.data[sid] = bytearray()
-        self.ended[sid] = asyncio.Event()
-        self.headers_seen[sid] = asyncio.Event()
-        self.conn.send_headers(
-            sid,
-            [
-                (":method", "POST"),
-                (":scheme", "https"),
-                (":authority", "localhost"),
-                (":path", f"/endpoints/{endpoint}/invocations-bidirectional-stream?"),
-                ("content-type", "application/vnd.amazon.eventstream"),
-                *(extra or []),
-            ],
-        )
-        self._flush()
-        return sid
-
-    def send(self, sid: int, data: bytes, end: bool = False) -> None:
-        self.conn.send_data(sid, data, end_stream=end)
-        self._flush()
-
-    async def headers(self, sid: int) -> dict[str, object]:
-        await asyncio.wait_for(self.headers_seen[sid].wait(), T)
-        return self.responses[sid]
-
-    async def events(self, sid: int, min_count: int) -> list[dict[str, object]]:
-        async with asyncio.timeout(T):
-            while True:
-                dec = EventStreamDecoder()
-                raws = dec.feed(bytes(self.data[sid]))
-                if len(raws) >= min_count:
-                    break
-                await asyncio.sleep(0.01)
-        out = []
-        for raw in raws:
-            msg = decode_message(raw)
-            out.append({**msg.headers, "payload": msg.payload})
-        return out
-
-    async def wait_end(self, sid: int) -> None:
-        await asyncio.wait_for(self.ended[sid].wait(), T)
-
-    def close(self) -> None:
-        self.task.cancel()
-        self.writer.transport.abort()
 
 
 @pytest.fixture
@@ -124,13 +35,13 @@ async def stack(tmp_path: Path) -> AsyncIterator[Stack]:
 
 
 @pytest.fixture
-async def raw(stack: Stack) -> AsyncIterator[RawH2]:
-    c = await RawH2.connect(stack.gateway.port, stack.gateway.ca_path)
+async def raw(stack: Stack) -> AsyncIterator[H2TestClient]:
+    c = await H2TestClient.connect(stack.gateway.port, stack.gateway.ca_path)
     yield c
     c.close()
 
 
-async def healthy_open(raw: RawH2) -> int:
+async def healthy_open(raw: H2TestClient) -> int:
     sid = raw.open()
     raw.send(sid, EVENT1)
     assert (await raw.headers(sid))[":status"] == "200"
@@ -138,7 +49,7 @@ async def healthy_open(raw: RawH2) -> int:
     return sid
 
 
-async def healthy_finish(raw: RawH2, sid: int) -> None:
+async def healthy_finish(raw: H2TestClient, sid: int) -> None:
     raw.send(sid, EVENT1)
     raw.send(sid, FINAL, end=True)
     await raw.wait_end(sid)
@@ -146,7 +57,7 @@ async def healthy_finish(raw: RawH2, sid: int) -> None:
     assert [e["payload"] for e in evs] == [b'{"prompt":"Hello"}'] * 2
 
 
-async def in_stream_error(raw: RawH2, sid: int) -> dict[str, object]:
+async def in_stream_error(raw: H2TestClient, sid: int) -> dict[str, object]:
     assert (await raw.headers(sid))[":status"] == "200"
     await raw.wait_end(sid)
     evs = await raw.events(sid, 1)
@@ -154,7 +65,7 @@ async def in_stream_error(raw: RawH2, sid: int) -> dict[str, object]:
     return evs[-1]
 
 
-async def test_bad_crc(raw: RawH2) -> None:
+async def test_bad_crc(raw: H2TestClient) -> None:
     healthy = await healthy_open(raw)
     sid = raw.open()
     bad = bytearray(EVENT1)
@@ -168,7 +79,7 @@ async def test_bad_crc(raw: RawH2) -> None:
     await healthy_finish(raw, healthy)
 
 
-async def test_truncated_prelude(raw: RawH2) -> None:
+async def test_truncated_prelude(raw: H2TestClient) -> None:
     healthy = await healthy_open(raw)
     sid = raw.open()
     await raw.headers(sid)
@@ -179,7 +90,7 @@ async def test_truncated_prelude(raw: RawH2) -> None:
     await healthy_finish(raw, healthy)
 
 
-async def test_oversized_message(raw: RawH2) -> None:
+async def test_oversized_message(raw: H2TestClient) -> None:
     healthy = await healthy_open(raw)
     sid = raw.open()
     await raw.headers(sid)
@@ -190,7 +101,7 @@ async def test_oversized_message(raw: RawH2) -> None:
     await healthy_finish(raw, healthy)
 
 
-async def test_bad_bytes_before_instance_connects_get_a_400(raw: RawH2) -> None:
+async def test_bad_bytes_before_instance_connects_get_a_400(raw: H2TestClient) -> None:
     sid = raw.open()
     raw.send(sid, b"\0\0\0\x01garbage....", end=True)
     headers = await raw.headers(sid)
@@ -205,8 +116,8 @@ async def test_bad_bytes_before_instance_connects_get_a_400(raw: RawH2) -> None:
 
 
 async def test_client_vanishes_instance_sees_close_within_a_second(stack: Stack) -> None:
-    raw = await RawH2.connect(stack.gateway.port, stack.gateway.ca_path)
-    other = await RawH2.connect(stack.gateway.port, stack.gateway.ca_path)
+    raw = await H2TestClient.connect(stack.gateway.port, stack.gateway.ca_path)
+    other = await H2TestClient.connect(stack.gateway.port, stack.gateway.ca_path)
     healthy = await healthy_open(other)
     sid = raw.open()
     raw.send(sid, EVENT1)
@@ -221,7 +132,7 @@ async def test_client_vanishes_instance_sees_close_within_a_second(stack: Stack)
     other.close()
 
 
-async def test_stream_reset_closes_instance_socket(raw: RawH2, stack: Stack) -> None:
+async def test_stream_reset_closes_instance_socket(raw: H2TestClient, stack: Stack) -> None:
     healthy = await healthy_open(raw)
     sid = raw.open()
     raw.send(sid, EVENT1)
@@ -235,7 +146,7 @@ async def test_stream_reset_closes_instance_socket(raw: RawH2, stack: Stack) -> 
     await healthy_finish(raw, healthy)
 
 
-async def test_bare_end_stream_without_final_envelope(raw: RawH2) -> None:
+async def test_bare_end_stream_without_final_envelope(raw: H2TestClient) -> None:
     # Client 0.1 ends with END_STREAM only; so does a 0.12 app that exits without close().
     sid = raw.open()
     raw.send(sid, EVENT1, end=True)
