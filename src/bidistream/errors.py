@@ -207,7 +207,9 @@ class WireForm:
     """How one error class is said on each wire.
 
     ``amzn_error_type`` is the SageMaker runtime error shape (``x-amzn-ErrorType``)
-    before streaming starts; ``stream_event`` the in-stream event once it has.
+    before streaming starts, in the bidi client's names (the gateway renames them
+    for boto3's runtime client, which spells three of them differently);
+    ``stream_event`` the in-stream event once it has.
     ``grpc_status`` is a ``grpc.StatusCode`` name so this module imports no gRPC.
     """
 
@@ -228,8 +230,8 @@ _WIRE: dict[type[BidistreamError], WireForm] = {
     MessageTooLargeError: WireForm(
         413, "InputValidationError", 1009, "RESOURCE_EXHAUSTED", "ModelStreamError"
     ),
-    NotFoundError: WireForm(404, "ValidationError", 1008, "NOT_FOUND", "ModelStreamError"),
-    ConflictError: WireForm(409, "ValidationError", 1008, "ALREADY_EXISTS", "ModelStreamError"),
+    NotFoundError: WireForm(404, "InputValidationError", 1008, "NOT_FOUND", "ModelStreamError"),
+    ConflictError: WireForm(409, "InputValidationError", 1008, "ALREADY_EXISTS", "ModelStreamError"),
     AuthError: WireForm(403, "AccessDeniedException", 1008, "UNAUTHENTICATED", "ModelStreamError"),
     UnauthenticatedError: WireForm(401, "AccessDeniedException", 1008, "UNAUTHENTICATED", "ModelStreamError"),
     UnsupportedDataError: WireForm(415, "InputValidationError", 1002, "INVALID_ARGUMENT", "ModelStreamError"),
@@ -277,7 +279,6 @@ def error_from_close(code: int | None, reason: str) -> BidistreamError | None:
     """Translate a container's close code into our error; None for a normal close."""
     if code in NORMAL_CLOSE_CODES:
         return None
-    cls = _CLOSE_TO_ERROR.get(code or 1006, ModelStreamError)
-    text = reason or f"connection closed with code {code}"
-    err = cls(text, code=str(code if code is not None else 1006))
-    return err
+    code = code or 1006  # no close frame at all: RFC 6455's "abnormal closure"
+    cls = _CLOSE_TO_ERROR.get(code, ModelStreamError)
+    return cls(reason or f"connection closed with code {code}", code=str(code))

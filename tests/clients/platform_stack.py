@@ -14,7 +14,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import boto3
 from aws_sdk_sagemaker_runtime_http2.client import AsyncSageMakerRuntimeHTTP2Client
 from aws_sdk_sagemaker_runtime_http2.config import AsyncSageMakerRuntimeHTTP2Config
 from aws_sdk_sagemaker_runtime_http2.models import (
@@ -23,7 +22,6 @@ from aws_sdk_sagemaker_runtime_http2.models import (
     RequestStreamEventPayloadPart,
     ResponseStreamEventPayloadPart,
 )
-from botocore.config import Config
 from smithy_aws_core.identity.components import AWSCredentialsIdentity
 from smithy_aws_core.identity.static import StaticCredentialsResolver
 from smithy_http.aio.crt import AWSCRTHTTPClient
@@ -32,6 +30,7 @@ from bidistream.gateway.server import Gateway
 from bidistream.platform.app import Platform, build_platform
 from bidistream.platform.manager import ManagerLimits
 from bidistream.sigv4 import CredentialStore
+from tests.boto import boto_client
 
 AKID, SECRET = "AKIDPLATFORMTEST", "platform-test-secret"
 SEED_PHRASES = ["I need help with", "my account balance", "I can help with that", "and recent charges"]
@@ -45,14 +44,8 @@ class Stack:
     gateway: Gateway
 
     def boto(self, service: str = "sagemaker", **config: Any) -> Any:
-        return boto3.client(
-            service,
-            endpoint_url=self.gateway.url,
-            verify=str(self.gateway.ca_path),
-            region_name="us-east-1",
-            aws_access_key_id=AKID,
-            aws_secret_access_key=SECRET,
-            config=Config(retries={"max_attempts": 1}, **config),
+        return boto_client(
+            service, self.gateway.url, self.gateway.ca_path, akid=AKID, secret=SECRET, **config
         )
 
     async def bidi(self) -> AsyncSageMakerRuntimeHTTP2Client:

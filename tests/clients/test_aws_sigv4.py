@@ -14,11 +14,9 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
-import boto3
 import pytest
 from aws_sdk_sagemaker_runtime_http2.client import AsyncSageMakerRuntimeHTTP2Client
 from aws_sdk_sagemaker_runtime_http2.config import AsyncSageMakerRuntimeHTTP2Config
-from botocore.config import Config
 from botocore.exceptions import ClientError
 from smithy_aws_core.identity.components import AWSCredentialsIdentity
 from smithy_aws_core.identity.static import StaticCredentialsResolver
@@ -29,6 +27,7 @@ from bidistream.gateway.server import Gateway
 from bidistream.models.echo import EchoModel
 from bidistream.models.words import WordsModel
 from bidistream.sigv4 import CredentialStore
+from tests.boto import boto_client
 from tests.clients.test_aws_bidi import (
     AKID,
     SECRET,
@@ -105,14 +104,8 @@ async def _drained(gw: Gateway) -> bool:
 
 
 def runtime(stack: Stack, secret: str = SECRET) -> Any:
-    return boto3.client(
-        "sagemaker-runtime",
-        endpoint_url=stack.gateway.url,
-        region_name="us-east-1",
-        aws_access_key_id=AKID,
-        aws_secret_access_key=secret,
-        verify=str(stack.gateway.ca_path),
-        config=Config(retries={"max_attempts": 1}),
+    return boto_client(
+        "sagemaker-runtime", stack.gateway.url, stack.gateway.ca_path, akid=AKID, secret=secret
     )
 
 

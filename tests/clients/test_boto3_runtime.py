@@ -8,14 +8,13 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
-import boto3
 import pytest
-from botocore.config import Config
 from botocore.exceptions import ClientError, EventStreamError
 
 from bidistream.model import Model, Request, Response
 from bidistream.models.echo import EchoModel
 from bidistream.models.words import WordsModel
+from tests.boto import boto_client
 from tests.clients.test_aws_bidi import AKID, SECRET, Stack, gateway_stack
 
 
@@ -46,14 +45,8 @@ async def stack(tmp_path: Path) -> AsyncIterator[Stack]:
 
 
 def runtime(stack: Stack) -> Any:
-    return boto3.client(
-        "sagemaker-runtime",
-        endpoint_url=stack.gateway.url,
-        region_name="us-east-1",
-        aws_access_key_id=AKID,
-        aws_secret_access_key=SECRET,
-        verify=str(stack.gateway.ca_path),
-        config=Config(retries={"max_attempts": 1}),
+    return boto_client(
+        "sagemaker-runtime", stack.gateway.url, stack.gateway.ca_path, akid=AKID, secret=SECRET
     )
 
 
@@ -155,15 +148,7 @@ async def test_unknown_endpoint_is_validation_error(stack: Stack) -> None:
 
 async def test_control_plane_without_one_is_unknown_operation(stack: Stack) -> None:
     def call() -> ClientError:
-        sm = boto3.client(
-            "sagemaker",
-            endpoint_url=stack.gateway.url,
-            region_name="us-east-1",
-            aws_access_key_id=AKID,
-            aws_secret_access_key=SECRET,
-            verify=str(stack.gateway.ca_path),
-            config=Config(retries={"max_attempts": 1}),
-        )
+        sm = boto_client("sagemaker", stack.gateway.url, stack.gateway.ca_path, akid=AKID, secret=SECRET)
         with pytest.raises(ClientError) as info:
             sm.describe_endpoint(EndpointName="echo")
         return info.value

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.boto import boto_client
 from tests.conftest import BIN, ROOT, free_port, serve_process, wait_for_port
 
 
@@ -132,20 +133,10 @@ def test_gateway_command_serves_the_control_plane_beside_declared_endpoints(
     gateway_proc: tuple[int, Path],
 ) -> None:
     """`bidistream gateway --endpoint ...` also manages endpoints created with boto3."""
-    import boto3
-    from botocore.config import Config
-
     port, data_dir = gateway_proc
-    kwargs = {
-        "endpoint_url": f"https://127.0.0.1:{port}",
-        "verify": str(data_dir / "ca.pem"),
-        "region_name": "us-east-1",
-        "aws_access_key_id": "local",
-        "aws_secret_access_key": "local",
-        "config": Config(retries={"max_attempts": 1}),
-    }
-    sm = boto3.client("sagemaker", **kwargs)
-    rt = boto3.client("sagemaker-runtime", **kwargs)
+    url, ca = f"https://127.0.0.1:{port}", data_dir / "ca.pem"
+    sm = boto_client("sagemaker", url, ca)
+    rt = boto_client("sagemaker-runtime", url, ca)
     sm.create_model(
         ModelName="cli-words",
         PrimaryContainer={"Image": "bidistream/words"},

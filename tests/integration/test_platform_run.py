@@ -9,8 +9,7 @@ import sys
 import time
 from pathlib import Path
 
-import boto3
-
+from tests.boto import boto_client
 from tests.conftest import free_port
 
 BIN = Path(sys.executable).parent / "bidistream"
@@ -72,14 +71,7 @@ def test_run_creates_builtins_once_and_endpoints_lists_them(tmp_path: Path) -> N
         text = "".join(lines)
         assert f"https://127.0.0.1:{port}" in text and "endpoints: echo, words" in text
         assert "boto3.client" in text and "AsyncSageMakerRuntimeHTTP2Config" in text
-        sm = boto3.client(
-            "sagemaker",
-            endpoint_url=f"https://127.0.0.1:{port}",
-            verify=str(data_dir / "ca.pem"),
-            region_name="us-east-1",
-            aws_access_key_id="local",
-            aws_secret_access_key="local",
-        )
+        sm = boto_client("sagemaker", f"https://127.0.0.1:{port}", data_dir / "ca.pem")
         statuses = {e["EndpointName"]: e["EndpointStatus"] for e in sm.list_endpoints()["Endpoints"]}
         assert statuses == {"echo": "InService", "words": "InService"}
         table = _endpoints(data_dir)
@@ -112,14 +104,9 @@ def test_run_creates_builtins_once_and_endpoints_lists_them(tmp_path: Path) -> N
     # A second run finds the endpoints in the store: nothing is created twice.
     proc, _ = _start(data_dir, port)
     try:
-        sm_models = boto3.client(
-            "sagemaker",
-            endpoint_url=f"https://127.0.0.1:{port}",
-            verify=str(data_dir / "ca.pem"),
-            region_name="us-east-1",
-            aws_access_key_id="local",
-            aws_secret_access_key="local",
-        ).list_models()["Models"]
+        sm_models = boto_client("sagemaker", f"https://127.0.0.1:{port}", data_dir / "ca.pem").list_models()[
+            "Models"
+        ]
         assert sorted(m["ModelName"] for m in sm_models) == ["echo", "words"]
     finally:
         _stop(proc)

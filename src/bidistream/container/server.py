@@ -35,6 +35,7 @@ from bidistream.errors import (
     ModelError,
     ModelStreamError,
     ModelTimeoutError,
+    ServiceUnavailableError,
     SessionTimeoutError,
     ShuttingDownError,
     wire_form,
@@ -204,7 +205,7 @@ class ModelServer:
         if self._load_error is not None:
             return ModelError(f"model failed to load: {self._load_error}")
         if not self._loaded.is_set():
-            return InstanceFullError("model is still loading; retry when /ping answers 200")
+            return ServiceUnavailableError("model is still loading; retry when /ping answers 200")
         return None
 
     async def _invoke(self, request: web.Request, path: str) -> web.StreamResponse:

@@ -24,7 +24,6 @@ __all__ = ["Api", "HttpResponse", "error_response", "new_request_id"]
 class Api(Enum):
     BIDI = "bidi"  # aws-sdk-sagemaker-runtime-http2
     RUNTIME = "runtime"  # boto3 sagemaker-runtime
-    CONTROL = "control"  # boto3 sagemaker (JSON 1.1)
 
 
 # The table's names are the bidi client's; boto3's runtime client spells some differently.
@@ -33,7 +32,6 @@ _RUNTIME_NAMES = {
     "InternalServerError": "InternalFailure",
     "ServiceUnavailableError": "ServiceUnavailable",
 }
-_BIDI_NAMES = {v: k for k, v in _RUNTIME_NAMES.items()}
 
 
 def new_request_id() -> str:
@@ -51,8 +49,6 @@ def error_name(error: BidistreamError, api: Api) -> str:
     name = wire_form(error).amzn_error_type
     if api is Api.RUNTIME:
         return _RUNTIME_NAMES.get(name, name)
-    if api is Api.BIDI:
-        return _BIDI_NAMES.get(name, name)
     return name
 
 

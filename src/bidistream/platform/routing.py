@@ -102,4 +102,5 @@ class LayeredRouter:
         self._owner(target).session_ended(target)
 
     def _owner(self, target: InstanceTarget) -> Router:
-        return self.static if self.static._targets.get(target.endpoint) is target else self.managed
+        # The same test candidates() routes by, so a target always returns to its router.
+        return self.static if target.endpoint in self.static.urls else self.managed
