@@ -97,6 +97,13 @@ def _violation(value: object, where: str, rule: str) -> InputValidationError:
     )
 
 
+# Store table -> (ARN resource type, the noun SageMaker's "Could not find" messages use).
+_DOC_KINDS = {
+    "models": ("model", "model"),
+    "endpoint_configs": ("endpoint-config", "endpoint configuration"),
+}
+
+
 class ControlApi:
     def __init__(
         self,
@@ -242,16 +249,23 @@ class ControlApi:
             "CreationTime": record.created,
         }
 
-    def _model(self, name: str, region: str) -> Record:
-        record = self.store.get_doc("models", name)
+    def _not_found(self, table: str, name: str, region: str) -> NotFoundError:
+        resource, noun = _DOC_KINDS[table]
+        return NotFoundError(f'Could not find {noun} "{self._arn(region, resource, name)}".')
+
+    def _doc(self, table: str, name: str, region: str) -> Record:
+        record = self.store.get_doc(table, name)
         if record is None:
-            raise NotFoundError(f'Could not find model "{self._arn(region, "model", name)}".')
+            raise self._not_found(table, name, region)
         return record
+
+    def _model(self, name: str, region: str) -> Record:
+        return self._doc("models", name, region)
 
     def delete_model(self, req: dict[str, Any], region: str) -> dict[str, Any]:
         name = _name(req, "ModelName", MODEL_NAME)
         if not self.store.delete_doc("models", name):
-            raise NotFoundError(f'Could not find model "{self._arn(region, "model", name)}".')
+            raise self._not_found("models", name, region)
         return {}
 
     def list_models(self, req: dict[str, Any], region: str) -> dict[str, Any]:
@@ -358,17 +372,12 @@ class ControlApi:
         }
 
     def _config(self, name: str, region: str) -> Record:
-        record = self.store.get_doc("endpoint_configs", name)
-        if record is None:
-            arn = self._arn(region, "endpoint-config", name)
-            raise NotFoundError(f'Could not find endpoint configuration "{arn}".')
-        return record
+        return self._doc("endpoint_configs", name, region)
 
     def delete_endpoint_config(self, req: dict[str, Any], region: str) -> dict[str, Any]:
         name = _name(req, "EndpointConfigName", ENTITY_NAME)
         if not self.store.delete_doc("endpoint_configs", name):
-            arn = self._arn(region, "endpoint-config", name)
-            raise NotFoundError(f'Could not find endpoint configuration "{arn}".')
+            raise self._not_found("endpoint_configs", name, region)
         return {}
 
     def list_endpoint_configs(self, req: dict[str, Any], region: str) -> dict[str, Any]:
