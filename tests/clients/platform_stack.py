@@ -15,27 +15,23 @@ from pathlib import Path
 from typing import Any
 
 from aws_sdk_sagemaker_runtime_http2.client import AsyncSageMakerRuntimeHTTP2Client
-from aws_sdk_sagemaker_runtime_http2.config import AsyncSageMakerRuntimeHTTP2Config
 from aws_sdk_sagemaker_runtime_http2.models import (
     InvokeEndpointWithBidirectionalStreamInput,
     RequestPayloadPart,
     RequestStreamEventPayloadPart,
     ResponseStreamEventPayloadPart,
 )
-from smithy_aws_core.identity.components import AWSCredentialsIdentity
-from smithy_aws_core.identity.static import StaticCredentialsResolver
-from smithy_http.aio.crt import AWSCRTHTTPClient
 
 from bidistream.gateway.server import Gateway
 from bidistream.platform.app import Platform, build_platform
 from bidistream.platform.manager import ManagerLimits
 from bidistream.sigv4 import CredentialStore
 from tests.boto import boto_client
+from tests.clients.test_aws_bidi import SEED_PHRASES, official_client
+from tests.integration.platform_helpers import FAST, production_variants
 
 AKID, SECRET = "AKIDPLATFORMTEST", "platform-test-secret"
-SEED_PHRASES = ["I need help with", "my account balance", "I can help with that", "and recent charges"]
 T = 15.0
-FAST = ManagerLimits(health_interval=0.3, unhealthy_after=2, restart_backoff=0.2, stop_grace=5.0)
 
 
 @dataclass
@@ -49,15 +45,7 @@ class Stack:
         )
 
     async def bidi(self) -> AsyncSageMakerRuntimeHTTP2Client:
-        config = await AsyncSageMakerRuntimeHTTP2Config.resolve(
-            endpoint_uri=self.gateway.url,
-            region="us-east-1",
-            aws_credentials_identity_resolver=StaticCredentialsResolver(
-                AWSCredentialsIdentity(access_key_id=AKID, secret_access_key=SECRET)
-            ),
-            transport=AWSCRTHTTPClient(),
-        )
-        return AsyncSageMakerRuntimeHTTP2Client(config=config)
+        return await official_client(self.gateway, AKID, SECRET)
 
 
 @asynccontextmanager
@@ -180,16 +168,7 @@ def create_endpoint(
     )
     sm.create_endpoint_config(
         EndpointConfigName=f"{name}-config",
-        ProductionVariants=[
-            {
-                "VariantName": vname,
-                "ModelName": f"{name}-model",
-                "InitialInstanceCount": count,
-                "InstanceType": "ml.m5.large",
-                "InitialVariantWeight": weight,
-            }
-            for vname, count, weight in (variants or [("AllTraffic", 1, 1.0)])
-        ],
+        ProductionVariants=production_variants(name, variants),
     )
     sm.create_endpoint(EndpointName=name, EndpointConfigName=f"{name}-config")
     sm.get_waiter("endpoint_in_service").wait(EndpointName=name, WaiterConfig={"Delay": 1, "MaxAttempts": 25})

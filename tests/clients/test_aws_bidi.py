@@ -79,13 +79,15 @@ async def gateway_stack(
             await gw.stop()
 
 
-async def official_client(gw: Gateway) -> AsyncSageMakerRuntimeHTTP2Client:
+async def official_client(
+    gw: Gateway, akid: str = AKID, secret: str = SECRET
+) -> AsyncSageMakerRuntimeHTTP2Client:
     """The client exactly as a user configures it (SSL_CERT_FILE must point at the CA)."""
     config = await AsyncSageMakerRuntimeHTTP2Config.resolve(
         endpoint_uri=gw.url,
         region="us-east-1",
         aws_credentials_identity_resolver=StaticCredentialsResolver(
-            AWSCredentialsIdentity(access_key_id=AKID, secret_access_key=SECRET)
+            AWSCredentialsIdentity(access_key_id=akid, secret_access_key=secret)
         ),
         transport=AWSCRTHTTPClient(),
     )

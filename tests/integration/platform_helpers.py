@@ -16,6 +16,22 @@ from bidistream.platform.manager import ManagerLimits
 FAST = ManagerLimits(health_interval=0.3, unhealthy_after=2, restart_backoff=0.2, stop_grace=5.0)
 
 
+def production_variants(
+    name: str, variants: list[tuple[str, int, float]] | None = None
+) -> list[dict[str, Any]]:
+    """ProductionVariants for the model ``{name}-model``: (variant, instance count, weight) each."""
+    return [
+        {
+            "VariantName": vname,
+            "ModelName": f"{name}-model",
+            "InitialInstanceCount": count,
+            "InstanceType": "ml.m5.large",
+            "InitialVariantWeight": weight,
+        }
+        for vname, count, weight in (variants or [("AllTraffic", 1, 1.0)])
+    ]
+
+
 def call(platform: Platform, op: str, **params: Any) -> dict[str, Any]:
     status, _, body = platform.control_plane.dispatch(f"SageMaker.{op}", json.dumps(params).encode(), {})
     result: dict[str, Any] = json.loads(body)
@@ -37,17 +53,12 @@ def create_endpoint(
     variants: list[tuple[str, int, float]] | None = None,
 ) -> None:
     call(platform, "CreateModel", ModelName=f"{name}-model", PrimaryContainer={"Image": image})
-    pvs = [
-        {
-            "VariantName": vname,
-            "ModelName": f"{name}-model",
-            "InitialInstanceCount": count,
-            "InstanceType": "ml.m5.large",
-            "InitialVariantWeight": weight,
-        }
-        for vname, count, weight in (variants or [("AllTraffic", 1, 1.0)])
-    ]
-    call(platform, "CreateEndpointConfig", EndpointConfigName=f"{name}-config", ProductionVariants=pvs)
+    call(
+        platform,
+        "CreateEndpointConfig",
+        EndpointConfigName=f"{name}-config",
+        ProductionVariants=production_variants(name, variants),
+    )
     call(platform, "CreateEndpoint", EndpointName=name, EndpointConfigName=f"{name}-config")
 
 
