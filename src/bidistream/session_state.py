@@ -75,7 +75,3 @@ class SessionMachine:
             raise SessionStateError(f"event {event.value!r} is not valid in state {self.state.value!r}")
         self.state = nxt
         return nxt
-
-    @property
-    def accepting_input(self) -> bool:
-        return self.state is State.OPEN
