@@ -9,9 +9,9 @@ from __future__ import annotations
 
 import json
 import uuid
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import ClassVar
+from typing import Any, ClassVar, Protocol
 from urllib.parse import parse_qsl
 
 from bidistream.errors import InputValidationError
@@ -20,6 +20,16 @@ from bidistream.frames import Frame
 __all__ = ["Model", "Request", "Response", "Session"]
 
 DEFAULT_INVOCATION_PATH = "invocations-bidirectional-stream"
+
+
+class GrpcService(Protocol):
+    """A gRPC servicer that knows how to register itself on a ``grpc.aio.Server``.
+
+    The generated ``add_XServicer_to_server`` functions take (servicer, server);
+    wrapping that call keeps the model server ignorant of every face's stubs.
+    """
+
+    def add_to_server(self, server: Any) -> None: ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -118,6 +128,15 @@ class Model:
 
     async def load(self) -> None:
         """Load weights; the server answers ``/ping`` with 503 until this returns."""
+
+    def grpc_services(self) -> Sequence[GrpcService]:
+        """Extra gRPC services this model serves on the model server's gRPC port.
+
+        The V2 inference service is mounted for every model; a model that wears
+        another gRPC face (the speech model's Riva ASR) returns its servicers here
+        so the one gRPC server in the container hosts them all.
+        """
+        return ()
 
     def check_session(self, session: Session) -> None:
         """Validate a session before the upgrade is accepted.
