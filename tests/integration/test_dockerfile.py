@@ -12,7 +12,8 @@ from pathlib import Path
 
 from tests.conftest import ROOT, free_port, wait_for_port
 
-DOCKERFILE = (ROOT / "Dockerfile").read_text()
+# Continuation lines joined, as Docker reads them.
+DOCKERFILE = re.sub(r"\\\n\s*", " ", (ROOT / "Dockerfile").read_text())
 
 
 def instruction(name: str) -> list[str]:
