@@ -185,6 +185,7 @@ async def serve_gateway(args: argparse.Namespace, command: str, on_ready: OnRead
             f"bidistream {command}: cannot listen on {args.host}:{args.port}: {exc.strerror}", file=sys.stderr
         )
         return 1
+    platform.announce(gateway.url)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
