@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 from collections.abc import Iterator
 from pathlib import Path
@@ -11,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from tests.boto import boto_client
-from tests.conftest import BIN, ROOT, free_port, serve_process, wait_for_port
+from tests.conftest import BIN, child_env, free_port, serve_process, wait_for_port
 
 
 @pytest.fixture
@@ -30,7 +29,7 @@ def gateway_proc(tmp_path: Path) -> Iterator[tuple[int, Path]]:
                 "--endpoint",
                 f"echo=http://127.0.0.1:{echo_port}",
             ],
-            env={**os.environ, "PYTHONPATH": str(ROOT)},
+            env=child_env(),
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
         )
