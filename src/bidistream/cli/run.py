@@ -10,9 +10,9 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from bidistream.defaults import DEFAULT_DATA_DIR
+from bidistream.cli.gateway import add_gateway_arguments, start_gateway
+from bidistream.cli.options import add_data_dir
 from bidistream.errors import BidistreamError
-from bidistream.gateway.commands import add_gateway_arguments, start_gateway
 
 if TYPE_CHECKING:
     from bidistream.gateway.server import Gateway
@@ -55,7 +55,7 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         description="Read the data dir's store and print one row per instance (a running gateway "
         "refreshes live sessions every second).",
     )
-    endpoints.add_argument("--data-dir", type=Path, default=DEFAULT_DATA_DIR)
+    add_data_dir(endpoints)
     endpoints.add_argument("--json", action="store_true", help="print JSON instead of a table")
     endpoints.set_defaults(handler=_endpoints)
 
