@@ -112,7 +112,65 @@ def test_invoke_unknown_endpoint_exits_1(gateway_proc: tuple[int, Path]) -> None
         timeout=30,
     )
     assert result.returncode == 1
-    assert "InputValidationError: Endpoint nope not found" in result.stderr.decode()
+    # one clear line, no traceback from the official client's orphaned tasks (issue 15.2)
+    assert result.stderr.decode().strip().splitlines() == [
+        "bidistream invoke: InputValidationError: Endpoint nope not found."
+    ], result.stderr.decode()
+
+
+def _invoke(port: int, data_dir: Path, *args: str, stdin: bytes = b"") -> subprocess.CompletedProcess[bytes]:
+    url = f"https://127.0.0.1:{port}"
+    return subprocess.run(
+        [str(BIN / "bidistream"), "invoke", *args, "--data-dir", str(data_dir), "--endpoint-url", url],
+        input=stdin,
+        capture_output=True,
+        timeout=30,
+    )
+
+
+def test_invoke_with_nothing_listening_says_so_in_one_line(tmp_path: Path) -> None:
+    port = free_port()
+    result = _invoke(port, tmp_path, "echo", stdin=b"x\n")
+    assert result.returncode == 1
+    assert result.stderr.decode().strip().splitlines() == [
+        f"bidistream invoke: nothing answers at https://127.0.0.1:{port} — is `bidistream run` running?"
+    ]
+
+
+def test_chunk_bytes_implies_binary(gateway_proc: tuple[int, Path], tmp_path: Path) -> None:
+    """Chunks cut anywhere; as UTF8 parts `ff 00` would come back as U+FFFD (issue 15.9)."""
+    port, data_dir = gateway_proc
+    src = tmp_path / "bin.dat"
+    blob = b"\xff\x00" * 40 + "é".encode() * 10
+    src.write_bytes(blob)
+    result = _invoke(port, data_dir, "echo", "--chunk-bytes", "16", "--file", str(src))
+    assert result.returncode == 0, result.stderr.decode()
+    assert result.stdout == blob
+
+
+def test_version_and_help_say_units_and_defaults() -> None:
+    version = subprocess.run(
+        [str(BIN / "bidistream"), "--version"], capture_output=True, text=True, timeout=30
+    )
+    assert version.returncode == 0 and version.stdout.startswith("bidistream 0.")
+    for command in ("env", "invoke"):
+        shown = subprocess.run(
+            [str(BIN / "bidistream"), command, "--help"], capture_output=True, text=True, timeout=30
+        )
+        assert shown.returncode == 0
+        assert "usage:" in shown.stdout and len(shown.stdout.split("\n\n")[1]) > 40, "a description"
+
+
+def test_endpoints_into_a_closed_pipe_is_quiet(tmp_path: Path) -> None:
+    """`bidistream endpoints | head -1` must not end in a BrokenPipeError traceback (issue 15.10)."""
+    result = subprocess.run(
+        f"{BIN / 'bidistream'} endpoints --data-dir {tmp_path} --json | head -c 1",
+        shell=True,
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert "Traceback" not in result.stderr and "BrokenPipe" not in result.stderr, result.stderr
 
 
 def test_env_prints_client_exports(tmp_path: Path) -> None:
