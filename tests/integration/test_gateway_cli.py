@@ -7,10 +7,11 @@ import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 
+import botocore.exceptions
 import pytest
 
 from tests.boto import boto_client
-from tests.conftest import BIN, child_env, free_port, serve_process, wait_for_port
+from tests.conftest import BIN, child_env, free_port, listening_process, serve_process, wait_for_port
 
 
 @pytest.fixture
@@ -222,3 +223,30 @@ def test_gateway_command_serves_the_control_plane_beside_declared_endpoints(
     sm.get_waiter("endpoint_deleted").wait(
         EndpointName="cli-words", WaiterConfig={"Delay": 1, "MaxAttempts": 30}
     )
+
+
+def test_credentials_from_a_file_stay_off_the_command_line(tmp_path: Path) -> None:
+    secret_file = tmp_path / "creds"
+    secret_file.write_text("# gateway keys\nAKIDFILE:file-secret-1234\n")
+    port, data_dir = free_port(), tmp_path / "gw"
+    cmd = [str(BIN / "bidistream"), "gateway", "--port", str(port), "--data-dir", str(data_dir)]
+    cmd += ["--credentials", f"@{secret_file}"]
+    with listening_process(cmd, port, child_env()):
+        url, ca = f"https://127.0.0.1:{port}", data_dir / "ca.pem"
+        good = boto_client("sagemaker", url, ca, akid="AKIDFILE", secret="file-secret-1234")
+        assert good.list_endpoints()["Endpoints"] == []
+        bad = boto_client("sagemaker", url, ca, akid="AKIDFILE", secret="wrong")
+        with pytest.raises(botocore.exceptions.ClientError):
+            bad.list_endpoints()
+
+
+def test_unreadable_credentials_file_is_one_clear_line(tmp_path: Path) -> None:
+    cmd = [str(BIN / "bidistream"), "gateway", "--port", str(free_port()), "--data-dir", str(tmp_path)]
+    result = subprocess.run(
+        [*cmd, "--credentials", f"@{tmp_path / 'missing'}"],
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert result.returncode != 0
+    assert "cannot read credentials file" in result.stderr and "Traceback" not in result.stderr
