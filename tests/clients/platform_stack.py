@@ -27,8 +27,8 @@ from bidistream.platform.app import Platform, build_platform
 from bidistream.platform.manager import ManagerLimits
 from bidistream.sigv4 import CredentialStore
 from tests.boto import boto_client
-from tests.clients.test_aws_bidi import SEED_PHRASES, official_client
 from tests.integration.platform_helpers import FAST, production_variants
+from tests.support.aws import SEED_PHRASES, official_client
 
 AKID, SECRET = "AKIDPLATFORMTEST", "platform-test-secret"
 T = 15.0

@@ -27,8 +27,8 @@ from bidistream.frames import Frame
 from bidistream.gateway.limits import GatewayLimits
 from bidistream.model import Model, Session
 from bidistream.models.echo import EchoModel
-from tests.clients.test_aws_bidi import Stack, T, gateway_stack, official_client, session, text_part
 from tests.conftest import free_port
+from tests.support.aws import Stack, T, gateway_stack, official_client, session, text_part
 
 
 class RefusingModel(EchoModel):

@@ -28,7 +28,8 @@ from bidistream.models.echo import EchoModel
 from bidistream.models.words import WordsModel
 from bidistream.sigv4 import CredentialStore
 from tests.boto import boto_client
-from tests.clients.test_aws_bidi import (
+from tests.clients.test_aws_errors import Healthy, open_failing
+from tests.support.aws import (
     AKID,
     SECRET,
     SEED_PHRASES,
@@ -39,7 +40,6 @@ from tests.clients.test_aws_bidi import (
     session,
     text_part,
 )
-from tests.clients.test_aws_errors import Healthy, open_failing
 
 
 async def signed_client(

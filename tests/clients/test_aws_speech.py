@@ -32,8 +32,8 @@ from deepgram import AsyncDeepgramClient
 from deepgram.core.events import EventType
 from deepgram.environment import DeepgramClientEnvironment
 
-from tests.clients.test_aws_bidi import Stack, bin_part, gateway_stack, official_client, text_part
 from tests.speech_audio import pcm, silence, speech_server, synth
+from tests.support.aws import Stack, bin_part, gateway_stack, official_client, text_part
 
 BALANCE = "i need help with my account balance"
 CANCEL = "i would like to cancel my subscription"

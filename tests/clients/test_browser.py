@@ -31,8 +31,8 @@ from playwright.async_api import BrowserContext, ConsoleMessage, Page, async_pla
 from bidistream.gateway.server import Gateway
 from bidistream.models.echo import EchoModel
 from bidistream.models.words import WordsModel
-from tests.clients.test_aws_bidi import gateway_stack
 from tests.speech_audio import speech_server, synth
+from tests.support.aws import gateway_stack
 
 T_MS = 15_000  # per browser step
 SENTENCE = "i would like to cancel my subscription"

@@ -32,8 +32,8 @@ from bidistream.gateway.h2front import BidiStream, H2Protocol
 from bidistream.gateway.limits import GatewayLimits, KiB, MiB
 from bidistream.gateway.server import Gateway
 from bidistream.model import Model, Session
-from tests.clients.test_aws_bidi import Stack, gateway_stack
 from tests.h2client import H2TestClient
+from tests.support.aws import Stack, gateway_stack
 
 T = 15.0
 HIGH_WATER = 256 * KiB

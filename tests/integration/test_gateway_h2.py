@@ -18,8 +18,8 @@ from pathlib import Path
 import pytest
 
 from bidistream.gateway.limits import GatewayLimits
-from tests.clients.test_aws_bidi import Stack, gateway_stack
 from tests.h2client import H2TestClient
+from tests.support.aws import Stack, gateway_stack
 
 VECTORS = Path(__file__).resolve().parents[1] / "vectors"
 EVENT1 = bytes.fromhex((VECTORS / "sagemaker-bidi-request-event-1.hex").read_text().strip())
