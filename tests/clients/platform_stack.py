@@ -29,9 +29,10 @@ from bidistream.sigv4 import CredentialStore
 from tests.boto import boto_client
 from tests.integration.platform_helpers import FAST, production_variants
 from tests.support.aws import SEED_PHRASES, official_client
+from tests.support.waiting import scaled
 
 AKID, SECRET = "AKIDPLATFORMTEST", "platform-test-secret"
-T = 15.0
+T = scaled(15.0)
 
 
 @dataclass
