@@ -40,6 +40,7 @@ from tests.support.aws import (
     session,
     text_part,
 )
+from tests.support.waiting import eventually
 
 
 async def signed_client(
@@ -96,11 +97,8 @@ async def test_wrong_secret_is_access_denied_and_healthy_session_untouched(stack
 
 
 async def _drained(gw: Gateway) -> bool:
-    for _ in range(50):
-        if gw.live_sessions == 0:
-            return True
-        await asyncio.sleep(0.02)
-    return False
+    await eventually(lambda: gw.live_sessions == 0, timeout=1.0)
+    return True
 
 
 def runtime(stack: Stack, secret: str = SECRET) -> Any:
