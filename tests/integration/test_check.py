@@ -41,6 +41,7 @@ from bidistream.container.check import (
 from bidistream.errors import InputValidationError
 from bidistream.models.words import WordsModel
 from tests.conftest import BIN, ROOT, free_port, listening_process, running_server, serve_process
+from tests.support.waiting import scaled
 
 FASTAPI_APP = ROOT / "tests" / "fixtures" / "fastapi_echo_app.py"
 ALL = list(range(1, 9))
@@ -73,7 +74,7 @@ async def run_check(url: str, *args: str, timeout: float = 40.0) -> CheckRun:
         stderr=asyncio.subprocess.PIPE,
     )
     try:
-        out, err = await asyncio.wait_for(proc.communicate(), timeout)
+        out, err = await asyncio.wait_for(proc.communicate(), scaled(timeout))
     finally:
         if proc.returncode is None:
             proc.kill()
@@ -156,7 +157,7 @@ def test_check_text_output_one_line_per_check() -> None:
             [str(BIN / "bidistream"), "check", f"ws://127.0.0.1:{port}", "--wait", "15"],
             capture_output=True,
             text=True,
-            timeout=40,
+            timeout=scaled(40),
         )
     lines = proc.stdout.strip().splitlines()
     assert proc.returncode == 0, proc.stdout

@@ -12,6 +12,7 @@ import pytest
 
 from tests.boto import boto_client
 from tests.conftest import BIN, child_env, free_port, listening_process, serve_process, wait_for_port
+from tests.support.waiting import scaled
 
 
 @pytest.fixture
@@ -40,7 +41,7 @@ def gateway_proc(tmp_path: Path) -> Iterator[tuple[int, Path]]:
         finally:
             proc.terminate()
             try:
-                out, _ = proc.communicate(timeout=10)
+                out, _ = proc.communicate(timeout=scaled(10))
             except subprocess.TimeoutExpired:
                 proc.kill()
                 proc.wait()
@@ -63,7 +64,7 @@ def test_invoke_streams_stdin_lines(gateway_proc: tuple[int, Path]) -> None:
         ],
         input=b"I need help with\nmy account balance\n",
         capture_output=True,
-        timeout=30,
+        timeout=scaled(30),
     )
     assert result.returncode == 0, result.stderr.decode()
     assert result.stdout.decode().splitlines() == ["I need help with", "my account balance"]
@@ -90,7 +91,7 @@ def test_invoke_binary_file_in_chunks(gateway_proc: tuple[int, Path], tmp_path: 
             f"https://127.0.0.1:{port}",
         ],
         capture_output=True,
-        timeout=30,
+        timeout=scaled(30),
     )
     assert result.returncode == 0, result.stderr.decode()
     assert result.stdout == blob
@@ -110,7 +111,7 @@ def test_invoke_unknown_endpoint_exits_1(gateway_proc: tuple[int, Path]) -> None
         ],
         input=b"x\n",
         capture_output=True,
-        timeout=30,
+        timeout=scaled(30),
     )
     assert result.returncode == 1
     # one clear line, no traceback from the official client's orphaned tasks (issue 15.2)
@@ -178,7 +179,7 @@ def test_env_prints_client_exports(tmp_path: Path) -> None:
     result = subprocess.run(
         [str(BIN / "bidistream"), "env", "--data-dir", str(tmp_path / "d"), "--port", "9443"],
         capture_output=True,
-        timeout=30,
+        timeout=scaled(30),
         check=True,
     )
     out = result.stdout.decode()
