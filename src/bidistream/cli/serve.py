@@ -13,6 +13,7 @@ import sys
 from bidistream import logs
 from bidistream.cli.options import add_listen, add_logging
 from bidistream.container.limits import ServerLimits
+from bidistream.container.loader import options_from_environment
 from bidistream.defaults import MODEL_SERVER_PORT as DEFAULT_PORT
 from bidistream.errors import BidistreamError
 from bidistream.runloop import run as run_loop
@@ -122,7 +123,13 @@ def _serve(args: argparse.Namespace) -> int:
     )
     try:
         return run_loop(
-            serve_forever(args.model, _options(args.options), args.host, resolve_port(args.port), limits)
+            serve_forever(
+                args.model,
+                options_from_environment(dict(os.environ)) | _options(args.options),  # --set wins
+                args.host,
+                resolve_port(args.port),
+                limits,
+            )
         )
     except BidistreamError as exc:
         print(f"bidistream serve: {exc}", file=sys.stderr)

@@ -200,12 +200,25 @@ class ControlApi:
         image = primary.get("Image")
         if not isinstance(image, str):
             raise _violation(image, f"{where}.image", "Member must not be null (the container's Image)")
-        parse_image(image, f"{where}.image")
+        spec = parse_image(image, f"{where}.image")
         self._check_environment(primary.get("Environment"), f"{where}.environment")
+        if spec.kind == "builtin":
+            self._check_model_options(spec.target, primary.get("Environment") or {}, f"{where}.environment")
         arn = self._arn(region, "model", name)
         doc = {k: req[k] for k in _MODEL_FIELDS if k in req}
         self.store.insert_doc("models", Record(name, arn, self.clock(), doc), kind="model")
         return {"ModelArn": arn}
+
+    def _check_model_options(self, builtin: str, env: dict[str, str], where: str) -> None:
+        """A built-in's options in Environment are checked now, not when the instance fails to start."""
+        from bidistream.container.loader import OPTION_ENV_PREFIX, check_options, options_from_environment
+
+        try:
+            check_options(builtin, options_from_environment(env), source=f"{where} option")
+        except InputValidationError as exc:
+            raise InputValidationError(
+                f"{exc.message} (set them as {OPTION_ENV_PREFIX}<NAME>, e.g. {OPTION_ENV_PREFIX}PROFILE)"
+            ) from exc
 
     def _check_environment(self, env: object, where: str) -> None:
         if env is None:
