@@ -26,6 +26,7 @@ from dataclasses import dataclass, field
 from aiohttp import WSCloseCode, WSMsgType, web
 
 from bidistream.container.limits import ServerLimits
+from bidistream.contract import close_reason
 from bidistream.errors import (
     BidistreamError,
     IdleTimeoutError,
@@ -45,16 +46,6 @@ from bidistream.model import DEFAULT_INVOCATION_PATH, Model, Request, Response, 
 from bidistream.session_state import Event, SessionMachine, State
 
 log = logging.getLogger("bidistream.container")
-
-# A close reason is at most 123 bytes on the wire (RFC 6455 section 5.5).
-MAX_CLOSE_REASON = 123
-
-
-def close_reason(text: str) -> bytes:
-    data = text.encode("utf-8")
-    if len(data) <= MAX_CLOSE_REASON:
-        return data
-    return data[: MAX_CLOSE_REASON - 3].decode("utf-8", "ignore").encode() + b"..."
 
 
 def error_body(error: BidistreamError) -> tuple[bytes, str]:
@@ -418,7 +409,7 @@ CLOSE_HANDSHAKE_TIMEOUT = 5.0
 async def _close(ws: web.WebSocketResponse, error: BidistreamError | None) -> None:
     """Close with the error's code and reason; never wait forever on a peer that does not read."""
     code = WSCloseCode.OK if error is None else wire_form(error).ws_close
-    reason = b"" if error is None else close_reason(error.message)
+    reason = b"" if error is None else close_reason(error.message).encode()
     try:
         async with asyncio.timeout(CLOSE_HANDSHAKE_TIMEOUT):
             await ws.close(code=code, message=reason)

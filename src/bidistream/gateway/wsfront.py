@@ -20,6 +20,7 @@ import logging
 import uuid
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
+from urllib.parse import unquote
 
 import h11
 from websockets.exceptions import InvalidState
@@ -29,10 +30,10 @@ from websockets.protocol import State
 from websockets.server import ServerProtocol
 from websockets.typing import Subprotocol
 
+from bidistream.contract import check_invocation_path, check_name, check_query, close_reason
 from bidistream.errors import BidistreamError, InternalError, NotFoundError, wire_form
 from bidistream.gateway.bridge import Upstream, open_upstream
 from bidistream.gateway.routes import RouteKind, classify
-from bidistream.gateway.validation import check_invocation_path, check_name, check_query
 
 if TYPE_CHECKING:
     from bidistream.gateway.context import DoorContext
@@ -40,8 +41,6 @@ if TYPE_CHECKING:
 __all__ = ["WsSession", "take_over"]
 
 log = logging.getLogger("bidistream.gateway.ws")
-
-_MAX_REASON = 120
 
 
 def _first_offered(protocol: ServerProtocol, offered: Sequence[Subprotocol]) -> Subprotocol | None:
@@ -130,10 +129,12 @@ class WsSession(asyncio.Protocol):
         route = classify("GET", path, {}, upgrade=True)
         if route.kind is not RouteKind.WEBSOCKET or not route.endpoint:
             raise NotFoundError(f"no WebSocket route {path}; use /endpoints/{{name}}/ws[/<path>]")
-        check_name(route.endpoint, "EndpointName")
+        # The browser percent-encoded the URL; an error quotes what the user typed.
+        check_name(route.endpoint, "EndpointName", shown=unquote(route.endpoint))
         if route.invocation_path is None:
             return route.endpoint, None
-        return route.endpoint, check_invocation_path(route.invocation_path)
+        inv_path = route.invocation_path
+        return route.endpoint, check_invocation_path(inv_path, shown=unquote(inv_path))
 
     async def _connect(
         self, endpoint: str, inv_path: str | None, query: str, headers: dict[str, str]
@@ -233,7 +234,7 @@ class WsSession(asyncio.Protocol):
         code = wire_form(error).ws_close
         if error.code.isdigit() and 1000 <= int(error.code) < 5000 and int(error.code) not in (1005, 1006):
             code = int(error.code)  # the container's own close code, relayed as is
-        reason = error.message.encode()[:_MAX_REASON].decode("utf-8", "ignore")
+        reason = close_reason(error.message)
         with contextlib.suppress(InvalidState):
             if self.ws.state is State.OPEN:
                 self.ws.send_close(code, reason)

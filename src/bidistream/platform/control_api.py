@@ -30,6 +30,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, Protocol
 
+from bidistream import contract
 from bidistream.errors import BidistreamError, ClientError, ConflictError, InputValidationError, NotFoundError
 from bidistream.platform.images import parse_image
 from bidistream.platform.manager import VariantPlan, plans_from_doc
@@ -42,8 +43,6 @@ __all__ = ["ControlApi", "ControlLimits", "Deployer", "ResourceLimitExceeded"]
 JSON_11 = "application/x-amz-json-1.1"
 
 # SageMaker's name rules (botocore's service model), anchored.
-ENTITY_NAME = re.compile(r"[a-zA-Z0-9](-*[a-zA-Z0-9]){0,62}")
-MODEL_NAME = re.compile(r"[a-zA-Z0-9]([\-a-zA-Z0-9]*[a-zA-Z0-9])?")
 ENV_KEY = re.compile(r"[a-zA-Z_][a-zA-Z0-9_]*")
 _CREDENTIAL_REGION = re.compile(r"Credential=[^/]+/\d{8}/([a-z0-9-]+)/")
 
@@ -192,7 +191,7 @@ class ControlApi:
 
     # -------------------------------------------------------------- models
     def create_model(self, req: dict[str, Any], region: str) -> dict[str, Any]:
-        name = _name(req, "ModelName", MODEL_NAME)
+        name = _name(req, "ModelName", contract.MODEL_NAME)
         containers = req.get("Containers")
         primary = req.get("PrimaryContainer")
         if primary is None and containers:
@@ -240,7 +239,7 @@ class ControlApi:
                 )
 
     def describe_model(self, req: dict[str, Any], region: str) -> dict[str, Any]:
-        name = _name(req, "ModelName", MODEL_NAME)
+        name = _name(req, "ModelName", contract.MODEL_NAME)
         record = self._model(name, region)
         return {
             **record.doc,
@@ -263,7 +262,7 @@ class ControlApi:
         return self._doc("models", name, region)
 
     def delete_model(self, req: dict[str, Any], region: str) -> dict[str, Any]:
-        name = _name(req, "ModelName", MODEL_NAME)
+        name = _name(req, "ModelName", contract.MODEL_NAME)
         if not self.store.delete_doc("models", name):
             raise self._not_found("models", name, region)
         return {}
@@ -281,7 +280,7 @@ class ControlApi:
 
     # ------------------------------------------------------ endpoint configs
     def create_endpoint_config(self, req: dict[str, Any], region: str) -> dict[str, Any]:
-        name = _name(req, "EndpointConfigName", ENTITY_NAME)
+        name = _name(req, "EndpointConfigName", contract.NAME)
         variants = req.get("ProductionVariants")
         if not isinstance(variants, list) or not variants:
             raise _violation(
@@ -300,13 +299,13 @@ class ControlApi:
             where = f"productionVariants.{n}"
             if not isinstance(variant, dict):
                 raise _violation(variant, where, "Member must be a ProductionVariant structure")
-            vname = _name(variant, "VariantName", ENTITY_NAME, where=f"{where}.variantName")
+            vname = _name(variant, "VariantName", contract.NAME, where=f"{where}.variantName")
             if vname in seen:
                 raise InputValidationError(
                     f"Duplicate VariantName {vname!r} in ProductionVariants: variant names must be unique."
                 )
             seen.add(vname)
-            model = _name(variant, "ModelName", MODEL_NAME, where=f"{where}.modelName")
+            model = _name(variant, "ModelName", contract.MODEL_NAME, where=f"{where}.modelName")
             self._model(model, region)
             if "ServerlessConfig" in variant:
                 raise _violation(
@@ -362,7 +361,7 @@ class ControlApi:
         return {"EndpointConfigArn": arn}
 
     def describe_endpoint_config(self, req: dict[str, Any], region: str) -> dict[str, Any]:
-        name = _name(req, "EndpointConfigName", ENTITY_NAME)
+        name = _name(req, "EndpointConfigName", contract.NAME)
         record = self._config(name, region)
         return {
             **record.doc,
@@ -375,7 +374,7 @@ class ControlApi:
         return self._doc("endpoint_configs", name, region)
 
     def delete_endpoint_config(self, req: dict[str, Any], region: str) -> dict[str, Any]:
-        name = _name(req, "EndpointConfigName", ENTITY_NAME)
+        name = _name(req, "EndpointConfigName", contract.NAME)
         if not self.store.delete_doc("endpoint_configs", name):
             raise self._not_found("endpoint_configs", name, region)
         return {}
@@ -413,8 +412,8 @@ class ControlApi:
         return plans
 
     def create_endpoint(self, req: dict[str, Any], region: str) -> dict[str, Any]:
-        name = _name(req, "EndpointName", ENTITY_NAME)
-        config_name = _name(req, "EndpointConfigName", ENTITY_NAME)
+        name = _name(req, "EndpointName", contract.NAME)
+        config_name = _name(req, "EndpointConfigName", contract.NAME)
         arn = self._arn(region, "endpoint", name)
         if self.store.get_endpoint(name) is not None:
             raise ConflictError(f'Cannot create already existing endpoint "{arn}".')
@@ -434,7 +433,7 @@ class ControlApi:
         return record
 
     def describe_endpoint(self, req: dict[str, Any], region: str) -> dict[str, Any]:
-        name = _name(req, "EndpointName", ENTITY_NAME)
+        name = _name(req, "EndpointName", contract.NAME)
         record = self._endpoint(name, region)
         variants = self.deployer.variants_view(name)
         if not variants:
@@ -498,8 +497,8 @@ class ControlApi:
             )
 
     def update_endpoint(self, req: dict[str, Any], region: str) -> dict[str, Any]:
-        name = _name(req, "EndpointName", ENTITY_NAME)
-        config_name = _name(req, "EndpointConfigName", ENTITY_NAME)
+        name = _name(req, "EndpointName", contract.NAME)
+        config_name = _name(req, "EndpointConfigName", contract.NAME)
         record = self._endpoint(name, region)
         self._check_updatable(record)
         plans = self._plans(self._config(config_name, region), region)
@@ -521,7 +520,7 @@ class ControlApi:
         return {"EndpointArn": record.arn}
 
     def update_weights_and_capacities(self, req: dict[str, Any], region: str) -> dict[str, Any]:
-        name = _name(req, "EndpointName", ENTITY_NAME)
+        name = _name(req, "EndpointName", contract.NAME)
         record = self._endpoint(name, region)
         desired = req.get("DesiredWeightsAndCapacities")
         if not isinstance(desired, list) or not desired:
@@ -533,7 +532,7 @@ class ControlApi:
         changes: dict[str, dict[str, Any]] = {}
         for n, item in enumerate(desired, 1):
             where = f"desiredWeightsAndCapacities.{n}"
-            vname = _name(item, "VariantName", ENTITY_NAME, where=f"{where}.variantName")
+            vname = _name(item, "VariantName", contract.NAME, where=f"{where}.variantName")
             if vname not in current:
                 known = ", ".join(current) or "none"
                 raise InputValidationError(
@@ -570,7 +569,7 @@ class ControlApi:
         return {"EndpointArn": record.arn}
 
     def delete_endpoint(self, req: dict[str, Any], region: str) -> dict[str, Any]:
-        name = _name(req, "EndpointName", ENTITY_NAME)
+        name = _name(req, "EndpointName", contract.NAME)
         record = self._endpoint(name, region)
         if record.status != "Deleting":
             self.store.update_endpoint(name, status="Deleting")
@@ -763,8 +762,8 @@ def _name(req: dict[str, Any], key: str, pattern: re.Pattern[str], where: str | 
         raise _violation(None, where, "Member must not be null")
     if not isinstance(value, str):
         raise _violation(value, where, "Member must be a string")
-    if len(value) > 63:
-        raise _violation(value, where, "Member must have length less than or equal to 63")
+    if len(value) > contract.MAX_NAME:
+        raise _violation(value, where, f"Member must have length less than or equal to {contract.MAX_NAME}")
     if not pattern.fullmatch(value):
         raise _violation(value, where, f"Member must satisfy regular expression pattern: {pattern.pattern}")
     return value
