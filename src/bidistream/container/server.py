@@ -33,9 +33,12 @@ from bidistream.errors import (
     InputValidationError,
     InstanceFullError,
     MessageTooLargeError,
+    MethodNotAllowedError,
     ModelError,
+    ModelLoadError,
     ModelStreamError,
     ModelTimeoutError,
+    NotFoundError,
     ServiceUnavailableError,
     SessionTimeoutError,
     ShuttingDownError,
@@ -55,10 +58,11 @@ def error_body(error: BidistreamError) -> tuple[bytes, str]:
     return json.dumps({"error": error.code, "message": error.message}).encode(), "application/json"
 
 
-def http_error(error: BidistreamError, status: int | None = None) -> web.Response:
+def http_error(error: BidistreamError) -> web.Response:
+    """The model server's answer for ``error``: the status is the table's container column."""
     body, ctype = error_body(error)
     return web.Response(
-        status=status or wire_form(error).http_status, body=body, content_type=ctype, headers=error.headers
+        status=wire_form(error).container_status, body=body, content_type=ctype, headers=error.headers
     )
 
 
@@ -180,21 +184,16 @@ class ModelServer:
             return await self._invoke(request, path)
         if path in self._ws_paths or path in self._http_paths:
             allowed = "GET" if path in self._ws_paths else "POST"
-            return web.json_response(
-                {"error": "MethodNotAllowed", "message": f"/{path} accepts {allowed} only"},
-                status=405,
-                headers={"Allow": allowed},
+            return http_error(
+                MethodNotAllowedError(f"/{path} accepts {allowed} only", headers={"Allow": allowed})
             )
-        return web.json_response(
-            {"error": "NotFound", "message": f"no route for {request.method} /{path} on this model server"},
-            status=404,
-        )
+        return http_error(NotFoundError(f"no route for {request.method} /{path} on this model server"))
 
     def _refusal(self) -> BidistreamError | None:
         if self._draining:
             return ShuttingDownError("server is shutting down; try another instance")
         if self._load_error is not None:
-            return ModelError(f"model failed to load: {self._load_error}")
+            return ModelLoadError(f"model failed to load: {self._load_error}")
         if not self._loaded.is_set():
             return ServiceUnavailableError("model is still loading; retry when /ping answers 200")
         return None
@@ -202,12 +201,12 @@ class ModelServer:
     async def _invoke(self, request: web.Request, path: str) -> web.StreamResponse:
         refusal = self._refusal()
         if refusal is not None:
-            return http_error(refusal, 503)
+            return http_error(refusal)
         try:
             body = await request.read()
         except web.HTTPRequestEntityTooLarge:
             return http_error(
-                MessageTooLargeError(f"request body exceeds {self.limits.max_invoke_body} bytes"), 413
+                MessageTooLargeError(f"request body exceeds {self.limits.max_invoke_body} bytes")
             )
         req = Request(
             body=body,
@@ -222,14 +221,13 @@ class ModelServer:
                 response = await self.model.invoke(req)
         except TimeoutError:
             return http_error(
-                ModelTimeoutError(f"model did not answer within {self.limits.invoke_timeout:g} s"), 504
+                ModelTimeoutError(f"model did not answer within {self.limits.invoke_timeout:g} s")
             )
         except BidistreamError as exc:
-            status = wire_form(exc).http_status
-            return http_error(exc, 500 if status == 424 else status)
+            return http_error(exc)
         except Exception as exc:
             log.exception("invoke failed")
-            return http_error(ModelError(f"model raised {type(exc).__name__}: {exc}"), 500)
+            return http_error(ModelError(f"model raised {type(exc).__name__}: {exc}"))
         return await self._write_response(request, response)
 
     async def _write_response(self, request: web.Request, response: Response) -> web.StreamResponse:
@@ -260,7 +258,7 @@ class ModelServer:
     async def _websocket(self, request: web.Request, path: str) -> web.StreamResponse:
         refusal = self._refusal()
         if refusal is not None:
-            return http_error(refusal, 503)
+            return http_error(refusal)
         headers = request.headers
         session = Session(
             id=headers.get("X-Amzn-SageMaker-Request-Id") or uuid.uuid4().hex,
@@ -274,7 +272,7 @@ class ModelServer:
             return http_error(exc)
         except Exception as exc:
             log.exception("check_session failed")
-            return http_error(InputValidationError(f"session refused: {exc}"), 400)
+            return http_error(InputValidationError(f"session refused: {exc}"))
 
         ws = web.WebSocketResponse(
             max_msg_size=self.limits.max_message_size,

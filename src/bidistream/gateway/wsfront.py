@@ -31,7 +31,7 @@ from websockets.server import ServerProtocol
 from websockets.typing import Subprotocol
 
 from bidistream.contract import check_invocation_path, check_name, check_query, close_reason
-from bidistream.errors import BidistreamError, InternalError, NotFoundError, wire_form
+from bidistream.errors import BidistreamError, InternalError, NotFoundError, ws_close_code
 from bidistream.gateway.bridge import Upstream, open_upstream
 from bidistream.gateway.routes import RouteKind, classify
 
@@ -231,9 +231,7 @@ class WsSession(asyncio.Protocol):
         self._close_with(error)
 
     def _close_with(self, error: BidistreamError) -> None:
-        code = wire_form(error).ws_close
-        if error.code.isdigit() and 1000 <= int(error.code) < 5000 and int(error.code) not in (1005, 1006):
-            code = int(error.code)  # the container's own close code, relayed as is
+        code = ws_close_code(error)  # the container's own close code is relayed as is
         reason = close_reason(error.message)
         with contextlib.suppress(InvalidState):
             if self.ws.state is State.OPEN:

@@ -31,7 +31,17 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 
 from bidistream import contract
-from bidistream.errors import BidistreamError, ClientError, ConflictError, InputValidationError, NotFoundError
+from bidistream.errors import (
+    BidistreamError,
+    ConflictError,
+    InputValidationError,
+    InternalError,
+    NotFoundError,
+    ResourceLimitExceeded,
+    SerializationError,
+    UnknownOperationError,
+    wire_form,
+)
 from bidistream.platform.images import parse_image
 from bidistream.platform.manager import VariantPlan, plans_from_doc
 from bidistream.platform.store import EndpointRecord, Record, Store
@@ -57,12 +67,6 @@ ENDPOINT_STATUSES = (
     "Failed",
     "UpdateRollbackFailed",
 )
-
-
-class ResourceLimitExceeded(ClientError):
-    """A request would pass a named platform limit (SageMaker's ``ResourceLimitExceeded``)."""
-
-    code = "ResourceLimitExceeded"
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -152,26 +156,20 @@ class ControlApi:
         try:
             handler = self._ops.get(op) if service == "SageMaker" else None
             if handler is None:
-                return _error(400, "UnknownOperationException", f"Unknown operation {target!r}.", request_id)
+                raise UnknownOperationError(f"Unknown operation {target!r}.")
             try:
                 request = json.loads(body or b"{}")
             except (ValueError, UnicodeDecodeError) as exc:
-                return _error(400, "SerializationException", f"Request body is not JSON: {exc}", request_id)
+                raise SerializationError(f"Request body is not JSON: {exc}") from exc
             if not isinstance(request, dict):
-                return _error(
-                    400, "SerializationException", "Request body must be a JSON object.", request_id
-                )
+                raise SerializationError("Request body must be a JSON object.")
             check_types(request)
             result = handler(request, self._region(headers))
-        except ResourceLimitExceeded as exc:
-            return _error(400, "ResourceLimitExceeded", exc.message, request_id)
-        except ClientError as exc:
-            return _error(400, "ValidationException", exc.message, request_id)
         except BidistreamError as exc:
-            return _error(500, "InternalFailure", exc.message, request_id)
+            return _error(exc, request_id)
         except Exception as exc:  # a bug answers 500 instead of killing the connection
             log.exception("control-plane operation %s crashed", op)
-            return _error(500, "InternalFailure", f"{type(exc).__name__}: {exc}", request_id)
+            return _error(InternalError(f"{type(exc).__name__}: {exc}"), request_id)
         payload = json.dumps(result).encode()
         return 200, {"Content-Type": JSON_11, "x-amzn-RequestId": request_id}, payload
 
@@ -769,6 +767,9 @@ def _name(req: dict[str, Any], key: str, pattern: re.Pattern[str], where: str | 
     return value
 
 
-def _error(status: int, code: str, message: str, request_id: str) -> tuple[int, dict[str, str], bytes]:
+def _error(error: BidistreamError, request_id: str) -> tuple[int, dict[str, str], bytes]:
+    """The JSON 1.1 error answer; status and ``__type`` are the error table's control-plane columns."""
+    form = wire_form(error)
+    code = form.control_type
     headers = {"Content-Type": JSON_11, "x-amzn-RequestId": request_id, "x-amzn-ErrorType": code}
-    return status, headers, json.dumps({"__type": code, "message": message}).encode()
+    return form.control_status, headers, json.dumps({"__type": code, "message": error.message}).encode()
