@@ -124,8 +124,11 @@ def test_env_prints_client_exports(tmp_path: Path) -> None:
     )
     out = result.stdout.decode()
     assert "export AWS_ENDPOINT_URL_SAGEMAKER_RUNTIME_HTTP2=https://127.0.0.1:9443" in out
-    assert f"export SSL_CERT_FILE={tmp_path / 'd' / 'ca.pem'}" in out
-    assert (tmp_path / "d" / "ca.pem").exists()
+    # a bundle: the system CAs plus ours, so the shell still trusts everything else (issue 15.6)
+    bundle = tmp_path / "d" / "trust-bundle.pem"
+    assert f"export SSL_CERT_FILE={bundle}" in out and f"export AWS_CA_BUNDLE={bundle}" in out
+    assert "export AWS_ENDPOINT_URL_SAGEMAKER=https://127.0.0.1:9443" in out
+    assert (tmp_path / "d" / "ca.pem").read_text().strip() in bundle.read_text()
 
 
 def test_gateway_command_serves_the_control_plane_beside_declared_endpoints(

@@ -21,7 +21,12 @@ from typing import TYPE_CHECKING
 
 from bidistream import logs
 from bidistream.cli.options import add_data_dir, add_listen, add_logging
-from bidistream.defaults import GATEWAY_PORT
+from bidistream.defaults import (
+    DEFAULT_REGION,
+    GATEWAY_PORT,
+    PLACEHOLDER_ACCESS_KEY_ID,
+    PLACEHOLDER_SECRET_ACCESS_KEY,
+)
 from bidistream.errors import BidistreamError
 from bidistream.runloop import run as run_loop
 
@@ -76,30 +81,39 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     env = sub.add_parser("env", help="print the exports a client needs to reach the gateway")
     add_listen(env, GATEWAY_PORT)
     add_data_dir(env)
-    env.add_argument("--region", default="us-east-1")
+    env.add_argument("--region", default=DEFAULT_REGION, help="region to sign for (default: %(default)s)")
     env.set_defaults(handler=print_env)
 
 
-def env_lines(host: str, port: int, data_dir: Path, region: str) -> list[str]:
-    ca = data_dir / "ca.pem"
+def env_lines(host: str, port: int, bundle: Path, region: str) -> list[str]:
+    """Exports for every client we serve: the bidi client, boto3's runtime and control plane, the CLI.
+
+    The CA variables name a bundle of the system CAs plus ours, so the shell keeps trusting the
+    public internet.  Credentials already in the environment are kept; otherwise the placeholders
+    the `run` banner shows.
+    """
+    url = shlex.quote(f"https://{host}:{port}")
+    key = os.environ.get("AWS_ACCESS_KEY_ID", PLACEHOLDER_ACCESS_KEY_ID)
+    secret = os.environ.get("AWS_SECRET_ACCESS_KEY", PLACEHOLDER_SECRET_ACCESS_KEY)
     return [
-        f"export AWS_ENDPOINT_URL_SAGEMAKER_RUNTIME_HTTP2={shlex.quote(f'https://{host}:{port}')}",
-        f"export AWS_ENDPOINT_URL_SAGEMAKER_RUNTIME={shlex.quote(f'https://{host}:{port}')}",
-        f"export SSL_CERT_FILE={shlex.quote(str(ca))}",
-        f"export AWS_CA_BUNDLE={shlex.quote(str(ca))}",
-        f"export AWS_REGION={region}",
-        f"export AWS_DEFAULT_REGION={region}",
-        f"export AWS_ACCESS_KEY_ID={os.environ.get('AWS_ACCESS_KEY_ID', 'bidistream')}",
-        f"export AWS_SECRET_ACCESS_KEY={os.environ.get('AWS_SECRET_ACCESS_KEY', 'bidistream')}",
+        f"export AWS_ENDPOINT_URL_SAGEMAKER_RUNTIME_HTTP2={url}",
+        f"export AWS_ENDPOINT_URL_SAGEMAKER_RUNTIME={url}",
+        f"export AWS_ENDPOINT_URL_SAGEMAKER={url}",
+        f"export AWS_ENDPOINT_URL_APPLICATION_AUTO_SCALING={url}",
+        f"export SSL_CERT_FILE={shlex.quote(str(bundle))}",
+        f"export AWS_CA_BUNDLE={shlex.quote(str(bundle))}",
+        f"export AWS_REGION={shlex.quote(region)}",
+        f"export AWS_DEFAULT_REGION={shlex.quote(region)}",
+        f"export AWS_ACCESS_KEY_ID={shlex.quote(key)}",
+        f"export AWS_SECRET_ACCESS_KEY={shlex.quote(secret)}",
     ]
 
 
 def print_env(args: argparse.Namespace) -> int:
-    from bidistream.gateway.tls import ensure_certificates
+    from bidistream.gateway.tls import ensure_trust_bundle
 
-    data_dir = Path(args.data_dir).expanduser()
-    ensure_certificates(data_dir)
-    print("\n".join(env_lines(args.host, args.port, data_dir, args.region)))
+    bundle = ensure_trust_bundle(Path(args.data_dir).expanduser())
+    print("\n".join(env_lines(args.host, args.port, bundle, args.region)))
     return 0
 
 
@@ -160,6 +174,7 @@ async def serve_gateway(args: argparse.Namespace, command: str, on_ready: OnRead
             f"bidistream {command}: cannot listen on {args.host}:{args.port}: {exc.strerror}", file=sys.stderr
         )
         return 1
+    platform.announce(gateway.url)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):

@@ -131,7 +131,7 @@ endpoints: {", ".join(names) or "(none created)"}
   in a browser:   {url}/web/  (trust {ca_path} first)
 
 1) the official bidi client (aws-sdk-sagemaker-runtime-http2):
-   export SSL_CERT_FILE={ca_path} AWS_ACCESS_KEY_ID=local AWS_SECRET_ACCESS_KEY=local
+   eval "$(bidistream env --data-dir {data_dir})"   # URLs, CA bundle, region, placeholder credentials
    config = await AsyncSageMakerRuntimeHTTP2Config.resolve(endpoint_uri="{url}", region="us-east-1",
        aws_credentials_identity_resolver=EnvironmentCredentialsResolver(), transport=AWSCRTHTTPClient())
    stream = await client.invoke_endpoint_with_bidirectional_stream(
