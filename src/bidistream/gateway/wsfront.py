@@ -31,7 +31,15 @@ from websockets.server import ServerProtocol
 from websockets.typing import Subprotocol
 
 from bidistream.contract import check_invocation_path, check_name, check_query, close_reason
-from bidistream.errors import BidistreamError, InternalError, NotFoundError, ws_close_code
+from bidistream.errors import (
+    AuthError,
+    BidistreamError,
+    InternalError,
+    NotFoundError,
+    wire_form,
+    ws_close_code,
+)
+from bidistream.gateway.auth import authenticate_upgrade
 from bidistream.gateway.bridge import Upstream, open_upstream
 from bidistream.gateway.routes import RouteKind, classify
 
@@ -53,6 +61,14 @@ def _first_offered(protocol: ServerProtocol, offered: Sequence[Subprotocol]) -> 
 # clients send their key as `Authorization: Token <key>` or as the subprotocols
 # `token, <key>`; the model checks it, not the gateway.
 _FORWARDED = {b"authorization": "Authorization", b"sec-websocket-protocol": "Sec-WebSocket-Protocol"}
+
+
+def _lowered(raw: Sequence[tuple[bytes, bytes]]) -> dict[str, str]:
+    out: dict[str, str] = {}
+    for name, value in raw:
+        key, val = name.decode("latin-1").lower(), value.decode("latin-1")
+        out[key] = f"{out[key]},{val}" if key in out else val
+    return out
 
 
 def _forwarded(raw: Sequence[tuple[bytes, bytes]]) -> dict[str, str]:
@@ -104,6 +120,11 @@ class WsSession(asyncio.Protocol):
         request = events[0]
         target = req.target.decode("utf-8", "replace")
         path, _, query = target.partition("?")
+        try:
+            query = authenticate_upgrade(self.ctx.credentials, path, query, _lowered(req.headers))
+        except AuthError as exc:
+            self._refuse_upgrade(exc)
+            return
         response = self.ws.accept(request)  # type: ignore[arg-type]
         self.ws.send_response(response)
         self._flush()
@@ -123,6 +144,16 @@ class WsSession(asyncio.Protocol):
             **_forwarded(req.headers),
         }
         self._task = asyncio.get_running_loop().create_task(self._connect(endpoint, inv_path, query, headers))
+
+    def _refuse_upgrade(self, error: AuthError) -> None:
+        """Answer the upgrade with the error's status (401/403) instead of a 101."""
+        form = wire_form(error)
+        response = self.ws.reject(form.http_status, error.message + "\n")
+        response.headers["x-amzn-ErrorType"] = form.amzn_error_type
+        if form.http_status == 401:
+            response.headers["WWW-Authenticate"] = 'Bearer realm="bidistream"'
+        self.ws.send_response(response)
+        self._flush()  # ends with the protocol's end-of-stream marker: the transport closes
 
     @staticmethod
     def _parse(path: str) -> tuple[str, str | None]:
