@@ -59,6 +59,12 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     serve.add_argument("--max-session-duration", type=float, default=defaults.max_session_duration)
     serve.add_argument("--idle-timeout", type=float, default=defaults.idle_timeout)
     serve.add_argument("--drain-timeout", type=float, default=defaults.drain_timeout)
+    serve.add_argument(
+        "--accept-deadline",
+        type=float,
+        default=defaults.accept_deadline,
+        help="seconds to answer a WebSocket upgrade, else refuse it with 503 (default: %(default)s)",
+    )
     add_logging(serve)
     serve.set_defaults(handler=_serve)
 
@@ -89,6 +95,7 @@ def _serve(args: argparse.Namespace) -> int:
         max_session_duration=args.max_session_duration,
         idle_timeout=args.idle_timeout,
         drain_timeout=args.drain_timeout,
+        accept_deadline=args.accept_deadline,
     )
     try:
         return run_loop(

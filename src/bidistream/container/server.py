@@ -256,6 +256,10 @@ class ModelServer:
         return stream
 
     async def _websocket(self, request: web.Request, path: str) -> web.StreamResponse:
+        # The accept deadline (contract C3) covers what runs before the 101: all of it is
+        # synchronous, so the clock read below measures this handler's own work (chiefly
+        # the model's check_session), never other sessions' turns of the loop.
+        started = time.monotonic()
         refusal = self._refusal()
         if refusal is not None:
             return http_error(refusal)
@@ -273,6 +277,18 @@ class ModelServer:
         except Exception as exc:
             log.exception("check_session failed")
             return http_error(InputValidationError(f"session refused: {exc}"))
+        late = time.monotonic() - started
+        if late > self.limits.accept_deadline:
+            # Accepting now would answer a gateway that may have given up: refuse instead,
+            # and the router tries another instance.
+            log.warning("session refused: accept took %.0f ms", late * 1000, extra={"session": session.id})
+            return http_error(
+                ServiceUnavailableError(
+                    f"session not accepted within the {self.limits.accept_deadline * 1000:.0f} ms accept "
+                    f"deadline (the handshake took {late * 1000:.0f} ms): a model must not work inside "
+                    "check_session"
+                )
+            )
 
         ws = web.WebSocketResponse(
             max_msg_size=self.limits.max_message_size,
