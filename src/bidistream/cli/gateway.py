@@ -132,8 +132,23 @@ def add_gateway_arguments(parser: argparse.ArgumentParser) -> None:
         "--credentials",
         default=None,
         metavar="AKID:SECRET|@FILE",
-        help="turn SigV4 checks on with these key pairs (comma-separated); @FILE reads them from a file so "
-        "the secret stays off the command line; default: $BIDISTREAM_CREDENTIALS",
+        help="turn SigV4 checks on with these key pairs (comma-separated) on every route, and the WebSocket "
+        "door (presigned URL or signed upgrade); @FILE reads them from a file so the secret stays off the "
+        "command line; default: $BIDISTREAM_CREDENTIALS",
+    )
+    parser.add_argument(
+        "--api-key",
+        dest="api_keys",
+        action="append",
+        default=[],
+        metavar="KEY",
+        help="a key the WebSocket door accepts (Authorization: Bearer|Token KEY, or subprotocols "
+        "'token, KEY'); also from $BIDISTREAM_API_KEYS (comma-separated)",
+    )
+    parser.add_argument(
+        "--region",
+        default=DEFAULT_REGION,
+        help="the region this gateway answers as: SigV4 scopes must name it (default: %(default)s)",
     )
     parser.add_argument("--lenient-query", action="store_true", help="accept '+' etc. in ModelQueryString")
     parser.add_argument(
@@ -239,6 +254,11 @@ async def serve_gateway(args: argparse.Namespace, command: str, on_ready: OnRead
     )
     data_dir: Path = args.data_dir
     static = _endpoints(args.endpoint)
+    # Parsed before the platform takes the data dir: a bad spec leaves nothing to clean up.
+    api_keys = [*args.api_keys, *os.environ.get("BIDISTREAM_API_KEYS", "").split(",")]
+    credentials = CredentialStore.from_spec(
+        credential_spec(args.credentials), region=args.region, api_keys=api_keys
+    )
     platform = build_platform(
         data_dir,
         runtime=args.runtime,
@@ -253,7 +273,7 @@ async def serve_gateway(args: argparse.Namespace, command: str, on_ready: OnRead
         port=args.port,
         data_dir=data_dir,
         limits=limits,
-        credentials=CredentialStore.from_spec(credential_spec(args.credentials)),
+        credentials=credentials,
     )
     await platform.start()
     try:

@@ -90,6 +90,13 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         metavar="SECONDS",
         help="on SIGTERM, how long live sessions may finish before they are closed (default: %(default)s s)",
     )
+    serve.add_argument(
+        "--accept-deadline",
+        type=float,
+        default=defaults.accept_deadline,
+        metavar="SECONDS",
+        help="time to answer a WebSocket upgrade, else refuse it with 503 (default: %(default)s s)",
+    )
     add_logging(serve)
     serve.set_defaults(handler=_serve)
 
@@ -120,6 +127,7 @@ def _serve(args: argparse.Namespace) -> int:
         max_session_duration=args.max_session_duration,
         idle_timeout=args.idle_timeout,
         drain_timeout=args.drain_timeout,
+        accept_deadline=args.accept_deadline,
     )
     try:
         return run_loop(
