@@ -135,8 +135,6 @@ class InstanceLink(WSListener):
             transport.disconnect(graceful=False)
             return
         transport.underlying_transport.set_write_buffer_limits(high=relay.limits.high_water)
-        relay.router.session_started(self.target)
-        self.counted = True
         relay.feed(e.InstanceConnected(self.target.variant))
 
     def on_ws_frame(self, transport: WSTransport, frame: WSFrame) -> None:
@@ -393,6 +391,11 @@ class Relay:
         self.client.resume_reads()
 
     def _accept(self, act: a.Accept) -> None:
+        # Counted only once confirmed: a full instance that closes with 1013 is never committed to.
+        link = self.link
+        if link is not None and not link.closed and not link.counted:
+            link.counted = True
+            self.router.session_started(link.target)
         if self.ticker is not None:
             self.ticker.add(self)
         self.client.accept(act.variant)
@@ -422,6 +425,8 @@ class Relay:
 
     # ------------------------------------------------------------------ connecting
     def _connect(self, act: a.ConnectInstance) -> None:
+        if act.after is not None:
+            self._last = act.after
         if act.retry and self.link is not None:
             link, self.link = self.link, None
             link.detach()

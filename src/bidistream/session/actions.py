@@ -37,9 +37,14 @@ __all__ = [
 
 @dataclass(slots=True)
 class ConnectInstance:
-    """Open a connection to the next candidate instance (``retry``: the last one was full)."""
+    """Open a connection to the next candidate instance.
+
+    ``retry`` is set when the last candidate took the upgrade and then said it
+    was full; ``after`` is what it said (the error to report if none is left).
+    """
 
     retry: bool = False
+    after: BidistreamError | None = None
 
 
 @dataclass(slots=True)

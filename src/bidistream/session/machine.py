@@ -443,12 +443,12 @@ def _attach_then_close(s: BidiSession, ev: e.InstanceClosed, out: list[object]) 
     return Input.INSTANCE_CLOSED
 
 
-def _retry(s: BidiSession, ev: object, out: list[object]) -> Input | None:
+def _retry(s: BidiSession, ev: e.InstanceClosed, out: list[object]) -> Input | None:
     """A full instance closed before relaying anything: ask for the next candidate."""
     _cancel(s, e.Timer.CONFIRM, out)
     s.instance_paused = False
     s.instance_blocked = False
-    out.append(a.ConnectInstance(retry=True))
+    out.append(a.ConnectInstance(retry=True, after=ev.error))
     return None
 
 
@@ -681,7 +681,7 @@ TRANSITIONS: dict[tuple[State, Input], tuple[Effect, State]] = {
     (S.CONFIRMING, In.INSTANCE_FRAME): (_attach_and_relay, S.OPEN),  # type: ignore[dict-item]
     (S.CONFIRMING, In.INSTANCE_PONG): (_attach, S.OPEN),
     (S.CONFIRMING, In.CONFIRM_TIMER): (_attach, S.OPEN),
-    (S.CONFIRMING, In.INSTANCE_FULL): (_retry, S.CONNECTING),
+    (S.CONFIRMING, In.INSTANCE_FULL): (_retry, S.CONNECTING),  # type: ignore[dict-item]
     (S.CONFIRMING, In.INSTANCE_CLOSED): (_attach_then_close, S.OPEN),  # type: ignore[dict-item]
     (S.CONFIRMING, In.INSTANCE_BLOCKED): (_note_instance_blocked, S.CONFIRMING),
     (S.CONFIRMING, In.INSTANCE_WRITABLE): (_note_instance_writable, S.CONFIRMING),
