@@ -607,7 +607,9 @@ def _idle_timeout(s: BidiSession, ev: object, out: list[object]) -> Input | None
 
 
 def _duration_error(s: BidiSession) -> SessionTimeoutError:
-    return SessionTimeoutError(f"max session duration {s.limits.max_duration:g} s reached; reconnect")
+    cap = s.limits.max_duration
+    said = f"{cap:g} s " if cap is not None else ""
+    return SessionTimeoutError(f"max session duration {said}reached; reconnect")
 
 
 def _max_duration(s: BidiSession, ev: object, out: list[object]) -> Input | None:
