@@ -13,7 +13,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from bidistream.errors import InputValidationError, InstanceFullError, ModelStreamError, ShuttingDownError
+from bidistream.errors import InputValidationError, InstanceFullError, ShuttingDownError
 from bidistream.session import TRANSITIONS, BidiSession, Input, SessionLimits, State
 from bidistream.session import actions as a
 from bidistream.session import events as e
@@ -132,7 +132,10 @@ def test_first_instance_frame_confirms_and_is_relayed_after_the_early_client_fra
     s.handle(e.InstanceConnected())
     out = s.handle(e.InstanceFrame(b"hello", True, True))
     sends = [x for x in out if isinstance(x, a.SendToInstance | a.SendToClient)]
-    assert sends == [a.SendToInstance(b"early", False, True, False), a.SendToClient(b"hello", True, True, False)]
+    assert sends == [
+        a.SendToInstance(b"early", False, True, False),
+        a.SendToClient(b"hello", True, True, False),
+    ]
 
 
 def test_input_ended_before_attach_closes_input_right_after_the_replay() -> None:
@@ -244,7 +247,6 @@ def test_ping_misses_fail_the_session() -> None:
         assert s.handle(e.TimerFired(e.Timer.PING)) == [a.PingInstance()]
     out = s.handle(e.TimerFired(e.Timer.PING))
     end = out[0]
-    assert isinstance(end, a.EndClient) and end.error is not None and end.error.code == "PingTimeout" or True
     assert isinstance(end, a.EndClient) and "consecutive pings" in str(end.error)
     assert s.state is State.ABORTING
 
@@ -347,13 +349,18 @@ def ends_closed(rec: Recorder) -> None:
 
 
 _limits = st.sampled_from(
-    [SessionLimits(), SessionLimits(confirm_timeout=None, close_timeout=None, idle_timeout=2.0, max_duration=9.0)]
+    [
+        SessionLimits(),
+        SessionLimits(confirm_timeout=None, close_timeout=None, idle_timeout=2.0, max_duration=9.0),
+    ]
 )
 
 
 @settings(max_examples=400, deadline=None)
 @given(st.lists(st.sampled_from(_KINDS), max_size=40), _limits)
-def test_random_sequences_keep_every_invariant_and_end_closed(seq: list[Input], limits: SessionLimits) -> None:
+def test_random_sequences_keep_every_invariant_and_end_closed(
+    seq: list[Input], limits: SessionLimits
+) -> None:
     rec = Recorder(BidiSession(limits))
     for ev in events_from(seq):
         rec.feed(ev)
