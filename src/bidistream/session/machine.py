@@ -379,6 +379,8 @@ def _abandon(s: BidiSession, ev: object, out: list[object]) -> Input | None:
     _cancel_timers(s, out)
     s.early = None
     s.started = True
+    s.client_paused = False  # nobody left to read from
+    s.unacked = 0
     return None
 
 
@@ -416,6 +418,8 @@ def _attach(s: BidiSession, ev: object, out: list[object]) -> Input | None:
     _cancel(s, e.Timer.CONFIRM, out)
     s.started = True
     out.append(a.Accept(s.variant))
+    if s.limits.idle_timeout is not None:
+        _arm(s, e.Timer.IDLE, s.limits.idle_timeout / 2, out)
     early, s.early = s.early, None
     for data, text, fin in early or ():
         out.append(_to_instance_action(s, data, text, fin))
