@@ -46,6 +46,8 @@ __all__ = [
 class Timer(enum.Enum):
     """The session's timers.  The adapter owns the clock and reports each as :class:`TimerFired`."""
 
+    __hash__ = object.__hash__
+
     # After the instance accepted: how long to wait for a sign it kept the session.
     CONFIRM = "confirm"
     # After the client ended its input: how long the instance gets to finish.

@@ -71,6 +71,10 @@ __all__ = ["TRANSITIONS", "BidiSession", "Input", "SessionLimits", "State"]
 
 
 class State(enum.Enum):
+    # Members are singletons: identity hashing keeps a table lookup at C speed
+    # (Enum's own __hash__ is Python code, hashing the name on every lookup).
+    __hash__ = object.__hash__
+
     IDLE = "idle"
     CONNECTING = "connecting"
     CONFIRMING = "confirming"
@@ -82,6 +86,8 @@ class State(enum.Enum):
 
 class Input(enum.Enum):
     """What the table is keyed by: an event's kind, or an input the session raises itself."""
+
+    __hash__ = object.__hash__
 
     START = "start"
     CLIENT_PART = "client_part"
@@ -223,7 +229,7 @@ class BidiSession:
             kind = self._classify(event)
         out: list[object] = []
         while kind is not None:
-            entry = TRANSITIONS.get((self.state, kind))
+            entry = _ROWS[self.state].get(kind)
             if entry is None:
                 self._invalid(kind, out)
                 break
@@ -747,4 +753,10 @@ TRANSITIONS[(S.ABORTING, In.ABORT_TIMER)] = (_cut, S.CLOSED)
 for _st in (S.ABORTING, S.CLOSED):
     del TRANSITIONS[(_st, In.PING_TIMEOUT)]
     del TRANSITIONS[(_st, In.IDLE_TIMEOUT)]
-del _st, _end
+del _end
+
+# The same table, one row per state: the hot path looks up two identity-hashed keys, no tuple.
+_ROWS: dict[State, dict[Input, tuple[Effect, State]]] = {st_: {} for st_ in State}
+for (_st, _inp), _entry in TRANSITIONS.items():
+    _ROWS[_st][_inp] = _entry
+del _st, _inp, _entry
