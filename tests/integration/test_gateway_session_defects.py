@@ -35,9 +35,16 @@ from websockets.exceptions import ConnectionClosed
 from bidistream.eventstream import encode_payload_part
 from bidistream.gateway.limits import GatewayLimits, KiB
 from bidistream.models.echo import EchoModel
-from tests.clients.test_aws_bidi import Stack, gateway_stack
 from tests.h2client import H2TestClient
-from tests.integration.test_gateway_backpressure import FRAME, N_FRAMES, Flood, bidi_stream, plateau
+from tests.integration.test_gateway_backpressure import (
+    FRAME,
+    N_FRAMES,
+    Flood,
+    bidi_stream,
+    plateau,
+    upstream_read_paused,
+)
+from tests.support.aws import Stack, gateway_stack
 from tests.support.waiting import eventually, scaled
 
 
@@ -205,7 +212,7 @@ async def test_10_2_vanished_backpressured_h2_client_closes_its_instance_within_
         client.granting = False
         sid = client.open("flood")
         client.send(sid, encode_payload_part(b"go", text=True))
-        await plateau(lambda: model.produced)
+        await plateau(lambda: model.produced, lambda: upstream_read_paused(gw))
         st = bidi_stream(gw)
         assert st.relay is not None and st.relay.link is not None
         assert st.relay.link.read_paused  # the path is full both ways
@@ -228,7 +235,7 @@ async def test_10_2_vanished_backpressured_ws_client_closes_its_instance_within_
     reader, writer = await raw_ws_upgrade(flood_stack, "/endpoints/flood/ws")
     writer.write(masked_frame(b"go"))
     # The client reads nothing: the gateway's socket to it fills, then the instance's.
-    await plateau(lambda: model.produced)
+    await plateau(lambda: model.produced, lambda: model.produced * FRAME > 256 * KiB)
     assert model.produced < N_FRAMES
     assert model.produced * FRAME > 256 * KiB
     gone_at = time.monotonic()

@@ -57,7 +57,7 @@ from bidistream.errors import (
 )
 from bidistream.gateway.limits import GatewayLimits
 from bidistream.model import DEFAULT_INVOCATION_PATH
-from bidistream.platform.routing import InstanceTarget, Router
+from bidistream.routing import RoutableInstance, Router
 from bidistream.session import BidiSession, SessionLimits
 from bidistream.session import actions as a
 from bidistream.session import events as e
@@ -113,7 +113,7 @@ def upstream_url(base_url: str, path: str | None, query: str | None) -> str:
 class InstanceLink(WSListener):
     """picows listener for one instance WebSocket: wire facts in, nothing decided here."""
 
-    def __init__(self, relay: Relay, target: InstanceTarget) -> None:
+    def __init__(self, relay: Relay, target: RoutableInstance) -> None:
         self.relay: Relay | None = relay
         self.router = relay.router
         self.target = target
@@ -265,7 +265,7 @@ class Relay:
         self.session = BidiSession(session_limits(limits))
         self.link: InstanceLink | None = None
         self._connect_task: asyncio.Task[None] | None = None
-        self._candidates: Iterator[InstanceTarget] | None = None
+        self._candidates: Iterator[RoutableInstance] | None = None
         self._last: BidistreamError | None = None
         self._timers: dict[e.Timer, asyncio.TimerHandle] = {}
         # Events raised while actions run (a send that fills a buffer) wait their turn,
@@ -483,7 +483,7 @@ class Relay:
         self.feed(e.ConnectFailed(error))
 
     async def _open_one(
-        self, target: InstanceTarget, path: str | None, query: str | None, headers: dict[str, str]
+        self, target: RoutableInstance, path: str | None, query: str | None, headers: dict[str, str]
     ) -> None:
         limits = self.limits
         url = upstream_url(target.base_url, path, query)

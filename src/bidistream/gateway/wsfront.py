@@ -32,14 +32,15 @@ from websockets.typing import Subprotocol
 
 from bidistream.errors import BidistreamError, NotFoundError, wire_form
 from bidistream.gateway.bridge import Relay
+from bidistream.gateway.routes import RouteKind, classify
 from bidistream.gateway.validation import check_invocation_path, check_name, check_query
 from bidistream.session import close_reason
 from bidistream.session.events import ClientBlocked, ClientEnded, ClientGone, ClientPart, ClientWritable
 
 if TYPE_CHECKING:
-    from bidistream.gateway.server import Gateway
+    from bidistream.gateway.context import DoorContext
 
-__all__ = ["WsFrontDoor"]
+__all__ = ["WsSession", "take_over"]
 
 log = logging.getLogger("bidistream.gateway.ws")
 
@@ -65,14 +66,11 @@ def _forwarded(raw: Sequence[tuple[bytes, bytes]]) -> dict[str, str]:
     return {key: ", ".join(values) for key, values in out.items()}
 
 
-class WsFrontDoor:
-    def __init__(self, gateway: Gateway) -> None:
-        self.gateway = gateway
-
-    def take_over(self, transport: asyncio.Transport, req: h11.Request, trailing: bytes) -> None:
-        proto = WsSession(self.gateway, transport)
-        transport.set_protocol(proto)
-        proto.start(req, trailing)
+def take_over(ctx: DoorContext, transport: asyncio.Transport, req: h11.Request, trailing: bytes) -> None:
+    """The HTTP/1.1 door hands an upgrade request (and what was read past it) to this door."""
+    proto = WsSession(ctx, transport)
+    transport.set_protocol(proto)
+    proto.start(req, trailing)
 
 
 class WsSession(asyncio.Protocol):
@@ -85,17 +83,17 @@ class WsSession(asyncio.Protocol):
     before the socket is cut.
     """
 
-    def __init__(self, gateway: Gateway, transport: asyncio.Transport) -> None:
-        self.gateway = gateway
+    def __init__(self, ctx: DoorContext, transport: asyncio.Transport) -> None:
+        self.ctx = ctx
         self.transport = transport
         self.ws = ServerProtocol(
-            max_size=gateway.limits.max_event_size, select_subprotocol=_first_offered, logger=log
+            max_size=ctx.limits.max_event_size, select_subprotocol=_first_offered, logger=log
         )
         self.relay: Relay | None = None
         self.closed = False
         self.reads_paused = False
         self._close_deadline: asyncio.TimerHandle | None = None
-        gateway.connections.add(self)
+        ctx.connections.add(self)
 
     def close_gracefully(self) -> None:
         with contextlib.suppress(InvalidState):
@@ -126,7 +124,7 @@ class WsSession(asyncio.Protocol):
         try:
             endpoint, inv_path = self._parse(path)
             if query:
-                check_query(query, lenient=self.gateway.limits.lenient_query)
+                check_query(query, lenient=self.ctx.limits.lenient_query)
         except BidistreamError as exc:
             self._close_with(exc)
             return
@@ -135,7 +133,7 @@ class WsSession(asyncio.Protocol):
             "X-Amzn-SageMaker-Endpoint-Name": endpoint,
             **_forwarded(req.headers),
         }
-        gw = self.gateway
+        gw = self.ctx
         self.relay = Relay(
             self,
             gw.router,
@@ -152,14 +150,13 @@ class WsSession(asyncio.Protocol):
 
     @staticmethod
     def _parse(path: str) -> tuple[str, str | None]:
-        rest = path[len("/endpoints/") :]
-        endpoint, _, tail = rest.partition("/")
-        check_name(endpoint, "EndpointName")
-        if tail == "ws":
-            return endpoint, None
-        if not tail.startswith("ws/"):
+        route = classify("GET", path, {}, upgrade=True)
+        if route.kind is not RouteKind.WEBSOCKET or not route.endpoint:
             raise NotFoundError(f"no WebSocket route {path}; use /endpoints/{{name}}/ws[/<path>]")
-        return endpoint, check_invocation_path(tail[3:])
+        check_name(route.endpoint, "EndpointName")
+        if route.invocation_path is None:
+            return route.endpoint, None
+        return route.endpoint, check_invocation_path(route.invocation_path)
 
     # ------------------------------------------------------------------ client → session
     def data_received(self, data: bytes) -> None:
@@ -189,7 +186,7 @@ class WsSession(asyncio.Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
-        self.gateway.connections.discard(self)
+        self.ctx.connections.discard(self)
         if self._close_deadline is not None:
             self._close_deadline.cancel()
         if self.relay is not None:
@@ -261,7 +258,7 @@ class WsSession(asyncio.Protocol):
         self.resume_reads()
         if self._close_deadline is None and not self.closed:
             loop = asyncio.get_running_loop()
-            self._close_deadline = loop.call_later(self.gateway.limits.ws_close_timeout, self.transport.abort)
+            self._close_deadline = loop.call_later(self.ctx.limits.ws_close_timeout, self.transport.abort)
 
     # ------------------------------------------------------------------ plumbing
     def _flush(self) -> None:
