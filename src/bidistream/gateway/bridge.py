@@ -31,8 +31,8 @@ import contextlib
 import logging
 import socket
 import time
-from collections.abc import Iterator, Mapping
-from typing import Protocol
+from collections.abc import Callable, Iterator, Mapping
+from typing import Any, Protocol
 from urllib.parse import quote
 
 from picows import (
@@ -229,7 +229,6 @@ class Relay:
         "_busy",
         "_candidates",
         "_connect_task",
-        "_do",
         "_last",
         "_timers",
         "client",
@@ -272,25 +271,6 @@ class Relay:
         # so every event meets the state the previous one left.
         self._busy = False
         self.queue: list[object] = []
-        self._do = {
-            a.SendToClient: self._send_to_client,
-            a.SendToInstance: self._send_to_instance,
-            a.Acknowledge: self._acknowledge,
-            a.PauseInstanceReads: self._pause_instance,
-            a.ResumeInstanceReads: self._resume_instance,
-            a.PauseClientReads: self._pause_client,
-            a.ResumeClientReads: self._resume_client,
-            a.ConnectInstance: self._connect,
-            a.PingInstance: self._ping,
-            a.CloseInstanceInput: self._close_input,
-            a.CloseInstance: self._close_instance,
-            a.DisconnectInstance: self._disconnect,
-            a.Accept: self._accept,
-            a.Refuse: self._refuse,
-            a.EndClient: self._end_client,
-            a.StartTimer: self._start_timer,
-            a.CancelTimer: self._cancel_timer,
-        }
 
     # ------------------------------------------------------------------ the one way in
     def feed(self, event: object) -> None:
@@ -299,15 +279,15 @@ class Relay:
             self.queue.append(event)
             return
         self._busy = True
-        do = self._do
+        do = _DO
         session = self.session
         try:
             for action in session.handle(event):
-                do[type(action)](action)  # type: ignore[operator]
+                do[type(action)](self, action)
             queue = self.queue
             while queue:
                 for action in session.handle(queue.pop(0)):
-                    do[type(action)](action)  # type: ignore[operator]
+                    do[type(action)](self, action)
         finally:
             self._busy = False
         if session.closed:
@@ -532,6 +512,29 @@ class Relay:
                 link.transport.disconnect(graceful=False)
             raise
         log.debug("instance %s connected in %.1f ms", url, (time.monotonic() - began) * 1000)
+
+
+# Action type -> the Relay method that carries it out (one table for all sessions:
+# a dict of bound methods per session would cost ~2.5 KiB of each idle session).
+_DO: dict[type, Callable[[Relay, Any], None]] = {
+    a.SendToClient: Relay._send_to_client,
+    a.SendToInstance: Relay._send_to_instance,
+    a.Acknowledge: Relay._acknowledge,
+    a.PauseInstanceReads: Relay._pause_instance,
+    a.ResumeInstanceReads: Relay._resume_instance,
+    a.PauseClientReads: Relay._pause_client,
+    a.ResumeClientReads: Relay._resume_client,
+    a.ConnectInstance: Relay._connect,
+    a.PingInstance: Relay._ping,
+    a.CloseInstanceInput: Relay._close_input,
+    a.CloseInstance: Relay._close_instance,
+    a.DisconnectInstance: Relay._disconnect,
+    a.Accept: Relay._accept,
+    a.Refuse: Relay._refuse,
+    a.EndClient: Relay._end_client,
+    a.StartTimer: Relay._start_timer,
+    a.CancelTimer: Relay._cancel_timer,
+}
 
 
 class PingTicker:
