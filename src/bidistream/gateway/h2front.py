@@ -110,6 +110,8 @@ class H2Protocol(asyncio.Protocol):
         # DATA frames as the window and frame size allow.
         self._dirty: list[_Sender] = []
         self.closed = False
+        # True while a read's events are handled: its flush at the end sends everything.
+        self.reading = False
         self._loop = asyncio.get_running_loop()
 
     # ------------------------------------------------------------------ asyncio
@@ -132,7 +134,11 @@ class H2Protocol(asyncio.Protocol):
             if self.transport is not None:
                 self.transport.close()
             return
-        self.handle_events(events)
+        self.reading = True
+        try:
+            self.handle_events(events)
+        finally:
+            self.reading = False
 
     def handle_events(self, events: list[Any]) -> None:
         """Handle one read's events, each against its stream's state at that point.
@@ -612,7 +618,7 @@ class BidiStream(_Stream):
     def ack(self, n: int) -> None:
         self._ack_now(n)
         proto = self.proto
-        if not proto._flush_pending:
+        if not proto.reading and not proto._flush_pending:
             proto.schedule_flush()  # an ack from an instance callback leaves this turn too
 
     def pause_reads(self) -> None:
