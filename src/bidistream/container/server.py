@@ -39,7 +39,7 @@ from bidistream.errors import (
 )
 from bidistream.frames import Frame, FrameKind
 from bidistream.model import DEFAULT_INVOCATION_PATH, Model, Request, Response, Session
-from bidistream.session import BidiSession, SessionLimits
+from bidistream.session import BidiSession, SessionLimits, State
 from bidistream.session import actions as a
 from bidistream.session import events as e
 from bidistream.session.reason import close_reason as _cut_reason
@@ -64,6 +64,9 @@ def http_error(error: BidistreamError, status: int | None = None) -> web.Respons
     return web.Response(
         status=status or wire_form(error).http_status, body=body, content_type=ctype, headers=error.headers
     )
+
+
+_CLOSED = State.CLOSED
 
 
 class _LiveSession:
@@ -130,7 +133,7 @@ class _LiveSession:
                 self._run(self._queue.pop(0))
         finally:
             self._busy = False
-        if self.core.closed:
+        if self.core.state is _CLOSED:
             for handle in self._timers.values():
                 handle.cancel()
             self._timers.clear()

@@ -58,7 +58,7 @@ from bidistream.errors import (
 from bidistream.gateway.limits import GatewayLimits
 from bidistream.model import DEFAULT_INVOCATION_PATH
 from bidistream.routing import RoutableInstance, Router
-from bidistream.session import BidiSession, SessionLimits
+from bidistream.session import BidiSession, SessionLimits, State
 from bidistream.session import actions as a
 from bidistream.session import events as e
 
@@ -66,6 +66,7 @@ __all__ = ["ClientSide", "InstanceLink", "PingTicker", "Relay", "session_limits"
 
 log = logging.getLogger("bidistream.gateway.bridge")
 
+_CLOSED = State.CLOSED
 _TEXT = WSMsgType.TEXT
 _BINARY = WSMsgType.BINARY
 _CONT = WSMsgType.CONTINUATION
@@ -290,7 +291,7 @@ class Relay:
                     do[type(action)](self, action)
         finally:
             self._busy = False
-        if session.closed:
+        if session.state is _CLOSED:
             self._finish()
 
     def start(self) -> None:
