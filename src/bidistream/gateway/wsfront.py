@@ -25,6 +25,7 @@ import h11
 from websockets.exceptions import InvalidState
 from websockets.frames import Frame as WsFrame
 from websockets.frames import Opcode
+from websockets.http11 import Request
 from websockets.protocol import State
 from websockets.server import ServerProtocol
 from websockets.typing import Subprotocol
@@ -104,10 +105,13 @@ class WsSession(asyncio.Protocol):
         head += [name + b": " + value + b"\r\n" for name, value in req.headers]
         self.ws.receive_data(b"".join(head) + b"\r\n" + trailing)
         events = self.ws.events_received()
+        if not events or not isinstance(events[0], Request):
+            self._refuse_head()
+            return
         request = events[0]
         target = req.target.decode("utf-8", "replace")
         path, _, query = target.partition("?")
-        response = self.ws.accept(request)  # type: ignore[arg-type]
+        response = self.ws.accept(request)
         self.ws.send_response(response)
         self._flush()
         if response.status_code != 101:
@@ -126,6 +130,27 @@ class WsSession(asyncio.Protocol):
             **_forwarded(req.headers),
         }
         self._task = asyncio.get_running_loop().create_task(self._connect(endpoint, inv_path, query, headers))
+
+    def _refuse_head(self) -> None:
+        """The upgrade's head broke a websockets limit (more than 128 headers, a line over 8 KiB).
+
+        websockets queues its own answer for those (431, or 414 for the request
+        line); for any other head it cannot parse it only closes, so say 400.
+        """
+        log.info("WS upgrade refused: %s", self.ws.handshake_exc)
+        answered = False
+        for chunk in self.ws.data_to_send():
+            if chunk:
+                self.transport.write(chunk)
+                answered = True
+        if not answered:
+            body = f"Failed to open a WebSocket connection: {self.ws.handshake_exc}.\n".encode()
+            self.transport.write(
+                b"HTTP/1.1 400 Bad Request\r\nContent-Type: text/plain; charset=utf-8\r\n"
+                b"Connection: close\r\nContent-Length: " + str(len(body)).encode() + b"\r\n\r\n" + body
+            )
+        self.closed = True
+        self.transport.close()
 
     @staticmethod
     def _parse(path: str) -> tuple[str, str | None]:
