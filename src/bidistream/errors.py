@@ -9,6 +9,7 @@ the same everywhere::
     ├── ClientError                    the caller sent something wrong
     │   ├── InputValidationError       bad header / query / parameter / body
     │   │   └── InvalidFrameError      malformed frame or event-stream bytes
+    │   │       └── ProtocolViolationError  a WebSocket peer broke RFC 6455 (WS 1002)
     │   ├── MessageTooLargeError       frame or body above a named limit
     │   │   └── UnsupportedDataError   bytes that are not the declared media (e.g. audio)
     │   ├── NotFoundError              unknown endpoint, model, config or path
@@ -54,6 +55,7 @@ __all__ = [
     "ModelTimeoutError",
     "NotFoundError",
     "PingTimeoutError",
+    "ProtocolViolationError",
     "ServiceUnavailableError",
     "SessionClosedError",
     "SessionTimeoutError",
@@ -108,6 +110,13 @@ class InputValidationError(ClientError):
 
 class InvalidFrameError(InputValidationError):
     code = "InvalidFrame"
+
+
+class ProtocolViolationError(InvalidFrameError):
+    """The peer broke the WebSocket protocol itself (an unmasked client frame, a close
+    code nobody may send); RFC 6455 makes the answer close code 1002."""
+
+    code = "ProtocolViolation"
 
 
 class UnsupportedDataError(InputValidationError):
@@ -227,6 +236,9 @@ _WIRE: dict[type[BidistreamError], WireForm] = {
     ClientError: WireForm(400, "InputValidationError", 1008, "INVALID_ARGUMENT", "ModelStreamError"),
     InputValidationError: WireForm(400, "InputValidationError", 1008, "INVALID_ARGUMENT", "ModelStreamError"),
     InvalidFrameError: WireForm(400, "InputValidationError", 1007, "INVALID_ARGUMENT", "ModelStreamError"),
+    ProtocolViolationError: WireForm(
+        400, "InputValidationError", 1002, "INVALID_ARGUMENT", "ModelStreamError"
+    ),
     MessageTooLargeError: WireForm(
         413, "InputValidationError", 1009, "RESOURCE_EXHAUSTED", "ModelStreamError"
     ),
