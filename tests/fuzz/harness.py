@@ -16,16 +16,21 @@ import threading
 from collections.abc import Awaitable, Callable, Coroutine
 from typing import Any
 
-from hypothesis import HealthCheck, settings
+from hypothesis import HealthCheck, Phase, settings
 
 from tests.support.waiting import scaled
 
 # Each fuzz test's share of the ~2 minute CI budget (examples, not seconds:
 # a loaded machine takes longer, it does not test less).
+# A failure stops the search at once and is reported as generated (the grammar
+# is small enough to read); BIDISTREAM_FUZZ_SHRINK=1 shrinks it when debugging.
 FUZZ = settings(
     max_examples=int(os.environ.get("BIDISTREAM_FUZZ_EXAMPLES", "20")),
     deadline=None,
     suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture],
+    report_multiple_bugs=False,
+    phases=[Phase.explicit, Phase.reuse, Phase.generate]
+    + ([Phase.shrink] if os.environ.get("BIDISTREAM_FUZZ_SHRINK") else []),
 )
 
 
