@@ -21,10 +21,12 @@ import logging
 import time
 import uuid
 from collections.abc import AsyncIterator
+from typing import Any
 
-from aiohttp import WSCloseCode, WSMsgType, web
+from aiohttp import WebSocketError, WSCloseCode, WSMsgType, web
 
 from bidistream.container.limits import ServerLimits
+from bidistream.container.wsguard import MaskCheck, close_code_problem
 from bidistream.contract import close_reason
 from bidistream.errors import (
     BidistreamError,
@@ -37,6 +39,7 @@ from bidistream.errors import (
     ModelStreamError,
     ModelTimeoutError,
     NotFoundError,
+    ProtocolViolationError,
     ServiceUnavailableError,
     ShuttingDownError,
     wire_form,
@@ -393,7 +396,7 @@ class ModelServer:
                 )
             )
 
-        ws = web.WebSocketResponse(
+        ws = _CheckedWebSocketResponse(
             max_msg_size=self.limits.max_message_size,
             autoping=True,
             protocols=self.model.subprotocols,
@@ -493,6 +496,8 @@ class ModelServer:
                 live.feed(e.ClientPart(msg.data, False, True))
             elif kind is WSMsgType.TEXT:
                 live.feed(e.ClientPart(msg.data.encode("utf-8"), True, True))
+            elif kind is WSMsgType.CLOSE and (problem := close_code_problem(msg.data)) is not None:
+                raise ProtocolViolationError(problem)  # the session closes with 1002
             else:
                 if kind is WSMsgType.ERROR:
                     # aiohttp has already closed with the matching code (1009 for
@@ -508,6 +513,56 @@ class ModelServer:
 
 
 CLOSE_HANDSHAKE_TIMEOUT = 5.0
+
+
+class _CheckedWebSocketResponse(web.WebSocketResponse):
+    """aiohttp's WebSocket response with its reader behind a :class:`MaskCheck`.
+
+    aiohttp reads unmasked client frames; RFC 6455 §5.1 says close.  The check
+    goes in where aiohttp installs its reader (``_post_start``), so bytes that
+    came with the upgrade request are checked too.
+    """
+
+    def _post_start(self, request: web.BaseRequest, protocol: str | None, writer: Any) -> None:
+        handler: Any = request.protocol
+        tail = bytes(handler._message_tail)  # fed to aiohttp's reader by super()
+        super()._post_start(request, protocol, writer)
+        checked = _CheckedReader(handler._payload_parser, self)
+        if tail:
+            checked.check(tail)
+        handler._payload_parser = checked
+
+
+class _CheckedReader:
+    """Feeds aiohttp's reader only bytes whose frame headers pass the mask check."""
+
+    __slots__ = ("_check", "_inner", "_ws")
+
+    def __init__(self, inner: Any, ws: web.WebSocketResponse) -> None:
+        self._inner = inner
+        self._ws = ws
+        self._check: MaskCheck | None = MaskCheck()
+
+    def check(self, data: bytes) -> bool:
+        """False (and the session's next receive() ends it with 1002) if ``data`` breaks the rule."""
+        if self._check is None:
+            return False
+        problem = self._check.feed(data)
+        if problem is None:
+            return True
+        self._check = None
+        # What aiohttp's own reader does on a protocol error: receive() closes with the code.
+        self._ws._reader.set_exception(WebSocketError(WSCloseCode.PROTOCOL_ERROR, problem))  # type: ignore[union-attr]
+        return False
+
+    def feed_data(self, data: bytes) -> tuple[bool, bytes]:
+        if not self.check(data):
+            return True, b""
+        result: tuple[bool, bytes] = self._inner.feed_data(data)
+        return result
+
+    def feed_eof(self) -> None:
+        self._inner.feed_eof()
 
 
 async def _close(ws: web.WebSocketResponse, error: BidistreamError | None) -> None:

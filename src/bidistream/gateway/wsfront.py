@@ -118,9 +118,7 @@ class WsSession(asyncio.Protocol):
         self.ws.receive_data(b"".join(head) + b"\r\n" + trailing)
         events = self.ws.events_received()
         if not events or not isinstance(events[0], WsRequest):
-            # websockets could not parse the upgrade (too many or too long headers).
-            self.transport.write(_BAD_UPGRADE)
-            self.transport.close()
+            self._refuse_head()
             return
         request = events[0]
         target = req.target.decode("utf-8", "replace")
@@ -171,6 +169,27 @@ class WsSession(asyncio.Protocol):
             response.headers["WWW-Authenticate"] = 'Bearer realm="bidistream"'
         self.ws.send_response(response)
         self._flush()  # ends with the protocol's end-of-stream marker: the transport closes
+
+    def _refuse_head(self) -> None:
+        """The upgrade's head broke a websockets limit (more than 128 headers, a line over 8 KiB).
+
+        websockets queues its own answer for those (431, or 414 for the request
+        line); for any other head it cannot parse it only closes, so say 400.
+        """
+        log.info("WS upgrade refused: %s", self.ws.handshake_exc)
+        answered = False
+        for chunk in self.ws.data_to_send():
+            if chunk:
+                self.transport.write(chunk)
+                answered = True
+        if not answered:
+            body = f"Failed to open a WebSocket connection: {self.ws.handshake_exc}.\n".encode()
+            self.transport.write(
+                b"HTTP/1.1 400 Bad Request\r\nContent-Type: text/plain; charset=utf-8\r\n"
+                b"Connection: close\r\nContent-Length: " + str(len(body)).encode() + b"\r\n\r\n" + body
+            )
+        self.closed = True
+        self.transport.close()
 
     @staticmethod
     def _parse(path: str) -> tuple[str, str | None]:
@@ -295,9 +314,3 @@ class WsSession(asyncio.Protocol):
                 # The protocol's end-of-stream marker: the close handshake is done.
                 self.transport.close()
                 return
-
-
-_BAD_UPGRADE = (
-    b"HTTP/1.1 400 Bad Request\r\ncontent-type: text/plain\r\ncontent-length: 33\r\n"
-    b"connection: close\r\n\r\nmalformed WebSocket upgrade head\n"
-)
