@@ -8,7 +8,8 @@ the same everywhere::
     BidistreamError
     ├── ClientError                    the caller sent something wrong
     │   ├── InputValidationError       bad header / query / parameter / body
-    │   │   └── InvalidFrameError      malformed frame or event-stream bytes
+    │   │   ├── InvalidFrameError      malformed frame or event-stream bytes
+    │   │   └── SchemaValidationError  a body that parses but breaks its schema (V2: 422)
     │   ├── MessageTooLargeError       frame or body above a named limit
     │   │   └── UnsupportedDataError   bytes that are not the declared media (e.g. audio)
     │   ├── NotFoundError              unknown endpoint, model, config or path
@@ -54,6 +55,7 @@ __all__ = [
     "ModelTimeoutError",
     "NotFoundError",
     "PingTimeoutError",
+    "SchemaValidationError",
     "ServiceUnavailableError",
     "SessionClosedError",
     "SessionTimeoutError",
@@ -62,6 +64,7 @@ __all__ = [
     "UnsupportedDataError",
     "WireForm",
     "error_from_close",
+    "v2_http_status",
     "wire_form",
 ]
 
@@ -108,6 +111,12 @@ class InputValidationError(ClientError):
 
 class InvalidFrameError(InputValidationError):
     code = "InvalidFrame"
+
+
+class SchemaValidationError(InputValidationError):
+    """A V2 body that is valid JSON but not a valid InferenceRequest (MLServer/FastAPI answer 422)."""
+
+    code = "SchemaValidation"
 
 
 class UnsupportedDataError(InputValidationError):
@@ -235,6 +244,10 @@ _WIRE: dict[type[BidistreamError], WireForm] = {
     AuthError: WireForm(403, "AccessDeniedException", 1008, "UNAUTHENTICATED", "ModelStreamError"),
     UnauthenticatedError: WireForm(401, "AccessDeniedException", 1008, "UNAUTHENTICATED", "ModelStreamError"),
     UnsupportedDataError: WireForm(415, "InputValidationError", 1002, "INVALID_ARGUMENT", "ModelStreamError"),
+    # MLServer maps 422 to FAILED_PRECONDITION on gRPC (mlserver/grpc/utils.py).
+    SchemaValidationError: WireForm(
+        422, "InputValidationError", 1008, "FAILED_PRECONDITION", "ModelStreamError"
+    ),
     ModelError: WireForm(424, "ModelError", 1011, "INTERNAL", "ModelStreamError"),
     ModelTimeoutError: WireForm(424, "ModelError", 1011, "DEADLINE_EXCEEDED", "ModelStreamError"),
     ServiceUnavailableError: WireForm(
@@ -260,6 +273,23 @@ def wire_form(error: BidistreamError | type[BidistreamError]) -> WireForm:
         if form is not None:
             return form
     return _WIRE[BidistreamError]
+
+
+# The V2 / Open Inference dialect: MLServer answers a failing model with 500 (the
+# SageMaker contract's 424 is ours), and a model that is not ready with 400.
+_V2_HTTP_STATUS: dict[type[BidistreamError], int] = {
+    ModelError: 500,
+    ServiceUnavailableError: 400,
+}
+
+
+def v2_http_status(error: BidistreamError) -> int:
+    """HTTP status on the V2 REST face: the dialect's row if it has one, else the table's."""
+    for klass in type(error).__mro__:
+        status = _V2_HTTP_STATUS.get(klass)
+        if status is not None:
+            return status
+    return wire_form(error).http_status
 
 
 # WebSocket close codes a peer may send, and the error each one means.
