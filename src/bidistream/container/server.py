@@ -25,6 +25,7 @@ from dataclasses import dataclass, field
 
 from aiohttp import WSCloseCode, WSMsgType, web
 
+from bidistream.container import v2_http
 from bidistream.container.limits import ServerLimits
 from bidistream.errors import (
     BidistreamError,
@@ -93,8 +94,13 @@ class ModelServer:
         host: str = "127.0.0.1",
         port: int = 8080,
         limits: ServerLimits | None = None,
+        grpc_port: int | None = None,
+        triton_grpc_port: int | None = None,
     ) -> None:
         self.model = model
+        # V2 gRPC ports (None: no gRPC server); 0 picks a free port, read back after start.
+        self.grpc_port = grpc_port
+        self.triton_grpc_port = triton_grpc_port
         self.host = host
         self._requested_port = port
         self.limits = limits or ServerLimits()
@@ -115,6 +121,7 @@ class ModelServer:
     def build_app(self) -> web.Application:
         app = web.Application(client_max_size=self.limits.max_invoke_body)
         app.router.add_get("/ping", self._ping)
+        v2_http.mount(app, self)
         app.router.add_route("*", "/{path:.*}", self._dispatch)
         return app
 
