@@ -11,6 +11,7 @@ import signal
 import sys
 
 from bidistream import logs
+from bidistream.cli import serve_v2
 from bidistream.cli.options import add_listen, add_logging
 from bidistream.container.limits import ServerLimits
 from bidistream.defaults import MODEL_SERVER_PORT as DEFAULT_PORT
@@ -45,8 +46,9 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     serve = sub.add_parser(
         "serve",
         help="run a model server (the SageMaker container contract)",
-        description="Serve MODEL (echo, words, speech or package.module:Class) on /ping, "
-        "/invocations and the bidirectional-stream WebSocket.",
+        description="Serve MODEL (echo, words, speech, package.module:Class, or an MLServer model "
+        "repository folder) on /ping, /invocations, the bidirectional-stream WebSocket, V2 REST/SSE "
+        "and V2 gRPC.",
     )
     serve.add_argument("model", metavar="MODEL")
     add_listen(serve, None, "default: $SAGEMAKER_BIND_TO_PORT or 8080")
@@ -60,6 +62,7 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     serve.add_argument("--idle-timeout", type=float, default=defaults.idle_timeout)
     serve.add_argument("--drain-timeout", type=float, default=defaults.drain_timeout)
     add_logging(serve)
+    serve_v2.add_arguments(serve)
     serve.set_defaults(handler=_serve)
 
     check = sub.add_parser(
@@ -91,27 +94,33 @@ def _serve(args: argparse.Namespace) -> int:
         drain_timeout=args.drain_timeout,
     )
     try:
-        return run_loop(
-            serve_forever(args.model, _options(args.options), args.host, resolve_port(args.port), limits)
-        )
+        v2 = serve_v2.resolve(args)
+        return run_loop(serve_forever(args.model, _options(args.options), args.host, args.port, limits, v2))
     except BidistreamError as exc:
         print(f"bidistream serve: {exc}", file=sys.stderr)
         return 2
 
 
 async def serve_forever(
-    spec: str, options: dict[str, str], host: str, port: int, limits: ServerLimits
+    spec: str,
+    options: dict[str, str],
+    host: str | None,
+    port: int | None,
+    limits: ServerLimits,
+    v2: serve_v2.V2Serving | None = None,
 ) -> int:
-    from bidistream.container.loader import load_model
     from bidistream.container.server import ModelServer
 
-    model = load_model(spec, options)
-    server = ModelServer(model, host=host, port=port, limits=limits)
+    v2 = v2 or serve_v2.V2Serving(host, port)
+    model = await serve_v2.load(spec, options, v2)
+    host, port = v2.host or serve_v2.DEFAULT_HOST, v2.port if v2.port is not None else resolve_port(None)
+    server = ModelServer(model, host=host, port=port, limits=limits, **v2.server_kwargs())
+    v2.configure(server)
     try:
         await server.start()
     except OSError as exc:
         print(
-            f"bidistream serve: cannot listen on {host}:{port}: {exc.strerror}. "
+            f"bidistream serve: cannot listen on {host}:{port}: {exc.strerror or exc}. "
             "Pick another --port or stop what uses it.",
             file=sys.stderr,
         )
@@ -129,6 +138,7 @@ async def serve_forever(
     for path in ("invocations-bidirectional-stream", *model.invocation_paths):
         print(f"  WS   {ws_base}/{path}", flush=True)
     print(f"  try: python -m websockets {ws_base}/invocations-bidirectional-stream", flush=True)
+    serve_v2.banner(server, base)
     waiter = asyncio.create_task(stop.wait())
     loader = asyncio.create_task(server.wait_loaded())
     done, _ = await asyncio.wait({waiter, loader}, return_when=asyncio.FIRST_COMPLETED)

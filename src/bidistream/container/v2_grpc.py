@@ -327,7 +327,8 @@ class InferenceService:
             inputs=tensors("inputs"),
             outputs=tensors("outputs"),
         )
-        _params_out(out.parameters, meta.get("parameters") or {})
+        if "parameters" in out.DESCRIPTOR.fields_by_name:  # MLServer's has them, Triton's does not
+            _params_out(out.parameters, meta.get("parameters") or {})
         return out
 
     async def RepositoryIndex(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
@@ -360,6 +361,10 @@ class InferenceService:
     async def ModelStreamInfer(
         self, request_iterator: AsyncIterator[Any], context: grpc.aio.ServicerContext
     ) -> AsyncIterator[Any]:
+        if self.triton:
+            async for envelope in self._triton_stream(request_iterator, context):
+                yield envelope
+            return
         requests = request_iterator.__aiter__()
         first = await anext(requests, None)
         if first is None:
@@ -384,19 +389,9 @@ class InferenceService:
                     if count == 0:
                         metrics.first_response(name, "grpc", time.perf_counter() - began)
                     count += 1
-                    if self.triton:
-                        result.parameters[FINAL_RESPONSE_PARAMETER] = False
-                    message = response_to_pb(self.pb, result, use_raw=use_raw)
-                    yield stream_envelope(message.SerializeToString()) if self.triton else message
+                    yield response_to_pb(self.pb, result, use_raw=use_raw)
             finally:
-                closer = getattr(responses, "aclose", None)
-                if closer is not None:
-                    with contextlib.suppress(Exception):
-                        await closer()
-            if self.triton and head.parameters.get(EMPTY_FINAL_PARAMETER):
-                final = self.pb.ModelInferResponse(model_name=name, id=head.id or "")
-                final.parameters[FINAL_RESPONSE_PARAMETER].bool_param = True
-                yield stream_envelope(final.SerializeToString())
+                await _aclose(responses)
         except asyncio.CancelledError:
             metrics.error(self.face.label(name), "grpc", "infer_stream", ModelStreamError("client went away"))
             raise
@@ -404,13 +399,70 @@ class InferenceService:
             error = _as_error(exc)
             _log_unexpected(exc, name)
             metrics.error(self.face.label(name), "grpc", "infer_stream", error)
-            if self.triton:
-                # Triton reports a failed request inside the stream and keeps the call open.
-                yield stream_envelope(None, error.message)
-                return
             await self._abort(context, error)
             raise
         metrics.request(name, "grpc", "infer_stream", time.perf_counter() - began, count)
+
+    async def _triton_stream(
+        self, request_iterator: AsyncIterator[Any], context: grpc.aio.ServicerContext
+    ) -> AsyncIterator[bytes]:
+        """Triton's decoupled rules: each request is answered on its own, its last response
+        flagged ``triton_final_response``, and a failed request is one error envelope while the
+        call stays open for the next."""
+        headers = _metadata(context)
+        async for message in request_iterator:
+            name = message.model_name
+            began = time.perf_counter()
+            count = 0
+            try:
+                backend = self.face.lookup(name, message.model_version or None)
+                self.face.check_ready(backend)
+                request = request_from_pb(message)
+                use_raw = bool(message.raw_input_contents)
+                empty_final = bool(request.parameters.get(EMPTY_FINAL_PARAMETER))
+                responses = backend.infer_stream(_once(request), headers)
+                pending: InferResponse | None = None
+                try:
+                    async for result in responses:
+                        if pending is not None:
+                            yield self._envelope(pending, use_raw, final=False)
+                        elif count == 0:
+                            metrics.first_response(name, "grpc", time.perf_counter() - began)
+                        pending = result
+                        count += 1
+                finally:
+                    await _aclose(responses)
+                if pending is not None:
+                    yield self._envelope(pending, use_raw, final=not empty_final)
+                if empty_final or pending is None:
+                    final = InferResponse(model_name=name, outputs=[], id=request.id)
+                    yield self._envelope(final, use_raw, final=True)
+            except asyncio.CancelledError:
+                gone = ModelStreamError("client went away")
+                metrics.error(self.face.label(name), "grpc", "infer_stream", gone)
+                raise
+            except Exception as exc:
+                error = _as_error(exc)
+                _log_unexpected(exc, name)
+                metrics.error(self.face.label(name), "grpc", "infer_stream", error)
+                yield stream_envelope(None, error.message)
+                continue
+            metrics.request(name, "grpc", "infer_stream", time.perf_counter() - began, count)
+
+    def _envelope(self, response: InferResponse, use_raw: bool, *, final: bool) -> bytes:
+        response.parameters[FINAL_RESPONSE_PARAMETER] = final
+        return stream_envelope(response_to_pb(self.pb, response, use_raw=use_raw).SerializeToString())
+
+
+async def _once(request: InferRequest) -> AsyncIterator[InferRequest]:
+    yield request
+
+
+async def _aclose(responses: AsyncIterator[Any]) -> None:
+    closer = getattr(responses, "aclose", None)
+    if closer is not None:
+        with contextlib.suppress(Exception):
+            await closer()
 
 
 def _serialize(message: Any) -> bytes:
@@ -450,6 +502,19 @@ class V2GrpcServer:
         return [("grpc.max_receive_message_length", size), ("grpc.max_send_message_length", size)]
 
     async def start(self) -> None:
+        optional = bool(getattr(self.server, "grpc_port_optional", False))
+        try:
+            await self._start()
+        except (OSError, ImportError, BidistreamError) as exc:
+            if not optional:
+                raise
+            # Nobody asked for this port: serve HTTP alone rather than not at all.
+            log.warning("V2 gRPC not served: %s (pass --grpc-port to choose a port)", exc)
+            await self.stop()
+            self.server.grpc_port = None
+            self.server.triton_grpc_port = None
+
+    async def _start(self) -> None:
         from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
         pb = messages()

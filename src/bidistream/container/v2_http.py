@@ -76,13 +76,11 @@ class V2Face:
 
     def lookup(self, name: str, version: str | None) -> V2Backend:
         backend = self.backends.get(name)
-        versions = backend.metadata().get("versions") or [] if backend is not None else []
-        if backend is None or (version and versions and version not in versions):
+        if backend is None or (version and not backend.has_version(version)):
             # MLServer's own wording, which its clients and tests match on.
             suffix = f" with version {version}" if version else ""
-            raise NotFoundError(
-                f"Model {name}{suffix} not found", detail={"error": f"Model {name}{suffix} not found"}
-            )
+            message = f"Model {name}{suffix} not found"
+            raise NotFoundError(message, detail={"error": message})
         return backend
 
     def label(self, name: str) -> str:

@@ -30,6 +30,8 @@ class V2Backend(Protocol):
 
     def ready(self) -> bool: ...
 
+    def has_version(self, version: str) -> bool: ...
+
     def metadata(self) -> dict[str, Any]: ...
 
     async def infer(self, request: InferRequest, headers: Mapping[str, str]) -> InferResponse: ...
@@ -56,6 +58,9 @@ class NativeBackend:
 
     def ready(self) -> bool:
         return self._ready()
+
+    def has_version(self, version: str) -> bool:
+        return True  # a native model has one unnamed version; any name reaches it
 
     def metadata(self) -> dict[str, Any]:
         return {
