@@ -121,7 +121,8 @@ async def main():
         stub = dp.GRPCInferenceServiceStub(ch)
         long_text = " ".join(str(i) for i in range(60))
         async def long_stream():
-            return [r.outputs[0].contents.bytes_contents[0] async for r in stub.ModelStreamInfer(one(text_request(long_text)))]
+            call = stub.ModelStreamInfer(one(text_request(long_text)))
+            return [r.outputs[0].contents.bytes_contents[0] async for r in call]
         survivor = asyncio.create_task(long_stream())
         wrong_type = text_request("x"); wrong_type.inputs[0].datatype = "TEXT"
         bad_shape = text_request("x"); bad_shape.inputs[0].shape[:] = [3]
