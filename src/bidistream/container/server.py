@@ -27,15 +27,19 @@ from aiohttp import WSCloseCode, WSMsgType, web
 
 from bidistream.container import v2_http
 from bidistream.container.limits import ServerLimits
+from bidistream.contract import close_reason
 from bidistream.errors import (
     BidistreamError,
     IdleTimeoutError,
     InputValidationError,
     InstanceFullError,
     MessageTooLargeError,
+    MethodNotAllowedError,
     ModelError,
+    ModelLoadError,
     ModelStreamError,
     ModelTimeoutError,
+    NotFoundError,
     ServiceUnavailableError,
     SessionTimeoutError,
     ShuttingDownError,
@@ -47,16 +51,6 @@ from bidistream.session_state import Event, SessionMachine, State
 
 log = logging.getLogger("bidistream.container")
 
-# A close reason is at most 123 bytes on the wire (RFC 6455 section 5.5).
-MAX_CLOSE_REASON = 123
-
-
-def close_reason(text: str) -> bytes:
-    data = text.encode("utf-8")
-    if len(data) <= MAX_CLOSE_REASON:
-        return data
-    return data[: MAX_CLOSE_REASON - 3].decode("utf-8", "ignore").encode() + b"..."
-
 
 def error_body(error: BidistreamError) -> tuple[bytes, str]:
     """JSON body for an HTTP error: the protocol's own shape if the error carries one."""
@@ -65,10 +59,11 @@ def error_body(error: BidistreamError) -> tuple[bytes, str]:
     return json.dumps({"error": error.code, "message": error.message}).encode(), "application/json"
 
 
-def http_error(error: BidistreamError, status: int | None = None) -> web.Response:
+def http_error(error: BidistreamError) -> web.Response:
+    """The model server's answer for ``error``: the status is the table's container column."""
     body, ctype = error_body(error)
     return web.Response(
-        status=status or wire_form(error).http_status, body=body, content_type=ctype, headers=error.headers
+        status=wire_form(error).container_status, body=body, content_type=ctype, headers=error.headers
     )
 
 
@@ -196,21 +191,16 @@ class ModelServer:
             return await self._invoke(request, path)
         if path in self._ws_paths or path in self._http_paths:
             allowed = "GET" if path in self._ws_paths else "POST"
-            return web.json_response(
-                {"error": "MethodNotAllowed", "message": f"/{path} accepts {allowed} only"},
-                status=405,
-                headers={"Allow": allowed},
+            return http_error(
+                MethodNotAllowedError(f"/{path} accepts {allowed} only", headers={"Allow": allowed})
             )
-        return web.json_response(
-            {"error": "NotFound", "message": f"no route for {request.method} /{path} on this model server"},
-            status=404,
-        )
+        return http_error(NotFoundError(f"no route for {request.method} /{path} on this model server"))
 
     def _refusal(self) -> BidistreamError | None:
         if self._draining:
             return ShuttingDownError("server is shutting down; try another instance")
         if self._load_error is not None:
-            return ModelError(f"model failed to load: {self._load_error}")
+            return ModelLoadError(f"model failed to load: {self._load_error}")
         if not self._loaded.is_set():
             return ServiceUnavailableError("model is still loading; retry when /ping answers 200")
         return None
@@ -218,12 +208,12 @@ class ModelServer:
     async def _invoke(self, request: web.Request, path: str) -> web.StreamResponse:
         refusal = self._refusal()
         if refusal is not None:
-            return http_error(refusal, 503)
+            return http_error(refusal)
         try:
             body = await request.read()
         except web.HTTPRequestEntityTooLarge:
             return http_error(
-                MessageTooLargeError(f"request body exceeds {self.limits.max_invoke_body} bytes"), 413
+                MessageTooLargeError(f"request body exceeds {self.limits.max_invoke_body} bytes")
             )
         req = Request(
             body=body,
@@ -238,14 +228,13 @@ class ModelServer:
                 response = await self.model.invoke(req)
         except TimeoutError:
             return http_error(
-                ModelTimeoutError(f"model did not answer within {self.limits.invoke_timeout:g} s"), 504
+                ModelTimeoutError(f"model did not answer within {self.limits.invoke_timeout:g} s")
             )
         except BidistreamError as exc:
-            status = wire_form(exc).http_status
-            return http_error(exc, 500 if status == 424 else status)
+            return http_error(exc)
         except Exception as exc:
             log.exception("invoke failed")
-            return http_error(ModelError(f"model raised {type(exc).__name__}: {exc}"), 500)
+            return http_error(ModelError(f"model raised {type(exc).__name__}: {exc}"))
         return await self._write_response(request, response)
 
     async def _write_response(self, request: web.Request, response: Response) -> web.StreamResponse:
@@ -274,9 +263,13 @@ class ModelServer:
         return stream
 
     async def _websocket(self, request: web.Request, path: str) -> web.StreamResponse:
+        # The accept deadline (contract C3) covers what runs before the 101: all of it is
+        # synchronous, so the clock read below measures this handler's own work (chiefly
+        # the model's check_session), never other sessions' turns of the loop.
+        started = time.monotonic()
         refusal = self._refusal()
         if refusal is not None:
-            return http_error(refusal, 503)
+            return http_error(refusal)
         headers = request.headers
         session = Session(
             id=headers.get("X-Amzn-SageMaker-Request-Id") or uuid.uuid4().hex,
@@ -290,7 +283,19 @@ class ModelServer:
             return http_error(exc)
         except Exception as exc:
             log.exception("check_session failed")
-            return http_error(InputValidationError(f"session refused: {exc}"), 400)
+            return http_error(InputValidationError(f"session refused: {exc}"))
+        late = time.monotonic() - started
+        if late > self.limits.accept_deadline:
+            # Accepting now would answer a gateway that may have given up: refuse instead,
+            # and the router tries another instance.
+            log.warning("session refused: accept took %.0f ms", late * 1000, extra={"session": session.id})
+            return http_error(
+                ServiceUnavailableError(
+                    f"session not accepted within the {self.limits.accept_deadline * 1000:.0f} ms accept "
+                    f"deadline (the handshake took {late * 1000:.0f} ms): a model must not work inside "
+                    "check_session"
+                )
+            )
 
         ws = web.WebSocketResponse(
             max_msg_size=self.limits.max_message_size,
@@ -425,7 +430,7 @@ CLOSE_HANDSHAKE_TIMEOUT = 5.0
 async def _close(ws: web.WebSocketResponse, error: BidistreamError | None) -> None:
     """Close with the error's code and reason; never wait forever on a peer that does not read."""
     code = WSCloseCode.OK if error is None else wire_form(error).ws_close
-    reason = b"" if error is None else close_reason(error.message)
+    reason = b"" if error is None else close_reason(error.message).encode()
     try:
         async with asyncio.timeout(CLOSE_HANDSHAKE_TIMEOUT):
             await ws.close(code=code, message=reason)

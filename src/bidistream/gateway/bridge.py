@@ -40,6 +40,7 @@ from picows import (
     ws_connect,
 )
 
+from bidistream.contract import close_reason
 from bidistream.errors import (
     BidistreamError,
     InstanceFullError,
@@ -64,7 +65,6 @@ _BINARY = WSMsgType.BINARY
 _CONT = WSMsgType.CONTINUATION
 _PONG = WSMsgType.PONG
 _CLOSE = WSMsgType.CLOSE
-_MAX_REASON = 123
 
 
 class Downstream(Protocol):
@@ -78,8 +78,7 @@ class Downstream(Protocol):
 
 
 def _reason(text: str) -> bytes:
-    data = text.encode("utf-8")
-    return data if len(data) <= _MAX_REASON else data[: _MAX_REASON - 3] + b"..."
+    return close_reason(text).encode()
 
 
 class Upstream(WSListener):

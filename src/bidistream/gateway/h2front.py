@@ -41,6 +41,7 @@ import h2.events
 import h2.exceptions
 import h2.settings
 
+from bidistream.contract import check_invocation_path, check_name, check_query
 from bidistream.errors import (
     BidistreamError,
     InputValidationError,
@@ -59,7 +60,6 @@ from bidistream.eventstream import (
 from bidistream.gateway.bridge import Upstream, open_upstream
 from bidistream.gateway.http import Api, HttpResponse, error_response, new_request_id
 from bidistream.gateway.routes import RouteKind, classify
-from bidistream.gateway.validation import check_invocation_path, check_name, check_query
 from bidistream.sigv4 import EventChain, verify_request
 
 if TYPE_CHECKING:

@@ -20,6 +20,7 @@ import logging
 import uuid
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
+from urllib.parse import unquote
 
 import h11
 from websockets.exceptions import InvalidState
@@ -29,10 +30,18 @@ from websockets.protocol import State
 from websockets.server import ServerProtocol
 from websockets.typing import Subprotocol
 
-from bidistream.errors import BidistreamError, InternalError, NotFoundError, wire_form
+from bidistream.contract import check_invocation_path, check_name, check_query, close_reason
+from bidistream.errors import (
+    AuthError,
+    BidistreamError,
+    InternalError,
+    NotFoundError,
+    wire_form,
+    ws_close_code,
+)
+from bidistream.gateway.auth import authenticate_upgrade
 from bidistream.gateway.bridge import Upstream, open_upstream
 from bidistream.gateway.routes import RouteKind, classify
-from bidistream.gateway.validation import check_invocation_path, check_name, check_query
 
 if TYPE_CHECKING:
     from bidistream.gateway.context import DoorContext
@@ -40,8 +49,6 @@ if TYPE_CHECKING:
 __all__ = ["WsSession", "take_over"]
 
 log = logging.getLogger("bidistream.gateway.ws")
-
-_MAX_REASON = 120
 
 
 def _first_offered(protocol: ServerProtocol, offered: Sequence[Subprotocol]) -> Subprotocol | None:
@@ -54,6 +61,14 @@ def _first_offered(protocol: ServerProtocol, offered: Sequence[Subprotocol]) -> 
 # clients send their key as `Authorization: Token <key>` or as the subprotocols
 # `token, <key>`; the model checks it, not the gateway.
 _FORWARDED = {b"authorization": "Authorization", b"sec-websocket-protocol": "Sec-WebSocket-Protocol"}
+
+
+def _lowered(raw: Sequence[tuple[bytes, bytes]]) -> dict[str, str]:
+    out: dict[str, str] = {}
+    for name, value in raw:
+        key, val = name.decode("latin-1").lower(), value.decode("latin-1")
+        out[key] = f"{out[key]},{val}" if key in out else val
+    return out
 
 
 def _forwarded(raw: Sequence[tuple[bytes, bytes]]) -> dict[str, str]:
@@ -105,6 +120,11 @@ class WsSession(asyncio.Protocol):
         request = events[0]
         target = req.target.decode("utf-8", "replace")
         path, _, query = target.partition("?")
+        try:
+            query = authenticate_upgrade(self.ctx.credentials, path, query, _lowered(req.headers))
+        except AuthError as exc:
+            self._refuse_upgrade(exc)
+            return
         response = self.ws.accept(request)  # type: ignore[arg-type]
         self.ws.send_response(response)
         self._flush()
@@ -125,15 +145,27 @@ class WsSession(asyncio.Protocol):
         }
         self._task = asyncio.get_running_loop().create_task(self._connect(endpoint, inv_path, query, headers))
 
+    def _refuse_upgrade(self, error: AuthError) -> None:
+        """Answer the upgrade with the error's status (401/403) instead of a 101."""
+        form = wire_form(error)
+        response = self.ws.reject(form.http_status, error.message + "\n")
+        response.headers["x-amzn-ErrorType"] = form.amzn_error_type
+        if form.http_status == 401:
+            response.headers["WWW-Authenticate"] = 'Bearer realm="bidistream"'
+        self.ws.send_response(response)
+        self._flush()  # ends with the protocol's end-of-stream marker: the transport closes
+
     @staticmethod
     def _parse(path: str) -> tuple[str, str | None]:
         route = classify("GET", path, {}, upgrade=True)
         if route.kind is not RouteKind.WEBSOCKET or not route.endpoint:
             raise NotFoundError(f"no WebSocket route {path}; use /endpoints/{{name}}/ws[/<path>]")
-        check_name(route.endpoint, "EndpointName")
+        # The browser percent-encoded the URL; an error quotes what the user typed.
+        check_name(route.endpoint, "EndpointName", shown=unquote(route.endpoint))
         if route.invocation_path is None:
             return route.endpoint, None
-        return route.endpoint, check_invocation_path(route.invocation_path)
+        inv_path = route.invocation_path
+        return route.endpoint, check_invocation_path(inv_path, shown=unquote(inv_path))
 
     async def _connect(
         self, endpoint: str, inv_path: str | None, query: str, headers: dict[str, str]
@@ -230,10 +262,8 @@ class WsSession(asyncio.Protocol):
         self._close_with(error)
 
     def _close_with(self, error: BidistreamError) -> None:
-        code = wire_form(error).ws_close
-        if error.code.isdigit() and 1000 <= int(error.code) < 5000 and int(error.code) not in (1005, 1006):
-            code = int(error.code)  # the container's own close code, relayed as is
-        reason = error.message.encode()[:_MAX_REASON].decode("utf-8", "ignore")
+        code = ws_close_code(error)  # the container's own close code is relayed as is
+        reason = close_reason(error.message)
         with contextlib.suppress(InvalidState):
             if self.ws.state is State.OPEN:
                 self.ws.send_close(code, reason)
