@@ -9,6 +9,7 @@ import importlib
 import os
 import signal
 import sys
+from typing import TYPE_CHECKING
 
 from bidistream import logs
 from bidistream.cli import serve_v2
@@ -18,6 +19,10 @@ from bidistream.container.loader import options_from_environment
 from bidistream.defaults import MODEL_SERVER_PORT as DEFAULT_PORT
 from bidistream.errors import BidistreamError
 from bidistream.runloop import run as run_loop
+
+if TYPE_CHECKING:
+    from bidistream.container.server import ModelServer
+    from bidistream.model import Model
 
 
 def _options(pairs: list[str]) -> dict[str, str]:
@@ -164,6 +169,14 @@ async def serve_forever(
     host, port = v2.host or serve_v2.DEFAULT_HOST, v2.port if v2.port is not None else resolve_port(None)
     server = ModelServer(model, host=host, port=port, limits=limits, **v2.server_kwargs())
     v2.configure(server)
+    workers = serve_v2.spawn_workers(v2)
+    try:
+        return await _run_server(server, spec, model, host, port)
+    finally:
+        await asyncio.to_thread(serve_v2.stop_workers, workers)
+
+
+async def _run_server(server: ModelServer, spec: str, model: Model, host: str, port: int) -> int:
     try:
         await server.start()
     except OSError as exc:

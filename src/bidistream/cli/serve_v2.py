@@ -15,6 +15,9 @@ from __future__ import annotations
 
 import argparse
 import os
+import socket
+import subprocess
+import sys
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -28,6 +31,10 @@ DEFAULT_HTTP_PORT = 8080
 DEFAULT_GRPC_PORT = 8081
 GRPC_PORT_ENV = "SAGEMAKER_GRPC_PORT"
 HTTP_PORT_ENV = "SAGEMAKER_BIND_TO_PORT"
+# Set in the worker processes a ``--workers N`` parent starts (they share its ports).
+WORKER_ENV = "BIDISTREAM_WORKER"
+# Seconds a worker gets to drain after the parent's SIGTERM before it is killed.
+WORKER_STOP_TIMEOUT = 30.0
 
 
 @dataclass(slots=True)
@@ -40,9 +47,12 @@ class V2Serving:
     grpc_explicit: bool = False
     grpc_enabled: bool = True
     triton_grpc_port: int | None = None
+    workers: int | None = None
+    reuse_port: bool = False
 
     def server_kwargs(self) -> dict[str, Any]:
         return {
+            "reuse_port": self.reuse_port,
             "grpc_port": (self.grpc_port if self.grpc_port is not None else DEFAULT_GRPC_PORT)
             if self.grpc_enabled
             else None,
@@ -64,6 +74,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--no-grpc", action="store_true", help="serve no gRPC port")
     parser.add_argument(
+        "--workers",
+        type=int,
+        default=None,
+        metavar="N",
+        help="N server processes sharing the ports (SO_REUSEPORT), each connection on one "
+        "(default: an MLServer folder's parallel_workers, else 1)",
+    )
+    parser.add_argument(
         "--triton-grpc-port",
         type=int,
         default=None,
@@ -84,7 +102,10 @@ def _env_int(name: str) -> int | None:
 def resolve(args: argparse.Namespace, _resolve_port: Any = None) -> V2Serving:
     """What the flags and environment say; a folder's settings fill the rest in :func:`load`."""
     grpc_port = args.grpc_port if args.grpc_port is not None else _env_int(GRPC_PORT_ENV)
+    worker = os.environ.get(WORKER_ENV) == "1"
     return V2Serving(
+        workers=1 if worker else args.workers,
+        reuse_port=worker,
         host=args.host,
         port=args.port if args.port is not None else _env_int(HTTP_PORT_ENV),
         grpc_port=grpc_port,
@@ -110,6 +131,8 @@ async def load(spec: str, options: dict[str, str], v2: V2Serving) -> Model:
         ):
             v2.grpc_port = settings.grpc_port
             v2.grpc_explicit = True
+        if v2.workers is None:
+            v2.workers = max(1, int(settings.parallel_workers or 0))
         model: Model = repo
     else:
         from bidistream.container.loader import load_model
@@ -117,7 +140,61 @@ async def load(spec: str, options: dict[str, str], v2: V2Serving) -> Model:
         model = load_model(spec, options)
     v2.host = v2.host or DEFAULT_HOST
     v2.port = v2.port if v2.port is not None else DEFAULT_HTTP_PORT
+    v2.workers = v2.workers or 1
+    if v2.workers > 1:
+        _pin_ports(v2)
     return model
+
+
+def _free_port(host: str) -> int:
+    with socket.socket() as sock:
+        sock.bind((host, 0))
+        return int(sock.getsockname()[1])
+
+
+def _pin_ports(v2: V2Serving) -> None:
+    """Workers must agree on every port before any binds: 0 becomes a concrete free port."""
+    host = v2.host or DEFAULT_HOST
+    if not v2.port:
+        v2.port = _free_port(host)
+    if v2.grpc_enabled:
+        if not v2.grpc_port:
+            v2.grpc_port = _free_port(host) if v2.grpc_port == 0 else DEFAULT_GRPC_PORT
+        if v2.triton_grpc_port == 0:
+            v2.triton_grpc_port = _free_port(host)
+    v2.grpc_explicit = True
+    v2.reuse_port = True
+
+
+def spawn_workers(v2: V2Serving) -> list[subprocess.Popen[bytes]]:
+    """Start ``workers - 1`` copies of this ``serve`` on the same ports; this process is the first.
+
+    The kernel spreads connections over the processes (SO_REUSEPORT), so each
+    session or stream lives in one worker from its first byte to its last.
+    """
+    if (v2.workers or 1) <= 1 or os.environ.get(WORKER_ENV) == "1":
+        return []
+    argv = [sys.executable, "-m", "bidistream.cli", *sys.argv[1:], "--host", str(v2.host)]
+    argv += ["--port", str(v2.port), "--workers", "1"]
+    if v2.grpc_enabled and v2.grpc_port is not None:
+        argv += ["--grpc-port", str(v2.grpc_port)]
+    if v2.triton_grpc_port is not None:
+        argv += ["--triton-grpc-port", str(v2.triton_grpc_port)]
+    env = {**os.environ, WORKER_ENV: "1"}
+    return [subprocess.Popen(argv, env=env) for _ in range((v2.workers or 1) - 1)]
+
+
+def stop_workers(children: list[subprocess.Popen[bytes]]) -> None:
+    """SIGTERM each worker this process started (by its pid), then wait; kill the ones that hang."""
+    for child in children:
+        if child.poll() is None:
+            child.terminate()
+    for child in children:
+        try:
+            child.wait(timeout=WORKER_STOP_TIMEOUT)
+        except subprocess.TimeoutExpired:
+            child.kill()
+            child.wait()
 
 
 def banner(server: ModelServer, base: str) -> None:

@@ -91,11 +91,14 @@ class ModelServer:
         limits: ServerLimits | None = None,
         grpc_port: int | None = None,
         triton_grpc_port: int | None = None,
+        reuse_port: bool = False,
     ) -> None:
         self.model = model
         # V2 gRPC ports (None: no gRPC server); 0 picks a free port, read back after start.
         self.grpc_port = grpc_port
         self.triton_grpc_port = triton_grpc_port
+        # SO_REUSEPORT, so N worker processes share the ports (``serve --workers N``).
+        self.reuse_port = reuse_port
         self.host = host
         self._requested_port = port
         self.limits = limits or ServerLimits()
@@ -124,7 +127,9 @@ class ModelServer:
         """Bind the port, then load the model in the background (``/ping`` says 503 until done)."""
         self._runner = web.AppRunner(self.build_app(), access_log=None, handle_signals=False)
         await self._runner.setup()
-        self._site = web.TCPSite(self._runner, self.host, self._requested_port, backlog=1024)
+        self._site = web.TCPSite(
+            self._runner, self.host, self._requested_port, backlog=1024, reuse_port=self.reuse_port or None
+        )
         await self._site.start()
         sockets = getattr(self._site._server, "sockets", None)
         if sockets:

@@ -499,7 +499,14 @@ class V2GrpcServer:
 
     def _options(self) -> list[tuple[str, int]]:
         size = self.server.limits.max_message_size
-        return [("grpc.max_receive_message_length", size), ("grpc.max_send_message_length", size)]
+        # grpc turns SO_REUSEPORT on by default, which would let two servers share 8081
+        # silently; only ``serve --workers N`` shares a port on purpose.
+        reuse = 1 if self.server.reuse_port else 0
+        return [
+            ("grpc.max_receive_message_length", size),
+            ("grpc.max_send_message_length", size),
+            ("grpc.so_reuseport", reuse),
+        ]
 
     async def start(self) -> None:
         optional = bool(getattr(self.server, "grpc_port_optional", False))
