@@ -10,7 +10,8 @@ the same everywhere::
     │   ├── InputValidationError       bad header / query / parameter / body
     │   │   ├── InvalidFrameError      malformed frame or event-stream bytes
     │   │   │   └── ProtocolViolationError  a WebSocket peer broke RFC 6455 (WS 1002)
-    │   │   └── SerializationError     a control-plane body that is not a JSON object
+    │   │   ├── SerializationError     a control-plane body that is not a JSON object
+    │   │   └── SchemaValidationError  a V2 body that parses but breaks its schema (422)
     │   ├── UnknownOperationError      no such operation (control plane X-Amz-Target)
     │   ├── MethodNotAllowedError      a known path asked with the wrong method
     │   ├── ResourceLimitExceeded      a named platform limit would be passed
@@ -73,6 +74,7 @@ __all__ = [
     "PingTimeoutError",
     "ProtocolViolationError",
     "ResourceLimitExceeded",
+    "SchemaValidationError",
     "SerializationError",
     "ServiceUnavailableError",
     "SessionClosedError",
@@ -84,6 +86,7 @@ __all__ = [
     "WireForm",
     "error_for_code",
     "error_from_close",
+    "v2_http_status",
     "wire_form",
     "ws_close_code",
 ]
@@ -138,6 +141,12 @@ class InvalidFrameError(InputValidationError):
 
 class SerializationError(InputValidationError):
     code = "SerializationError"
+
+
+class SchemaValidationError(InputValidationError):
+    """A V2 body that is valid JSON but not a valid InferenceRequest (MLServer/FastAPI answer 422)."""
+
+    code = "SchemaValidation"
 
 
 class UnknownOperationError(ClientError):
@@ -297,6 +306,8 @@ _WIRE: dict[type[BidistreamError], WireForm] = {
     InvalidFrameError:    WireForm(400, "InputValidationError",    1007, "INVALID_ARGUMENT",   "ModelStreamError",      400),
     ProtocolViolationError: WireForm(400, "InputValidationError", 1002, "INVALID_ARGUMENT", "ModelStreamError",   400),
     SerializationError:   WireForm(400, "InputValidationError",    1007, "INVALID_ARGUMENT",   "ModelStreamError",      400, 400, "SerializationException"),
+    # MLServer answers 422 for schema errors and maps 422 to FAILED_PRECONDITION on gRPC.
+    SchemaValidationError: WireForm(400, "InputValidationError",   1008, "FAILED_PRECONDITION", "ModelStreamError",     422),
     UnknownOperationError: WireForm(400, "InputValidationError",   1008, "UNIMPLEMENTED",      "ModelStreamError",      404, 400, "UnknownOperationException"),
     MethodNotAllowedError: WireForm(405, "InputValidationError",   1008, "UNIMPLEMENTED",      "ModelStreamError",      405),
     ResourceLimitExceeded: WireForm(400, "InputValidationError",   1008, "RESOURCE_EXHAUSTED", "ModelStreamError",      400, 400, "ResourceLimitExceeded"),
@@ -329,6 +340,22 @@ def wire_form(error: BidistreamError | type[BidistreamError]) -> WireForm:
         if form is not None:
             return form
     return _WIRE[BidistreamError]
+
+
+# The V2 / Open Inference dialect on the model server: the container status, except
+# that MLServer answers 400 (not 503) for a model or server that is not ready.
+_V2_HTTP_STATUS: dict[type[BidistreamError], int] = {
+    ServiceUnavailableError: 400,
+}
+
+
+def v2_http_status(error: BidistreamError) -> int:
+    """HTTP status on the V2 REST face: the dialect's row if it has one, else the container status."""
+    for klass in type(error).__mro__:
+        status = _V2_HTTP_STATUS.get(klass)
+        if status is not None:
+            return status
+    return wire_form(error).container_status
 
 
 # WebSocket close codes a peer may send, and the error each one means.

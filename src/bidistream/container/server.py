@@ -25,6 +25,7 @@ from typing import Any
 
 from aiohttp import WebSocketError, WSCloseCode, WSMsgType, web
 
+from bidistream.container import v2_http
 from bidistream.container.limits import ServerLimits
 from bidistream.container.wsguard import MaskCheck, close_code_problem
 from bidistream.contract import close_reason
@@ -195,8 +196,16 @@ class ModelServer:
         host: str = "127.0.0.1",
         port: int = 8080,
         limits: ServerLimits | None = None,
+        grpc_port: int | None = None,
+        triton_grpc_port: int | None = None,
+        reuse_port: bool = False,
     ) -> None:
         self.model = model
+        # V2 gRPC ports (None: no gRPC server); 0 picks a free port, read back after start.
+        self.grpc_port = grpc_port
+        self.triton_grpc_port = triton_grpc_port
+        # SO_REUSEPORT, so N worker processes share the ports (``serve --workers N``).
+        self.reuse_port = reuse_port
         self.host = host
         self._requested_port = port
         self.limits = limits or ServerLimits()
@@ -217,6 +226,7 @@ class ModelServer:
     def build_app(self) -> web.Application:
         app = web.Application(client_max_size=self.limits.max_invoke_body)
         app.router.add_get("/ping", self._ping)
+        v2_http.mount(app, self)
         app.router.add_route("*", "/{path:.*}", self._dispatch)
         return app
 
@@ -224,7 +234,9 @@ class ModelServer:
         """Bind the port, then load the model in the background (``/ping`` says 503 until done)."""
         self._runner = web.AppRunner(self.build_app(), access_log=None, handle_signals=False)
         await self._runner.setup()
-        self._site = web.TCPSite(self._runner, self.host, self._requested_port, backlog=1024)
+        self._site = web.TCPSite(
+            self._runner, self.host, self._requested_port, backlog=1024, reuse_port=self.reuse_port or None
+        )
         await self._site.start()
         sockets = getattr(self._site._server, "sockets", None)
         if sockets:
