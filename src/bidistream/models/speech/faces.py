@@ -8,12 +8,13 @@ keeps one routing table and no API's shapes.
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections.abc import AsyncIterator, Sequence
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from bidistream.errors import BidistreamError
+from bidistream.errors import BidistreamError, InternalError
 from bidistream.model import Request, Response
 from bidistream.models.speech.endpointing import EndpointConfig, UtteranceDone
 from bidistream.models.speech.engines import SAMPLE_RATE, Transcript, clamp_start
@@ -35,6 +36,8 @@ __all__ = [
     "openai_invoke",
     "riva_service",
 ]
+
+log = logging.getLogger("bidistream.speech")
 
 OPENAI_PATHS = openai.PATHS
 NIM_PATHS = nim.PATHS
@@ -92,6 +95,9 @@ async def openai_invoke(model: SpeechModel, request: Request) -> Response:
         result = await model.transcribe_file(audio, profile=profile)
     except BidistreamError as exc:
         raise openai.translate_error(exc) from exc
+    except Exception as exc:
+        log.exception("OpenAI transcription failed")
+        raise openai.translate_error(InternalError(f"transcription failed: {type(exc).__name__}")) from exc
     body, ctype = openai.render(req, result)
     return Response(body, ctype)
 
@@ -123,6 +129,9 @@ async def nim_invoke(model: SpeechModel, request: Request) -> Response:
         result = await model.transcribe_file(audio, diarize=diarize, max_speakers=req.max_speakers)
     except BidistreamError as exc:
         raise nim.translate_error(exc) from exc
+    except Exception as exc:
+        log.exception("NIM invocation failed")
+        raise nim.translate_error(InternalError(f"transcription failed: {type(exc).__name__}")) from exc
     body: dict[str, Any] = (
         nim.grpc_answer(result, diarized=diarize) if req.route == "grpc" else nim.http_answer(result)
     )
