@@ -34,9 +34,16 @@ import numpy as np
 from bidistream.errors import ModelError
 from bidistream.models.speech.engines import SAMPLE_RATE
 from bidistream.models.speech.vad import FRAME_SAMPLES, SileroVad
-from bidistream.protocols.asr import FileTranscript, Segment, TimedWord
+from bidistream.protocols.asr import FileTranscript
 
-__all__ = ["SpeakerEncoder", "assign_speakers", "choose_clusters", "diarize_words"]
+__all__ = [
+    "LiveDiarizer",
+    "SpeakerEncoder",
+    "assign_speakers",
+    "choose_clusters",
+    "diarize_words",
+    "speakers_for",
+]
 
 WEIGHTS_SHA256 = "39373b86598fa3da9fcddee6142382efe09777e8d37dc9c0561f41f0070f134e"
 WINDOW_S = 1.5
@@ -364,13 +371,13 @@ def speech_windows(audio: np.ndarray, vad: SileroVad) -> list[tuple[float, float
 
 
 def assign_speakers(
-    words: Sequence[TimedWord], windows: Sequence[tuple[float, float]], labels: np.ndarray
+    spans: Sequence[tuple[float, float]], windows: Sequence[tuple[float, float]], labels: np.ndarray
 ) -> list[int]:
     """Each word gets the label of the window whose centre is nearest its midpoint, then smoothed."""
     if not windows:
-        return [0] * len(words)
+        return [0] * len(spans)
     centres = np.array([(a + b) / 2 for a, b in windows])
-    raw = [int(labels[int(np.argmin(np.abs(centres - (w.start + w.end) / 2)))]) for w in words]
+    raw = [int(labels[int(np.argmin(np.abs(centres - (a + b) / 2)))]) for a, b in spans]
     return smooth(raw)
 
 
@@ -383,18 +390,16 @@ def smooth(labels: list[int]) -> list[int]:
     return out
 
 
-def diarize_words(
-    audio: np.ndarray, result: FileTranscript, vad: SileroVad, max_speakers: int | None
-) -> FileTranscript:
-    """The transcript with ``speaker`` set on every word (0-based, in order of first appearance)."""
-    words = result.words
-    if not words:
-        return result
+def speakers_for(
+    audio: np.ndarray, spans: Sequence[tuple[float, float]], vad: SileroVad, max_speakers: int | None
+) -> list[int]:
+    """A speaker per (start, end) span of a whole file, 0-based in order of first appearance."""
+    if not spans:
+        return []
     windows = speech_windows(audio, vad)
-    enc = encoder()
     win = int(WINDOW_S * SAMPLE_RATE)
     clips = [_fit(audio[int(a * SAMPLE_RATE) : int(a * SAMPLE_RATE) + win], win) for a, _ in windows]
-    embeddings = enc.embed(clips) if clips else np.zeros((0, 256), dtype=np.float32)
+    embeddings = encoder().embed(clips) if clips else np.zeros((0, 256), dtype=np.float32)
     if len(embeddings) > MAX_CLUSTER_WINDOWS:
         pick = np.linspace(0, len(embeddings) - 1, MAX_CLUSTER_WINDOWS).astype(int)
         sub = choose_clusters(embeddings[pick], max_speakers)
@@ -402,9 +407,19 @@ def diarize_words(
         labels = np.argmax(embeddings @ centroids.T, axis=1)
     else:
         labels = choose_clusters(embeddings, max_speakers)
-    speakers = assign_speakers(words, windows, labels)
+    speakers = assign_speakers(spans, windows, labels)
     order = {s: i for i, s in enumerate(dict.fromkeys(speakers))}
-    it = iter(order[s] for s in speakers)
+    return [order[s] for s in speakers]
+
+
+def diarize_words(
+    audio: np.ndarray, result: FileTranscript, vad: SileroVad, max_speakers: int | None
+) -> FileTranscript:
+    """The transcript with ``speaker`` set on every word."""
+    words = result.words
+    if not words:
+        return result
+    it = iter(speakers_for(audio, [(w.start, w.end) for w in words], vad, max_speakers))
     segments = tuple(
         replace(seg, words=tuple(replace(w, speaker=next(it)) for w in seg.words)) for seg in result.segments
     )
@@ -415,5 +430,86 @@ def _fit(clip: np.ndarray, length: int) -> np.ndarray:
     return clip if len(clip) == length else np.pad(clip, (0, length - len(clip)))
 
 
-def segment_speakers(segment: Segment) -> list[int]:
-    return [w.speaker or 0 for w in segment.words]
+# ----------------------------------------------------------------------------- live sessions
+class LiveDiarizer:
+    """Speakers for a live session: windows are embedded as audio arrives, re-clustered per final.
+
+    Only embeddings are kept (256 floats per 0.75 s), plus the audio of the
+    window still open, so a 30-minute session holds about 2 MB.  Tags stay
+    stable across finals: after each re-clustering, clusters are matched to
+    the tags their windows had before, by overlap.
+    """
+
+    def __init__(self, vad: SileroVad, max_speakers: int | None = None) -> None:
+        self.vad = vad.stream()
+        self.max_speakers = max_speakers
+        self._audio = np.zeros(0, dtype=np.float32)
+        self._audio_start = 0  # absolute sample index of _audio[0]
+        self._speech = np.zeros(0, dtype=bool)  # per VAD frame, from the stream start
+        self._next = 0  # absolute sample index of the next window start
+        self.windows: list[tuple[float, float]] = []
+        self.embeddings: list[np.ndarray] = []
+        self.tags: list[int | None] = []
+        self._next_tag = 0
+
+    def feed(self, samples: np.ndarray) -> None:
+        self._audio = np.concatenate([self._audio, samples.astype(np.float32, copy=False)])
+        self._speech = np.concatenate([self._speech, self.vad.feed(samples) >= VAD_THRESHOLD])
+        win, hop = int(WINDOW_S * SAMPLE_RATE), int(HOP_S * SAMPLE_RATE)
+        clips: list[np.ndarray] = []
+        while self._next + win <= self._audio_start + len(self._audio):
+            lo = self._next // FRAME_SAMPLES
+            hi = (self._next + win) // FRAME_SAMPLES
+            if hi > len(self._speech):
+                break
+            if self._speech[lo:hi].mean() >= MIN_SPEECH_SHARE:
+                start = self._next - self._audio_start
+                clips.append(self._audio[start : start + win])
+                self.windows.append((self._next / SAMPLE_RATE, (self._next + win) / SAMPLE_RATE))
+            self._next += hop
+        if clips:
+            self.embeddings.extend(encoder().embed(clips))
+            self.tags.extend([None] * len(clips))
+        drop = self._next - self._audio_start
+        if drop > 0:
+            self._audio = self._audio[drop:]
+            self._audio_start = self._next
+
+    def speakers(self, spans: Sequence[tuple[float, float]]) -> list[int]:
+        """Tags for words given as (start, end) seconds from the stream start."""
+        if not spans:
+            return []
+        if not self.embeddings:
+            return [0] * len(spans)
+        emb = np.stack(self.embeddings)
+        if len(emb) > MAX_CLUSTER_WINDOWS:
+            pick = np.linspace(0, len(emb) - 1, MAX_CLUSTER_WINDOWS).astype(int)
+            sub = choose_clusters(emb[pick], self.max_speakers)
+            centroids = np.stack([emb[pick][sub == j].mean(axis=0) for j in range(sub.max() + 1)])
+            labels = np.argmax(emb @ centroids.T, axis=1)
+        else:
+            labels = choose_clusters(emb, self.max_speakers)
+        mapping = self._stable(labels)
+        self.tags = [mapping[int(label)] for label in labels]
+        centres = np.array([(a + b) / 2 for a, b in self.windows])
+        raw = [self.tags[int(np.argmin(np.abs(centres - (a + b) / 2)))] for a, b in spans]
+        return smooth([t if t is not None else 0 for t in raw])
+
+    def _stable(self, labels: np.ndarray) -> dict[int, int]:
+        """Cluster → tag: the tag most of its windows had, greedily by overlap; else a new tag."""
+        votes: dict[tuple[int, int], int] = collections.Counter(
+            (int(lab), tag) for lab, tag in zip(labels, self.tags, strict=True) if tag is not None
+        )
+        mapping: dict[int, int] = {}
+        used: set[int] = set()
+        for (lab, tag), _ in sorted(votes.items(), key=lambda kv: -kv[1]):
+            if lab not in mapping and tag not in used:
+                mapping[lab] = tag
+                used.add(tag)
+        for lab in dict.fromkeys(int(x) for x in labels):
+            if lab not in mapping:
+                while self._next_tag in used:
+                    self._next_tag += 1
+                mapping[lab] = self._next_tag
+                used.add(self._next_tag)
+        return mapping

@@ -8,14 +8,18 @@ keeps one routing table and no API's shapes.
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from bidistream.errors import BidistreamError, InternalError
+from bidistream.frames import Frame
 from bidistream.model import Request, Response
+from bidistream.models.speech import protocol as dg
+from bidistream.models.speech.audio import AudioDecoder, AudioFormatError
 from bidistream.models.speech.endpointing import EndpointConfig, UtteranceDone
 from bidistream.models.speech.engines import SAMPLE_RATE, Transcript, clamp_start
 from bidistream.models.speech.files import decode_file
@@ -82,6 +86,63 @@ def _profile(model: SpeechModel, name: str) -> str | None:
 
     profile = PROFILE_ALIASES.get(name.strip().lower())
     return profile if profile and model.available(profile) else None
+
+
+# ----------------------------------------------------------------------------- Deepgram diarize=true
+def deepgram_speakers(body: dict[str, Any], audio: np.ndarray, vad: SileroVad) -> None:
+    """Pre-recorded ``diarize=true``: ``speaker`` on every word and utterance (in place)."""
+    from bidistream.models.speech.diarize import speakers_for
+
+    words = body["results"]["channels"][0]["alternatives"][0]["words"]
+    tags = speakers_for(audio, [(w["start"], w["end"]) for w in words], vad, None)
+    for word, tag in zip(words, tags, strict=True):
+        word["speaker"] = tag
+        word["speaker_confidence"] = 1.0
+    for utterance in body["results"].get("utterances", []):
+        spoken = [w["speaker"] for w in utterance["words"] if "speaker" in w]
+        utterance["speaker"] = max(set(spoken), key=spoken.count) if spoken else 0
+
+
+async def deepgram_diarized_live(
+    model: SpeechModel,
+    frames: AsyncIterator[Frame],
+    options: dg.ListenOptions,
+    run: Callable[[AsyncIterator[Frame]], AsyncIterator[Frame]],
+) -> AsyncIterator[Frame]:
+    """Live ``diarize=true``: the session's audio is also embedded; each final's words get speakers.
+
+    A wrapper around the live transcriber (its input teed, its finals
+    annotated), so live.py needs no diarization code.
+    """
+    from bidistream.models.speech.diarize import LiveDiarizer
+
+    assert model.vad is not None
+    diarizer = LiveDiarizer(model.vad)
+    decoder = AudioDecoder(options.encoding, options.sample_rate, options.channels)
+    lock = asyncio.Lock()  # the diarizer is fed and asked from worker threads, one at a time
+
+    async def tee() -> AsyncIterator[Frame]:
+        async for frame in frames:
+            if not frame.is_text and frame.data and dg.sniff_control(frame.data) is None:
+                try:
+                    samples = decoder.feed(frame.data)
+                except AudioFormatError:
+                    samples = np.zeros(0, dtype=np.float32)  # the transcriber reports bad audio
+                if len(samples):
+                    async with lock:
+                        await asyncio.to_thread(diarizer.feed, samples)
+            yield frame
+
+    async for out in run(tee()):
+        if out.is_text and b'"type":"Results"' in out.data and b'"is_final":true' in out.data:
+            message = json.loads(out.data)
+            words = message["channel"]["alternatives"][0]["words"]
+            async with lock:
+                tags = await asyncio.to_thread(diarizer.speakers, [(w["start"], w["end"]) for w in words])
+            for word, tag in zip(words, tags, strict=True):
+                word["speaker"] = tag
+            out = Frame.text(dg.dumps(message))
+        yield out
 
 
 # ----------------------------------------------------------------------------- OpenAI

@@ -17,6 +17,7 @@ its :class:`DecodeScheduler`.
 from __future__ import annotations
 
 import asyncio
+import functools
 import hashlib
 import os
 import uuid
@@ -249,7 +250,12 @@ class SpeechModel(Model):
             request_id,
             self.live_config,
         )
-        async for frame in live.run(frames):
+        run = (
+            live.run
+            if not options.diarize
+            else functools.partial(faces.deepgram_diarized_live, self, options=options, run=live.run)
+        )
+        async for frame in run(frames):
             yield frame
 
     def grpc_services(self) -> Sequence[GrpcService]:
@@ -322,6 +328,8 @@ class SpeechModel(Model):
             info=self.model_info(options.profile),
             formatted=options.formatted,
         )
+        if options.diarize:
+            await asyncio.to_thread(faces.deepgram_speakers, body, audio, self.vad)
         return Response(dg.dumps(body).encode(), "application/json")
 
 
