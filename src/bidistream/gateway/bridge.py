@@ -53,7 +53,7 @@ from bidistream.errors import (
 )
 from bidistream.gateway.limits import GatewayLimits
 from bidistream.model import DEFAULT_INVOCATION_PATH
-from bidistream.platform.routing import InstanceTarget, Router
+from bidistream.routing import RoutableInstance, Router
 
 __all__ = ["Downstream", "PingTicker", "Upstream", "open_upstream"]
 
@@ -97,7 +97,7 @@ class Upstream(WSListener):
     def __init__(self, downstream: Downstream | None = None) -> None:
         self.downstream = downstream
         self.transport: WSTransport | None = None
-        self.target: InstanceTarget | None = None
+        self.target: RoutableInstance | None = None
         self.router: Router | None = None
         self.ticker: PingTicker | None = None
         self.missed = 0
