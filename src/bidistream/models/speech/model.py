@@ -108,7 +108,7 @@ class SpeechModel(Model):
         strict_query: str | bool = True,
         verify_weights: str | bool = True,
         reserve_final_slot: str | bool = True,
-        invocations: str = "nim",
+        invocations: str | None = None,
     ) -> None:
         self.default_profile = PROFILE_ALIASES.get(profile.strip().lower(), "")
         if not self.default_profile:
@@ -138,8 +138,10 @@ class SpeechModel(Model):
         self.verify_weights = _bool("verify_weights", verify_weights)
         # Keep one decode slot for finals (see DecodeScheduler); false lets interims use all.
         self.reserve_final_slot = _bool("reserve_final_slot", reserve_final_slot)
-        # Which API answers POST /invocations: NIM's (default) or Deepgram's pre-recorded.
-        self.invocations = invocations.strip().lower()
+        # Which API answers POST /invocations: NIM's (default) or Deepgram's pre-recorded;
+        # the environment variable lets CreateModel's Environment choose it too.
+        face = invocations or os.environ.get("BIDISTREAM_SPEECH_INVOCATIONS") or "nim"
+        self.invocations = face.strip().lower()
         if self.invocations not in faces.INVOCATIONS_FACES:
             raise ValueError(f"invocations must be one of {', '.join(faces.INVOCATIONS_FACES)}")
         if self.live_config.interim_interval <= 0:
