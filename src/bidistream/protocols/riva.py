@@ -15,6 +15,7 @@ RIFF is sniffed in audio declared ``LINEAR_PCM``: raw PCM can begin with
 
 from __future__ import annotations
 
+import asyncio
 import json
 import struct
 from collections.abc import AsyncIterator, Iterable
@@ -289,7 +290,8 @@ class RivaAsrService(rasr_grpc.RivaSpeechRecognitionServicer):
             spec, skip = audio_spec(config, request.audio[:4096], streaming=False)
             check_model(config, "offline", spec.sample_rate)
             diarize, speakers = _diarization(config)
-            audio = self.backend.decode(request.audio[skip:] if skip else request.audio, spec)
+            # Up to MAX_RECEIVE_BYTES of audio: decode off the event loop.
+            audio = await asyncio.to_thread(self.backend.decode, request.audio[skip:], spec)
             result = await self.backend.transcribe(audio, diarize=diarize, max_speakers=speakers)
             response = recognize_response(result, config, diarized=diarize)
         except BidistreamError as exc:
