@@ -58,6 +58,7 @@ bench: $(TEST_STAMP)
 
 bench-speech: $(TEST_STAMP) sysdeps
 	$(PY) -m benchmarks.speech
+	$(PY) -m benchmarks.speech_apis
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

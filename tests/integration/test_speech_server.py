@@ -49,7 +49,7 @@ def text_of(messages: list[dict[str, Any]]) -> str:
 async def test_post_wav_returns_prerecorded_json() -> None:
     body = synth(SENTENCE).read_bytes()
     async with aiohttp.ClientSession() as http:
-        resp = await http.post(url("invocations"), data=body, headers={"Content-Type": "audio/wav"})
+        resp = await http.post(url("v1/listen"), data=body, headers={"Content-Type": "audio/wav"})
         assert resp.status == 200
         doc = await resp.json()
     alt = doc["results"]["channels"][0]["alternatives"][0]

@@ -226,6 +226,10 @@ class ModelServer:
     def build_app(self) -> web.Application:
         app = web.Application(client_max_size=self.limits.max_invoke_body)
         app.router.add_get("/ping", self._ping)
+        for path in self.model.ready_paths:
+            app.router.add_get("/" + path.strip("/"), self._ping)
+        for path in self.model.live_paths:
+            app.router.add_get("/" + path.strip("/"), self._live)
         v2_http.mount(app, self)
         app.router.add_route("*", "/{path:.*}", self._dispatch)
         return app
@@ -293,6 +297,10 @@ class ModelServer:
         if self._loaded.is_set() and not self._draining:
             return web.Response(status=200)
         return web.Response(status=503)
+
+    async def _live(self, request: web.Request) -> web.Response:
+        """Liveness: the process answers, whether or not the model has loaded."""
+        return web.json_response({"object": "health.response", "message": "live"})
 
     async def _dispatch(self, request: web.Request) -> web.StreamResponse:
         path = request.path.strip("/")

@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hashlib
+import time
 from collections.abc import AsyncIterator, Awaitable
 from dataclasses import dataclass
 from typing import Any
@@ -75,6 +76,10 @@ class LiveTranscriber:
         self._utterance_end_due = False
         self._closing = False
         self._onset = 0  # sample where the open utterance's speech began
+        # Idle clock (issue 12): monotonic times of the last frame in, the first audio, the last output.
+        self._last_frame_at = time.monotonic()
+        self._first_audio_at: float | None = None
+        self._last_output_at = self._last_frame_at
 
     # ------------------------------------------------------------------ driving
     async def run(self, frames: AsyncIterator[Frame]) -> AsyncIterator[Frame]:
@@ -86,6 +91,7 @@ class LiveTranscriber:
                     break
                 message = item if isinstance(item, dict) else await item
                 if message is not None:
+                    self._last_output_at = time.monotonic()  # idle clock (issue 12)
                     yield Frame.text(dg.dumps(message))
             await reader  # re-raises the reader's error (idle, bad audio)
         finally:
@@ -98,17 +104,41 @@ class LiveTranscriber:
         try:
             while not self._closing:
                 try:
-                    async with asyncio.timeout(self.config.idle_timeout):
-                        frame = await anext(iterator)
+                    frame = await self._next_frame(iterator)
                 except StopAsyncIteration:
                     break
-                except TimeoutError:
-                    raise IdleTimeoutError(
-                        f"NET-0001 no audio or KeepAlive received for {self.config.idle_timeout:g} s"
-                    ) from None
+                self._last_frame_at = time.monotonic()
                 self.on_frame(frame)
         finally:
             await self._out.put(None)
+
+    # ------------------------------------------------------------------ idle clock (issue 12)
+    # Kept apart from the transcription logic on purpose: the only change to this file
+    # for issue 12.  Audio sent ahead of real time (a whole file at once, as the launch
+    # post's example does before waiting 15 s) is buffered work, not silence: a live
+    # model hears it at speaking pace, so the idle clock starts once that audio has
+    # "played out" and the last result has been sent, not at the last frame.
+    def _idle_deadline(self) -> float:
+        played_out = self._last_frame_at
+        if self._first_audio_at is not None:
+            played_out = self._first_audio_at + self._received / SAMPLE_RATE
+        return max(self._last_frame_at, played_out, self._last_output_at) + self.config.idle_timeout
+
+    async def _next_frame(self, iterator: AsyncIterator[Frame]) -> Frame:
+        pending = asyncio.ensure_future(anext(iterator))
+        try:
+            while True:
+                remaining = self._idle_deadline() - time.monotonic()
+                if remaining <= 0:
+                    raise IdleTimeoutError(
+                        f"NET-0001 no audio or KeepAlive received for {self.config.idle_timeout:g} s"
+                    )
+                done, _ = await asyncio.wait({pending}, timeout=remaining)
+                if done:
+                    return pending.result()
+        finally:
+            if not pending.done():
+                pending.cancel()
 
     # ------------------------------------------------------------------ inputs
     def on_frame(self, frame: Frame) -> None:
@@ -146,6 +176,8 @@ class LiveTranscriber:
         samples = self.decoder.feed(data)
         if not len(samples):
             return
+        if self._first_audio_at is None:
+            self._first_audio_at = time.monotonic()  # idle clock (issue 12)
         self._buffer = np.concatenate([self._buffer, samples])
         self._received += len(samples)
         self._handle(self.endpointer.feed(self.vad.feed(samples).tolist()))

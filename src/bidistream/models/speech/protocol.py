@@ -132,6 +132,7 @@ class ListenOptions:
     utterance_end_ms: int | None = None
     vad_events: bool = False
     numerals: bool = False
+    diarize: bool = False
     tags: tuple[str, ...] = field(default=())
 
     @property
@@ -244,6 +245,7 @@ def parse_listen_query(
         utterance_end_ms=utterance_end,
         vad_events=flags.get("vad_events", False),
         numerals=flags.get("numerals", False),
+        diarize=flags.get("diarize", False),
         tags=tuple(tags),
     )
 
