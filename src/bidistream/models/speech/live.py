@@ -159,38 +159,55 @@ class LiveTranscriber:
                 self.scheduler.withdraw(job)
 
     async def _read(self, frames: AsyncIterator[Frame]) -> None:
-        iterator = frames.__aiter__()
         try:
-            while not self._closing:
-                try:
-                    frame = await self._next_frame(iterator)
-                except StopAsyncIteration:
-                    break
-                try:
-                    self.on_frame(frame)
-                except BacklogExceededError as exc:
-                    assert self._abort is not None
-                    self._abort.set_result(exc)
-                    return
-                finally:
-                    ready, self._ready = self._ready, []
-                    for item in ready:  # waits while the client is not reading: backpressure
-                        await self._out.put(item)
-        finally:
+            await self._pull(frames)
+        except asyncio.CancelledError:
+            # The writer is gone (client vanished): no end marker, and never wait on a
+            # full queue nobody drains.
+            raise
+        except BaseException:
             await self._out.put(None)
+            raise
+        await self._out.put(None)
+
+    async def _pull(self, frames: AsyncIterator[Frame]) -> None:
+        iterator = frames.__aiter__()
+        while not self._closing:
+            try:
+                frame = await self._next_frame(iterator)
+            except StopAsyncIteration:
+                break
+            try:
+                self.on_frame(frame)
+            except BacklogExceededError as exc:
+                assert self._abort is not None
+                self._abort.set_result(exc)
+                return
+            finally:
+                ready, self._ready = self._ready, []
+                for item in ready:  # waits while the client is not reading: backpressure
+                    await self._out.put(item)
 
     async def _next_frame(self, iterator: AsyncIterator[Frame]) -> Frame:
-        """The next frame; idle means no frame *and* nothing of ours still being transcribed."""
-        while True:
-            try:
-                async with asyncio.timeout(self.config.idle_timeout):
-                    return await anext(iterator)
-            except TimeoutError:
+        """The next frame; idle means no frame *and* nothing of ours still being transcribed.
+
+        The pending ``anext`` is waited on, never cancelled, while work is outstanding:
+        cancelling it would finish the client's frame iterator.
+        """
+        task: asyncio.Future[Frame] = asyncio.ensure_future(anext(iterator))
+        try:
+            while True:
+                done, _ = await asyncio.wait((task,), timeout=self.config.idle_timeout)
+                if done:
+                    return task.result()
                 if self._outstanding or not self._out.empty():
                     continue
                 raise IdleTimeoutError(
                     f"NET-0001 no audio or KeepAlive received for {self.config.idle_timeout:g} s"
-                ) from None
+                )
+        finally:
+            if not task.done():
+                task.cancel()
 
     def _emit(self, item: _Item) -> None:
         self._ready.append(item)
@@ -331,7 +348,7 @@ class LiveTranscriber:
                 return  # CloseStream with nothing buffered: Metadata follows directly
             self._emit(self._results(Transcript.empty(), start_s, 0.0, True, False, True))
             return
-        if spec is not None and spec.start == event.start and spec.end <= event.end and not event.cut:
+        if spec is not None and spec.start == event.start and not event.cut:
             # The pause became the endpoint: what follows spec.end is silence the VAD heard.
             job = spec.future
         else:
