@@ -299,3 +299,22 @@ def test_numerals_join_spoken_digit_runs_only() -> None:
     assert out.text == "My number is 455. One cat."
     assert [w.punctuated_word for w in out.words] == ["My", "number", "is", "455.", "One", "cat."]
     assert out.words[3].start == pytest.approx(0.9) and out.words[3].end == pytest.approx(5 * 0.3 + 0.25)
+
+
+async def test_a_capped_utterance_is_cut_at_the_dip_without_a_full_stop_or_doubled_words() -> None:
+    engine = RecordingEngine()
+    live, sched = transcriber(engine, LiveConfig(max_utterance_ms=2000))
+    # continuous speech with one quiet frame (a breath) at frame 50, then on past the cap
+    audio = pcm16(quiet(10), speech(40), quiet(1), speech(40), quiet(20))
+    msgs = await messages(live, frames_of(audio, then=[CLOSE]))
+    first, second = finals(msgs)
+    assert not first["speech_final"] and second["speech_final"]
+    cut = 50 * FRAME_SAMPLES + FRAME_SAMPLES // 2
+    assert first["start"] + first["duration"] == pytest.approx(cut / 16000, abs=0.002)
+    assert not first["channel"]["alternatives"][0]["transcript"].endswith(".")
+    # the second decode re-read 300 ms before the cut; none of those words come back
+    assert second["start"] < cut / 16000
+    assert all(
+        w["start"] + w["end"] >= 2 * cut / 16000 for w in second["channel"]["alternatives"][0]["words"]
+    )
+    sched.close()
