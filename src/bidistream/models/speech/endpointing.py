@@ -78,10 +78,10 @@ class EndpointConfig:
     min_endpoint_ms: int = 160
     # Say SpeechPaused (start the speculative final) after this much silence.  Most
     # pauses inside speech are short: of 113 that resumed in the 142-utterance set, 54
-    # lasted 32 ms, 37 64 ms, 14 96 ms, 8 128 ms.  Speculating at the first quiet frame
-    # costs little: a false start still waiting is withdrawn, so only idle slots are
-    # spent, and one already running is sent as an interim.
-    speculate_after_ms: int = 32
+    # lasted 32 ms, 37 64 ms, 14 96 ms, 8 128 ms.  At 32 ms every one starts a decode;
+    # under load a false start that already runs holds a slot the real final then waits
+    # for (seen: 1.5 s at load 12), so wait one more frame: 59 false starts, 32 ms later.
+    speculate_after_ms: int = 64
     # With endpointing disabled, utterances still end after this much silence, but
     # without speech_final (Deepgram keeps finalising long streams too).
     fallback_end_ms: int = 1000

@@ -313,8 +313,13 @@ class LiveTranscriber:
         spec, self._spec = self._spec, None
         if spec is None or self.scheduler.withdraw(spec.future):
             return
+        # Already decoding (or done): it serves as this moment's interim, so the next
+        # regular one is a whole interval away.
+        self._next_interim = max(
+            self._next_interim, self.endpointer.position + int(self.config.interim_interval * SAMPLE_RATE)
+        )
         if as_interim and self.options.interim_results:
-            # Already decoding (or done): the CPU is spent and the text is news.
+            # The CPU is spent and the text is news.
             start_s = spec.start / SAMPLE_RATE
             duration = (spec.end - spec.start) / SAMPLE_RATE
             onset = max(0, self._onset - spec.start) / SAMPLE_RATE
