@@ -180,7 +180,7 @@ async def test_a_client_that_does_not_read_stops_the_session_reading() -> None:
     agen = live.run(counting())
     first = asyncio.ensure_future(anext(agen))  # start the session, then stop reading
     await first
-    await eventually(lambda: live._out.full())
+    await eventually(lambda: live._out.full)
     # A frame that makes no message (silence) is still taken; the first that makes one
     # waits.  Whatever the loop does next, the reader stays put.
     for _ in range(200):
@@ -210,6 +210,25 @@ async def test_backlog_beyond_the_limit_is_refused_with_deepgrams_error() -> Non
     assert got[-1]["type"] == "Error" and got[-1]["variant"] == "BacklogExceeded"
     assert "faster than it can be transcribed" in got[-1]["description"]
     assert wire_form(caught.value).ws_close == 1013
+
+
+async def test_slow_decodes_do_not_pause_the_read_the_backlog_limit_does() -> None:
+    # A client that reads keeps being read while decodes lag (its pings must be
+    # answered); the session's backlog limit is what stops it.
+    engine = RecordingEngine()
+    engine.gate.clear()
+    live, sched = transcriber(engine, LiveConfig(max_queued_messages=2, max_backlog_seconds=3.0))
+    one = np.concatenate([speech(16), quiet(16)])
+    got: list[dict[str, Any]] = []
+    try:
+        with pytest.raises(BacklogExceededError):
+            async with asyncio.timeout(scaled(10)):
+                async for frame in live.run(frames_of(pcm16(*([one] * 20)))):
+                    got.append(json.loads(frame.data))
+    finally:
+        engine.gate.set()
+        sched.close()
+    assert got[-1]["type"] == "Error"
 
 
 async def test_audio_still_being_transcribed_keeps_the_session_from_idling_out() -> None:

@@ -25,6 +25,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hashlib
+from collections import deque
 from collections.abc import AsyncIterator, Awaitable
 from dataclasses import dataclass
 from typing import Any
@@ -72,11 +73,67 @@ class LiveConfig:
     # audio still waiting to be transcribed counts as activity.
     idle_timeout: float = 10.0
     max_utterance_ms: int = 15000
-    # Messages (or decodes that will produce one) waiting for the client to read them;
-    # when full, the session stops reading audio, so the socket read pauses.
+    # Messages (or decodes that will produce one) waiting while the client is slow to
+    # take them; then the session stops reading audio, so the socket read pauses.
     max_queued_messages: int = 64
     # Audio of this session waiting in the decode queue; beyond it the session is refused.
     max_backlog_seconds: float = 60.0
+
+
+class _Outbox:
+    """Output in event order; its producer waits only while the *client* is the bottleneck.
+
+    The writer sets ``delivering`` while a message is out with the client (the
+    container is sending it).  With ``limit`` items waiting and a delivery
+    outstanding, ``put`` waits: the session stops reading and the socket read
+    pauses.  While the writer waits for a decode instead, reading goes on (the
+    client must keep being read, or its pings go unanswered and a real-time client
+    is dropped for the server's slowness); the per-session backlog limit bounds that.
+    """
+
+    def __init__(self, limit: int) -> None:
+        self.limit = max(1, limit)
+        self._items: deque[_Item] = deque()
+        self._ready = asyncio.Event()
+        self._room = asyncio.Event()
+        self._room.set()
+        self._delivering = False
+
+    def __len__(self) -> int:
+        return len(self._items)
+
+    @property
+    def full(self) -> bool:
+        return not self._room.is_set()
+
+    @property
+    def delivering(self) -> bool:
+        return self._delivering
+
+    @delivering.setter
+    def delivering(self, value: bool) -> None:
+        self._delivering = value
+        self._update()
+
+    async def put(self, item: _Item) -> None:
+        await self._room.wait()
+        self._items.append(item)
+        self._ready.set()
+        self._update()
+
+    async def get(self) -> _Item:
+        while not self._items:
+            self._ready.clear()
+            await self._ready.wait()
+        item = self._items.popleft()
+        self._update()
+        return item
+
+    def _update(self) -> None:
+        if len(self._items) < self.limit or not self._delivering:
+            self._room.set()
+        else:
+            self._room.clear()
 
 
 @dataclass(slots=True)
@@ -117,7 +174,7 @@ class LiveTranscriber:
         self._buffer = np.zeros(0, dtype=np.float32)
         self._buffer_start = 0  # absolute sample index of _buffer[0]
         self._received = 0  # samples received (16 kHz)
-        self._out: asyncio.Queue[_Item] = asyncio.Queue(maxsize=max(1, self.config.max_queued_messages))
+        self._out = _Outbox(self.config.max_queued_messages)
         self._interim_busy = False
         self._interim_job: asyncio.Future[Transcript] | None = None
         self._next_interim = 0
@@ -145,7 +202,11 @@ class LiveTranscriber:
                         break  # refused: do not wait for the backlog to be decoded
                     message = future.result()
                 if message is not None:
-                    yield Frame.text(dg.dumps(message))
+                    self._out.delivering = True
+                    try:
+                        yield Frame.text(dg.dumps(message))
+                    finally:
+                        self._out.delivering = False
             if self._abort.done():
                 error = self._abort.result()
                 yield Frame.text(dg.dumps(dg.error_message(str(error), variant="BacklogExceeded")))
@@ -200,7 +261,7 @@ class LiveTranscriber:
                 done, _ = await asyncio.wait((task,), timeout=self.config.idle_timeout)
                 if done:
                     return task.result()
-                if self._outstanding or not self._out.empty():
+                if self._outstanding or len(self._out):
                     continue
                 raise IdleTimeoutError(
                     f"NET-0001 no audio or KeepAlive received for {self.config.idle_timeout:g} s"
