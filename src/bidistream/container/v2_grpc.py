@@ -534,7 +534,10 @@ class V2GrpcServer:
             service.add_to_server(main)
         requested = self.server.grpc_port
         assert requested is not None
-        bound = main.add_insecure_port(f"{host}:{requested}")
+        try:
+            bound = main.add_insecure_port(f"{host}:{requested}")
+        except RuntimeError as exc:  # grpcio's aio server raises this when the bind fails
+            raise OSError(f"cannot listen for gRPC on {host}:{requested}: {exc}") from exc
         if bound == 0:
             raise OSError(f"cannot listen for gRPC on {host}:{requested}")
         await main.start()
