@@ -15,6 +15,7 @@ from bidistream.cli.options import add_listen, add_logging
 from bidistream.container.limits import ServerLimits
 from bidistream.defaults import MODEL_SERVER_PORT as DEFAULT_PORT
 from bidistream.errors import BidistreamError
+from bidistream.models import registry
 from bidistream.runloop import run as run_loop
 
 
@@ -45,7 +46,7 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     serve = sub.add_parser(
         "serve",
         help="run a model server (the SageMaker container contract)",
-        description="Serve MODEL (echo, words, speech or package.module:Class) on /ping, "
+        description=f"Serve MODEL ({', '.join(registry.names())} or package.module:Class) on /ping, "
         "/invocations and the bidirectional-stream WebSocket.",
     )
     serve.add_argument("model", metavar="MODEL")
