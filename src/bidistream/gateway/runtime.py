@@ -73,7 +73,8 @@ async def _post(
             )
         except (aiohttp.ClientError, OSError) as exc:
             last = ServiceUnavailableError(
-                f"instance {instance.instance_id} of endpoint {endpoint} is unreachable ({type(exc).__name__})"
+                f"instance {instance.instance_id} of endpoint {endpoint} is unreachable "
+                f"({type(exc).__name__})"
             )
             continue
         if resp.status in (503, 429):
