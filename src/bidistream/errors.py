@@ -9,6 +9,7 @@ the same everywhere::
     ├── ClientError                    the caller sent something wrong
     │   ├── InputValidationError       bad header / query / parameter / body
     │   │   ├── InvalidFrameError      malformed frame or event-stream bytes
+    │   │   │   └── ProtocolViolationError  a WebSocket peer broke RFC 6455 (WS 1002)
     │   │   └── SerializationError     a control-plane body that is not a JSON object
     │   ├── UnknownOperationError      no such operation (control plane X-Amz-Target)
     │   ├── MethodNotAllowedError      a known path asked with the wrong method
@@ -70,6 +71,7 @@ __all__ = [
     "ModelTimeoutError",
     "NotFoundError",
     "PingTimeoutError",
+    "ProtocolViolationError",
     "ResourceLimitExceeded",
     "SerializationError",
     "ServiceUnavailableError",
@@ -150,6 +152,13 @@ class ResourceLimitExceeded(ClientError):
     """A request would pass a named platform limit (SageMaker's ``ResourceLimitExceeded``)."""
 
     code = "ResourceLimitExceeded"
+
+
+class ProtocolViolationError(InvalidFrameError):
+    """The peer broke the WebSocket protocol itself (an unmasked client frame, a close
+    code nobody may send); RFC 6455 makes the answer close code 1002."""
+
+    code = "ProtocolViolation"
 
 
 class UnsupportedDataError(InputValidationError):
@@ -286,6 +295,7 @@ _WIRE: dict[type[BidistreamError], WireForm] = {
     ClientError:          WireForm(400, "InputValidationError",    1008, "INVALID_ARGUMENT",   "ModelStreamError",      400),
     InputValidationError: WireForm(400, "InputValidationError",    1008, "INVALID_ARGUMENT",   "ModelStreamError",      400),
     InvalidFrameError:    WireForm(400, "InputValidationError",    1007, "INVALID_ARGUMENT",   "ModelStreamError",      400),
+    ProtocolViolationError: WireForm(400, "InputValidationError", 1002, "INVALID_ARGUMENT", "ModelStreamError",   400),
     SerializationError:   WireForm(400, "InputValidationError",    1007, "INVALID_ARGUMENT",   "ModelStreamError",      400, 400, "SerializationException"),
     UnknownOperationError: WireForm(400, "InputValidationError",   1008, "UNIMPLEMENTED",      "ModelStreamError",      404, 400, "UnknownOperationException"),
     MethodNotAllowedError: WireForm(405, "InputValidationError",   1008, "UNIMPLEMENTED",      "ModelStreamError",      405),
