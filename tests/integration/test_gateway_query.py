@@ -19,8 +19,8 @@ from websockets.exceptions import ConnectionClosed
 
 from bidistream.gateway.limits import GatewayLimits
 from bidistream.models.echo import EchoModel
-from tests.clients.test_aws_bidi import Stack, gateway_stack, official_client
 from tests.clients.test_aws_errors import Healthy, open_failing
+from tests.support.aws import Stack, gateway_stack, official_client
 
 
 @pytest.fixture
