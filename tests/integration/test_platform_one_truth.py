@@ -21,9 +21,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from bidistream.cli.run import endpoint_rows
 from bidistream.errors import NotFoundError, ServiceUnavailableError
 from bidistream.platform.app import Platform
-from bidistream.platform.commands import endpoint_rows
 from tests.support.waiting import eventually, scaled
 
 from .platform_helpers import call, create_endpoint, started

@@ -32,7 +32,7 @@ from bidistream.gateway.limits import GatewayLimits
 from bidistream.gateway.server import Gateway
 from bidistream.model import Model
 from bidistream.models.echo import EchoModel
-from bidistream.platform.routing import StaticRouter
+from bidistream.routing import StaticRouter
 from bidistream.sigv4 import CredentialStore
 from tests.conftest import running_server
 from tests.support.waiting import scaled

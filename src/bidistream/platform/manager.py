@@ -39,10 +39,10 @@ import aiohttp
 from bidistream.errors import BidistreamError, NotFoundError
 from bidistream.platform.balancer import PlatformRouter, RoutableVariant
 from bidistream.platform.images import ImageSpec, parse_image
-from bidistream.platform.routing import InstanceTarget
 from bidistream.platform.runtimes import InstanceHandle, LaunchSpec, Runtime
 from bidistream.platform.states import EndpointEvent, EndpointStatus, InstanceEvent, InstanceState, next_state
 from bidistream.platform.store import InstanceRow, Store
+from bidistream.routing import RoutableInstance
 
 log = logging.getLogger("bidistream.platform")
 
@@ -138,7 +138,7 @@ class Instance:
     launch: LaunchSpec
     state: InstanceState = InstanceState.STARTING
     handle: InstanceHandle | None = None
-    target: InstanceTarget | None = None
+    routable: RoutableInstance | None = None
     restarts: int = 0
     supervisor: asyncio.Task[None] | None = None
 
@@ -271,7 +271,7 @@ class EndpointManager:
             record = self.store.get_endpoint(name)
             return None if record is None else []
         return [
-            RoutableVariant(v.plan.name, v.plan.weight, [i.target for i in v.healthy() if i.target])
+            RoutableVariant(v.plan.name, v.plan.weight, [i.routable for i in v.healthy() if i.routable])
             for v in endpoint.variants.values()
         ]
 
@@ -283,7 +283,7 @@ class EndpointManager:
             variant=instance.variant,
             state=str(state),
             base_url=instance.handle.base_url if instance.handle else "",
-            live_sessions=instance.target.live_sessions if instance.target else 0,
+            live_sessions=instance.routable.live_sessions if instance.routable else 0,
             restarts=instance.restarts,
             log_path=str(instance.launch.log_path),
             updated=time.time(),
@@ -318,7 +318,7 @@ class EndpointManager:
             for instance, state in planned:
                 instance.state = state
                 if state is InstanceState.STOPPED:
-                    instance.target = None
+                    instance.routable = None
                     task = instance.supervisor
                     if task is not None and task is not asyncio.current_task():
                         task.cancel()
@@ -430,7 +430,7 @@ class EndpointManager:
                     if extra < 0:
                         # Retire the least busy instances first, so drains end soonest.
                         by_load = sorted(
-                            variant.instances, key=lambda i: i.target.live_sessions if i.target else 0
+                            variant.instances, key=lambda i: i.routable.live_sessions if i.routable else 0
                         )
                         retired += by_load[:-extra]
                         variant.instances = [i for i in variant.instances if i not in retired]
@@ -577,7 +577,7 @@ class EndpointManager:
                     )
                 )
             await asyncio.sleep(0.1)
-        instance.target = InstanceTarget(
+        instance.routable = RoutableInstance(
             instance.endpoint, instance.variant, instance.instance_id, handle.base_url
         )
         log.info(
@@ -665,7 +665,7 @@ class EndpointManager:
 
         async def drain() -> None:
             deadline = time.monotonic() + self.limits.drain_timeout
-            while instance.target is not None and instance.target.live_sessions > 0:
+            while instance.routable is not None and instance.routable.live_sessions > 0:
                 if time.monotonic() >= deadline or (instance.handle and instance.handle.exited()):
                     break
                 await asyncio.sleep(0.1)
@@ -733,7 +733,7 @@ class EndpointManager:
 
     def _publish_now(self) -> None:
         counts = {
-            i.instance_id: i.target.live_sessions if i.target else 0
+            i.instance_id: i.routable.live_sessions if i.routable else 0
             for e in self._endpoints.values()
             for i in self._all_instances(e)
             if i.state is not InstanceState.STOPPED
