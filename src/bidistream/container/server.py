@@ -41,6 +41,7 @@ from bidistream.errors import (
     wire_form,
 )
 from bidistream.frames import Frame, FrameKind
+from bidistream.metrics import exposition
 from bidistream.model import DEFAULT_INVOCATION_PATH, Model, Request, Response, Session
 from bidistream.session_state import Event, SessionMachine, State
 
@@ -115,6 +116,7 @@ class ModelServer:
     def build_app(self) -> web.Application:
         app = web.Application(client_max_size=self.limits.max_invoke_body)
         app.router.add_get("/ping", self._ping)
+        app.router.add_get("/metrics", metrics_handler)
         app.router.add_route("*", "/{path:.*}", self._dispatch)
         return app
 
@@ -413,6 +415,12 @@ class ModelServer:
 
 
 CLOSE_HANDSHAKE_TIMEOUT = 5.0
+
+
+async def metrics_handler(request: web.Request) -> web.Response:
+    """``GET /metrics``: every metric of this process, Prometheus text format."""
+    body, ctype = exposition()
+    return web.Response(body=body, headers={"Content-Type": ctype})
 
 
 async def _close(ws: web.WebSocketResponse, error: BidistreamError | None) -> None:

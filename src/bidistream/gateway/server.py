@@ -60,6 +60,7 @@ from bidistream.gateway.runtime import invoke_endpoint
 from bidistream.gateway.static import static_response
 from bidistream.gateway.tls import TLSFiles, ensure_certificates, server_context
 from bidistream.gateway.wsfront import WsFrontDoor
+from bidistream.metrics import exposition
 from bidistream.platform.routing import Router
 from bidistream.sigv4 import CredentialStore, verify_request
 
@@ -188,6 +189,8 @@ class Gateway:
     ) -> HttpResponse:
         if method == "GET" and path == "/ping":
             return HttpResponse(200, [("content-type", "text/plain")], b"ok\n")
+        if method == "GET" and path == "/metrics":
+            return metrics_response()
         if (page := static_response(method, path)) is not None:
             return page  # the browser demo page; browsers load it over h2, so both doors
         if method == "POST" and path == "/" and "x-amz-target" in headers:
@@ -234,6 +237,12 @@ class Gateway:
         hdrs = [(k, v) for k, v in hdrs if k != "content-length"]
         hdrs.append(("content-length", str(len(out_body))))
         return HttpResponse(status, hdrs, out_body)
+
+
+def metrics_response() -> HttpResponse:
+    """``GET /metrics`` on either door (h2 and HTTP/1.1 share :meth:`Gateway.handle_http`)."""
+    body, ctype = exposition()
+    return HttpResponse(200, [("content-type", ctype), ("content-length", str(len(body)))], body)
 
 
 def _json(status: int, body: dict[str, Any], rid: str) -> HttpResponse:
