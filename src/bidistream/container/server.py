@@ -25,6 +25,7 @@ from dataclasses import dataclass, field
 
 from aiohttp import WSCloseCode, WSMsgType, web
 
+from bidistream import metrics
 from bidistream.container.limits import ServerLimits
 from bidistream.errors import (
     BidistreamError,
@@ -41,7 +42,7 @@ from bidistream.errors import (
     wire_form,
 )
 from bidistream.frames import Frame, FrameKind
-from bidistream.metrics import exposition
+from bidistream.metrics import CONTAINER, InstanceIdentity, SessionMeter, exposition
 from bidistream.model import DEFAULT_INVOCATION_PATH, Model, Request, Response, Session
 from bidistream.session_state import Event, SessionMachine, State
 
@@ -82,6 +83,9 @@ class _LiveSession:
     last_activity: float = field(default_factory=time.monotonic)
     close_error: BidistreamError | None = None
     timer: asyncio.TimerHandle | None = None
+    meter: SessionMeter | None = None
+    # The error that ended the session (its type and reason go to the log line).
+    ended_by: BidistreamError | None = None
 
 
 class ModelServer:
@@ -94,8 +98,13 @@ class ModelServer:
         host: str = "127.0.0.1",
         port: int = 8080,
         limits: ServerLimits | None = None,
+        identity: InstanceIdentity | None = None,
     ) -> None:
         self.model = model
+        # Labels for this instance's metrics and logs; the platform passes them
+        # in the environment (BIDISTREAM_ENDPOINT / _VARIANT / _INSTANCE).
+        self.identity = identity or InstanceIdentity.from_env(f"{host}:{port}")
+        self._labels = self.identity.labels
         self.host = host
         self._requested_port = port
         self.limits = limits or ServerLimits()
@@ -202,15 +211,51 @@ class ModelServer:
         )
 
     def _refusal(self) -> BidistreamError | None:
+        error: BidistreamError
         if self._draining:
-            return ShuttingDownError("server is shutting down; try another instance")
-        if self._load_error is not None:
-            return ModelError(f"model failed to load: {self._load_error}")
-        if not self._loaded.is_set():
-            return ServiceUnavailableError("model is still loading; retry when /ping answers 200")
-        return None
+            reason, error = "draining", ShuttingDownError("server is shutting down; try another instance")
+        elif self._load_error is not None:
+            reason, error = "failed", ModelError(f"model failed to load: {self._load_error}")
+        elif not self._loaded.is_set():
+            reason = "loading"
+            error = ServiceUnavailableError("model is still loading; retry when /ping answers 200")
+        else:
+            return None
+        metrics.CONTAINER_REFUSALS.labels(*self._labels, reason).inc()
+        return error
+
+    def _full(self) -> BidistreamError | None:
+        """Admission control: at the session limit the upgrade itself is refused (503, no 101)."""
+        if len(self._sessions) < self.limits.max_sessions:
+            return None
+        metrics.CONTAINER_REFUSALS.labels(*self._labels, "full").inc()
+        return InstanceFullError(f"instance full ({self.limits.max_sessions} sessions); try again later")
 
     async def _invoke(self, request: web.Request, path: str) -> web.StreamResponse:
+        """One line and one count per invocation, whatever the outcome."""
+        began = time.monotonic()
+        response = await self._invoke_inner(request, path)
+        seconds = time.monotonic() - began
+        metrics.CONTAINER_INVOCATIONS.labels(*self._labels, str(response.status)).inc()
+        metrics.CONTAINER_INVOCATION_SECONDS.labels(*self._labels).observe(seconds)
+        log.info(
+            "invocation",
+            extra={
+                "request": request.headers.get("X-Amzn-SageMaker-Request-Id", ""),
+                "path": path,
+                "status": response.status,
+                "seconds": round(seconds, 4),
+                "bytes_in": request.content_length or 0,
+                **self._log_location(),
+            },
+        )
+        return response
+
+    def _log_location(self) -> dict[str, str]:
+        endpoint, variant, instance = self._labels
+        return {"endpoint": endpoint, "variant": variant, "instance": instance}
+
+    async def _invoke_inner(self, request: web.Request, path: str) -> web.StreamResponse:
         refusal = self._refusal()
         if refusal is not None:
             return http_error(refusal, 503)
@@ -237,9 +282,20 @@ class ModelServer:
             )
         except BidistreamError as exc:
             status = wire_form(exc).http_status
+            log.info(
+                "invoke refused by the model",
+                extra={
+                    "request": request.headers.get("X-Amzn-SageMaker-Request-Id", ""),
+                    "error": exc.code,
+                    "reason": exc.message,
+                },
+            )
             return http_error(exc, 500 if status == 424 else status)
         except Exception as exc:
-            log.exception("invoke failed")
+            log.exception(
+                "invoke failed",
+                extra={"request": request.headers.get("X-Amzn-SageMaker-Request-Id", "")},
+            )
             return http_error(ModelError(f"model raised {type(exc).__name__}: {exc}"), 500)
         return await self._write_response(request, response)
 
@@ -287,6 +343,13 @@ class ModelServer:
             log.exception("check_session failed")
             return http_error(InputValidationError(f"session refused: {exc}"), 400)
 
+        full = self._full()
+        if full is not None:
+            log.info(
+                "session refused", extra={"session": session.id, "error": full.code, "reason": full.message}
+            )
+            return http_error(full, 503)
+
         ws = web.WebSocketResponse(
             max_msg_size=self.limits.max_message_size,
             autoping=True,
@@ -298,13 +361,14 @@ class ModelServer:
             autoclose=False,
         )
         await ws.prepare(request)
-        if len(self._sessions) >= self.limits.max_sessions:
-            full = InstanceFullError(f"instance full ({self.limits.max_sessions} sessions); try again later")
+        # Sessions that raced past the check above during prepare() still close with 1013.
+        full = self._full()
+        if full is not None:
             await _close(ws, full)
             return ws
         task = asyncio.current_task()
         assert task is not None
-        live = _LiveSession(session, ws, task)
+        live = _LiveSession(session, ws, task, meter=CONTAINER.open(*self._labels))
         live.machine.feed(Event.ACCEPTED)
         self._sessions.add(live)
         self._no_sessions.clear()
@@ -317,16 +381,32 @@ class ModelServer:
             self._sessions.discard(live)
             if not self._sessions:
                 self._no_sessions.set()
-            log.info(
-                "session closed",
-                extra={
-                    "session": session.id,
-                    "path": path,
-                    "code": ws.close_code,
-                    "seconds": round(time.monotonic() - live.started, 3),
-                },
-            )
+            self._session_ended(live, path)
         return ws
+
+    def _session_ended(self, live: _LiveSession, path: str) -> None:
+        """One line and one count per session end: the gateway's line carries the same id."""
+        code = live.ws.close_code if live.ws.close_code is not None else 1006
+        err = live.ended_by
+        error = err.code if err is not None else ("" if code == 1000 else "ConnectionLost")
+        m = live.meter
+        seconds = m.close(code, error) if m is not None else time.monotonic() - live.started
+        log.info(
+            "session end",
+            extra={
+                "session": live.session.id,
+                **self._log_location(),
+                "path": path,
+                "seconds": round(seconds, 3),
+                "frames_in": m.frames_in if m is not None else None,
+                "bytes_in": m.bytes_in if m is not None else None,
+                "frames_out": m.frames_out if m is not None else None,
+                "bytes_out": m.bytes_out if m is not None else None,
+                "code": code,
+                "error": error,
+                "reason": err.message if err is not None else "",
+            },
+        )
 
     async def _run_session(self, live: _LiveSession) -> None:
         """Pump the model's output to the socket; the model pulls its input itself.
@@ -337,9 +417,12 @@ class ModelServer:
         """
         ws = live.ws
         error: BidistreamError | None = None
+        m = live.meter
         try:
             async for out in self.model.stream(self._frames(live), live.session):
                 live.last_activity = time.monotonic()
+                if m is not None:
+                    m.outbound(len(out.data))
                 await ws.send_frame(
                     out.data, WSMsgType.TEXT if out.kind is FrameKind.TEXT else WSMsgType.BINARY
                 )
@@ -356,6 +439,7 @@ class ModelServer:
             log.warning("model raised", extra={"session": live.session.id}, exc_info=exc)
             error = ModelStreamError(f"model error: {type(exc).__name__}: {exc}")
         error = live.close_error or error
+        live.ended_by = error
         live.machine.feed(Event.OUTPUT_ENDED if error is None else Event.FAILED)
         if not ws.closed:
             await _close(ws, error)
@@ -388,6 +472,9 @@ class ModelServer:
                     live.machine.feed(Event.INPUT_ENDED)
                 return
             live.last_activity = time.monotonic()
+            m = live.meter
+            if m is not None:
+                m.inbound(len(frame.data))
             yield frame
 
     def _arm_timer(self, live: _LiveSession) -> None:

@@ -40,6 +40,7 @@ from picows import (
     ws_connect,
 )
 
+from bidistream import metrics
 from bidistream.errors import (
     BidistreamError,
     InstanceFullError,
@@ -52,6 +53,7 @@ from bidistream.errors import (
     wire_form,
 )
 from bidistream.gateway.limits import GatewayLimits
+from bidistream.metrics import GATEWAY, SessionMeter
 from bidistream.model import DEFAULT_INVOCATION_PATH
 from bidistream.platform.routing import InstanceTarget, Router
 
@@ -65,6 +67,8 @@ _CONT = WSMsgType.CONTINUATION
 _PONG = WSMsgType.PONG
 _CLOSE = WSMsgType.CLOSE
 _MAX_REASON = 123
+# The session id the front doors forward to the instance (its logs carry the same id).
+SESSION_HEADER = "X-Amzn-SageMaker-Request-Id"
 
 
 class Downstream(Protocol):
@@ -116,6 +120,12 @@ class Upstream(WSListener):
         self.settled = False
         self._sock: socket.socket | None = None
         self.corked = False
+        # METRICS/LOGS: the session's meter (frames, bytes, first output) and its
+        # id as forwarded to the instance; set in open_upstream, read in _session_ended.
+        self.meter: SessionMeter | None = None
+        self.session_id = ""
+        # How the client side ended it (abort): (code, reason), else None.
+        self.ended_by_client: tuple[int, str] | None = None
 
     # ------------------------------------------------------------------ picows callbacks
     def on_ws_connected(self, transport: WSTransport) -> None:
@@ -131,14 +141,22 @@ class Upstream(WSListener):
                 self._in_text = text
             ds = self.downstream
             if ds is not None:
-                ds.on_upstream_frame(frame.get_payload_as_bytes(), text, fin)
+                payload = frame.get_payload_as_bytes()
+                m = self.meter
+                if m is not None:
+                    m.outbound(len(payload))
+                ds.on_upstream_frame(payload, text, fin)
             elif self._held is not None:
                 self._hold(frame.get_payload_as_bytes(), text, fin)
         elif kind is _CONT:
             self.relayed += 1
             ds = self.downstream
             if ds is not None:
-                ds.on_upstream_frame(frame.get_payload_as_bytes(), self._in_text, frame.fin)
+                payload = frame.get_payload_as_bytes()
+                m = self.meter
+                if m is not None:
+                    m.outbound(len(payload))
+                ds.on_upstream_frame(payload, self._in_text, frame.fin)
             elif self._held is not None:
                 self._hold(frame.get_payload_as_bytes(), self._in_text, frame.fin)
         elif kind is _PONG:
@@ -172,14 +190,48 @@ class Upstream(WSListener):
         if self.router is not None and self.target is not None:
             self.router.session_ended(self.target)
         err = self.close_error
-        if err is None and not self.got_close:
+        if err is None and not self.got_close and self.ended_by_client is None:
             err = ModelStreamError(
                 "the model container closed the connection without a WebSocket close frame", code="1006"
             )
+        self._session_ended(err)
         ds = self.downstream
         self.downstream = None
         if ds is not None:
             ds.on_upstream_closed(err)
+
+    def _session_ended(self, err: BidistreamError | None) -> None:
+        """METRICS/LOGS: the one place a gateway session ends (count it, log one line)."""
+        m = self.meter
+        if m is None:
+            return
+        self.meter = None
+        if err is not None:
+            code, error, reason = wire_form(err).ws_close, err.code, err.message
+        elif self.ended_by_client is not None:
+            code, reason = self.ended_by_client
+            error = "" if code == 1000 else "ClientClosed"
+        else:
+            code, error, reason = 1000, "", ""
+        seconds = m.close(code, error)
+        endpoint, variant, instance = m.location
+        log.info(
+            "session end",
+            extra={
+                "session": self.session_id,
+                "endpoint": endpoint,
+                "variant": variant,
+                "instance": instance,
+                "seconds": round(seconds, 3),
+                "frames_in": m.frames_in,
+                "bytes_in": m.bytes_in,
+                "frames_out": m.frames_out,
+                "bytes_out": m.bytes_out,
+                "code": code,
+                "error": error,
+                "reason": reason,
+            },
+        )
 
     def pause_writing(self) -> None:
         self.write_paused = True
@@ -242,6 +294,9 @@ class Upstream(WSListener):
         transport = self.transport
         if transport is None or self.closed:
             return
+        m = self.meter
+        if m is not None:
+            m.inbound(len(data))
         if self._out_frag:
             transport.send(_CONT, data, fin)
         else:
@@ -295,6 +350,8 @@ class Upstream(WSListener):
     def abort(self, code: int = 1001, reason: str = "client went away") -> None:
         """The client is gone or failed: close now, without waiting for the instance."""
         self.downstream = None
+        if self.ended_by_client is None:
+            self.ended_by_client = (code, reason)
         t = self.transport
         if t is None or self.closed:
             return
@@ -392,10 +449,15 @@ async def open_upstream(
     ``attach(downstream)`` once it is ready to relay (response headers sent),
     and checks ``closed`` for an instance that closed during the handshake.
     """
-    targets = router.candidates(endpoint, variant)
+    try:
+        targets = router.candidates(endpoint, variant)
+    except ServiceUnavailableError:
+        metrics.router_decision(endpoint, variant or "", "", metrics.NO_HEALTHY_INSTANCE)
+        raise
     last: BidistreamError = ServiceUnavailableError(
         f"endpoint {endpoint} has no instance to take the session"
     )
+    full = 0
     for target in targets:
         url = upstream_url(target.base_url, path, query)
         listener = Upstream()
@@ -418,6 +480,8 @@ async def open_upstream(
             status = int(exc.response.status) if exc.response is not None else 0
             body = (exc.raw_body or b"").decode("utf-8", "replace")[:1024]
             if status in (503, 429):
+                full += 1
+                metrics.router_decision(endpoint, target.variant, target.instance_id, metrics.RETRY_FULL)
                 last = InstanceFullError(
                     f"instance {target.instance_id} of endpoint {endpoint} is full or not ready "
                     f"(upgrade answered {status})"
@@ -431,6 +495,7 @@ async def open_upstream(
             ) from exc
         except (OSError, TimeoutError, WSError) as exc:
             log.warning("instance %s unreachable at %s: %s", target.instance_id, url, exc)
+            metrics.router_decision(endpoint, target.variant, target.instance_id, metrics.RETRY_UNREACHABLE)
             last = ServiceUnavailableError(
                 f"instance {target.instance_id} of endpoint {endpoint} is unreachable "
                 f"({type(exc).__name__}); try again later"
@@ -452,12 +517,18 @@ async def open_upstream(
             and isinstance(listener.close_error, InstanceFullError)
         ):
             last = listener.close_error
+            full += 1
+            metrics.router_decision(endpoint, target.variant, target.instance_id, metrics.RETRY_FULL)
             transport.disconnect(graceful=False)
             continue
         listener.target = target
         listener.router = router
         transport.underlying_transport.set_write_buffer_limits(high=limits.high_water)
         router.session_started(target)
+        # METRICS/LOGS: the one place a gateway session opens.
+        metrics.router_decision(endpoint, target.variant, target.instance_id, metrics.ROUTED)
+        listener.session_id = headers.get(SESSION_HEADER, "")
+        listener.meter = GATEWAY.open(endpoint, target.variant, target.instance_id)
         if listener.closed:
             # It closed during the handshake; the disconnect callback already ran
             # without the router, so balance the count here.
@@ -466,4 +537,20 @@ async def open_upstream(
             ticker.add(listener)
         log.debug("upstream %s connected in %.1f ms", url, (time.monotonic() - began) * 1000)
         return listener
+    if targets and full == len(targets):
+        metrics.router_decision(endpoint, variant or "", "", metrics.BUSY)
+        raise InstanceFullError(at_capacity(endpoint, targets))
+    if not targets:
+        metrics.router_decision(endpoint, variant or "", "", metrics.NO_HEALTHY_INSTANCE)
     raise last
+
+
+def at_capacity(endpoint: str, targets: list[InstanceTarget]) -> str:
+    """The busy message: which endpoint, how many instances, how many sessions they hold."""
+    n = len(targets)
+    live = sum(t.live_sessions for t in targets)
+    return (
+        f"endpoint {endpoint} is at capacity: all {n} instance{'s' if n != 1 else ''} "
+        f"refused the session as full ({live} live sessions); retry later or raise the "
+        "variant's instance count"
+    )

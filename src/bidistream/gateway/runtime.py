@@ -10,11 +10,14 @@ ends with ``ModelStreamError`` if the body breaks off.
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
+import time
 from collections.abc import AsyncIterator, Mapping
 
 import aiohttp
 
+from bidistream import metrics
 from bidistream.errors import (
     BidistreamError,
     InstanceFullError,
@@ -94,7 +97,66 @@ async def invoke_endpoint(
     *,
     stream: bool,
 ) -> HttpResponse:
+    """One count, one latency sample and one log line per call, whatever the outcome."""
+    began = time.monotonic()
     request_id = new_request_id()
+    where: list[InstanceTarget] = []
+    resp = await _invoke(http, router, limits, endpoint, headers, body, stream, request_id, where)
+    seconds = time.monotonic() - began
+    operation = "InvokeEndpointWithResponseStream" if stream else "InvokeEndpoint"
+    target = where[0] if where else None
+    variant = target.variant if target else headers.get("x-amzn-sagemaker-target-variant", "")
+    instance = target.instance_id if target else ""
+    metrics.invocation(endpoint, variant, instance, operation, resp.status, seconds)
+    error = next((v for k, v in resp.headers if k == "x-amzn-errortype"), "")
+    log.info(
+        "invocation",
+        extra={
+            "request": request_id,
+            "operation": operation,
+            "endpoint": endpoint,
+            "variant": variant,
+            "instance": instance,
+            "status": resp.status,
+            "seconds": round(seconds, 4),
+            "bytes_in": len(body),
+            "error": error,
+            "reason": _reason(resp) if error else "",
+        },
+    )
+    return resp
+
+
+def _reason(resp: HttpResponse) -> str:
+    if not isinstance(resp.body, bytes):
+        return ""
+    try:
+        return str(json.loads(resp.body).get("Message", ""))[:512]
+    except (ValueError, AttributeError):
+        return ""
+
+
+def log_hint(target: InstanceTarget) -> str:
+    """Where a 424's reader finds the instance's log (the platform knows its file)."""
+    if target.log_path:
+        return (
+            f"See the instance's log: {target.log_path} "
+            f"(bidistream logs {target.endpoint} --instance {target.instance_id})."
+        )
+    return f"See the log of the model server at {target.base_url} (instance {target.instance_id})."
+
+
+async def _invoke(
+    http: aiohttp.ClientSession,
+    router: Router,
+    limits: GatewayLimits,
+    endpoint: str,
+    headers: Mapping[str, str],
+    body: bytes,
+    stream: bool,
+    request_id: str,
+    where: list[InstanceTarget],
+) -> HttpResponse:
     try:
         check_name(endpoint, "EndpointName")
         variant = headers.get("x-amzn-sagemaker-target-variant")
@@ -104,12 +166,13 @@ async def invoke_endpoint(
         out["x-amzn-sagemaker-request-id"] = request_id
         async with asyncio.timeout(limits.invoke_timeout):
             target, resp = await _post(http, router, endpoint, variant, out, body, limits)
+            where.append(target)
             if resp.status >= 300:
                 text = (await resp.read()).decode("utf-8", "replace")
                 resp.release()
                 raise ModelError(
                     f'Received client error ({resp.status}) from primary with message "{text[:1024]}". '
-                    "See the model server's log for details.",
+                    f"{log_hint(target)} Request id {request_id}.",
                     original_status=resp.status,
                     original_message=text[:4096],
                 )

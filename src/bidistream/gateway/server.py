@@ -43,12 +43,14 @@ import contextlib
 import json
 import logging
 import ssl
+import time
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Protocol, cast
 
 import aiohttp
 
+from bidistream import metrics
 from bidistream.defaults import DEFAULT_DATA_DIR
 from bidistream.errors import BidistreamError, InternalError, NotFoundError
 from bidistream.gateway.bridge import PingTicker
@@ -214,7 +216,32 @@ class Gateway:
         verify_request(self.credentials, method, path, query, h, body)
 
     async def _control(self, headers: dict[str, str], body: bytes) -> HttpResponse:
+        """One count, one latency sample and one log line per control-plane call."""
+        began = time.monotonic()
         target = headers["x-amz-target"]
+        resp = await self._control_inner(target, headers, body)
+        seconds = time.monotonic() - began
+        service, _, op = target.rpartition(".")
+        error = next((v for k, v in resp.headers if k == "x-amzn-errortype"), "")
+        if not error and resp.status >= 400 and isinstance(resp.body, bytes):
+            with contextlib.suppress(ValueError, AttributeError):
+                error = str(json.loads(resp.body).get("__type", "")).rpartition("#")[2]
+        metrics.control_plane_call(service, op, error, seconds)
+        fields: dict[str, object] = {
+            "service": service,
+            "operation": op,
+            "status": resp.status,
+            "seconds": round(seconds, 4),
+            "request": next((v for k, v in resp.headers if k == "x-amzn-requestid"), ""),
+            "error": error,
+        }
+        if error and isinstance(resp.body, bytes):
+            with contextlib.suppress(ValueError, AttributeError):
+                fields["reason"] = str(json.loads(resp.body).get("message", ""))[:512]
+        log.info("control-plane call", extra=fields)
+        return resp
+
+    async def _control_inner(self, target: str, headers: dict[str, str], body: bytes) -> HttpResponse:
         op = target.partition(".")[2] or target
         rid = new_request_id()
         if self.credentials.enabled:

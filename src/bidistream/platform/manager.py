@@ -464,7 +464,11 @@ class EndpointManager:
                 )
             await asyncio.sleep(0.1)
         instance.target = InstanceTarget(
-            instance.endpoint, instance.variant, instance.instance_id, handle.base_url
+            instance.endpoint,
+            instance.variant,
+            instance.instance_id,
+            handle.base_url,
+            log_path=str(instance.launch.log_path),
         )
         instance.state = InstanceState.HEALTHY
         self._dirty.set()

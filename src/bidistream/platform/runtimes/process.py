@@ -19,7 +19,7 @@ import time
 from pathlib import Path
 
 from bidistream.errors import ModelError
-from bidistream.platform.runtimes import LaunchSpec, tail
+from bidistream.platform.runtimes import LaunchSpec, identity_env, tail
 
 __all__ = ["ProcessInstance", "ProcessRuntime", "free_port"]
 
@@ -83,6 +83,7 @@ class ProcessRuntime:
         port = free_port(self.host)
         env = dict(os.environ)
         env.update(spec.environment)
+        env.update(identity_env(spec))
         env["SAGEMAKER_BIND_TO_PORT"] = str(port)
         if spec.image.kind == "oci":
             argv = await self._docker_argv(spec, port)
@@ -122,7 +123,7 @@ class ProcessRuntime:
             )
         argv = [self.docker, "run", "--rm", "--name", f"bidistream-{spec.instance_id}"]
         argv += ["-p", f"{self.host}:{port}:{CONTAINER_PORT}"]
-        for key, value in spec.environment.items():
+        for key, value in {**spec.environment, **identity_env(spec)}.items():
             argv += ["-e", f"{key}={value}"]
         argv += ["-e", f"SAGEMAKER_BIND_TO_PORT={CONTAINER_PORT}", spec.image.image, "serve"]
         return argv

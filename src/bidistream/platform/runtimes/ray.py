@@ -29,7 +29,7 @@ from typing import Any
 
 from bidistream.errors import ModelError, ServiceUnavailableError
 from bidistream.platform.images import ImageSpec
-from bidistream.platform.runtimes import LaunchSpec, tail
+from bidistream.platform.runtimes import LaunchSpec, identity_env, tail
 from bidistream.platform.runtimes.process import free_port
 
 __all__ = ["DEFAULT_SIZE_CPUS", "GPU_FAMILIES", "RayInstance", "RayRuntime", "resources_for"]
@@ -266,7 +266,10 @@ class RayRuntime:
         actor = actor_class.options(name=None, **options).remote()
         try:
             base_url, log_path = await asyncio.wait_for(
-                actor.start.remote(spec.image, dict(spec.environment), str(spec.log_path)), timeout=120
+                actor.start.remote(
+                    spec.image, {**spec.environment, **identity_env(spec)}, str(spec.log_path)
+                ),
+                timeout=120,
             )
         except Exception as exc:
             with contextlib.suppress(Exception):
