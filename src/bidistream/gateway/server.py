@@ -11,7 +11,8 @@ API for whoever wires it (platform, CLI, tests)::
                                     #   async def handle(target: str, body: bytes,
                                     #                    headers: Mapping[str, str])
                                     #       -> tuple[int, dict[str, str], bytes]
-                                    # target is the X-Amz-Target op name after "SageMaker."
+                                    # target is X-Amz-Target as sent ("SageMaker.CreateModel",
+                                    # "AnyScaleFrontendService.PutScalingPolicy")
         host="127.0.0.1",
         port=8443,                  # 0 picks a free port; read gw.port after start()
         data_dir=Path("~/.bidistream").expanduser(),  # CA + server cert live here
@@ -28,7 +29,8 @@ request), ``http/1.1`` (or no ALPN) to
 :class:`~bidistream.gateway.h1front.H1Protocol` (boto3, WebSocket upgrades).
 Both call :meth:`Gateway.handle_http` for ordinary requests:
 
-* ``POST /`` with ``X-Amz-Target: SageMaker.<Op>`` → ``control_plane.handle``
+* ``POST /`` with ``X-Amz-Target: SageMaker.<Op>`` or ``AnyScaleFrontendService.<Op>``
+  (Application Auto Scaling) → ``control_plane.handle``
   (without a control plane: 400 ``UnknownOperationException``, as AWS answers);
 * ``POST /endpoints/{name}/invocations`` → InvokeEndpoint;
 * ``POST /endpoints/{name}/invocations-response-stream`` → InvokeEndpointWithResponseStream;
@@ -242,7 +244,6 @@ class Gateway:
         return resp
 
     async def _control_inner(self, target: str, headers: dict[str, str], body: bytes) -> HttpResponse:
-        op = target.partition(".")[2] or target
         rid = new_request_id()
         if self.credentials.enabled:
             try:
@@ -255,7 +256,7 @@ class Gateway:
                 {"__type": "UnknownOperationException", "message": f"Unknown operation {target}"},
                 rid,
             )
-        status, out_headers, out_body = await self.control_plane.handle(op, body, headers)
+        status, out_headers, out_body = await self.control_plane.handle(target, body, headers)
         hdrs = [(k.lower(), v) for k, v in out_headers.items()]
         if not any(k == "x-amzn-requestid" for k, _ in hdrs):
             hdrs.append(("x-amzn-requestid", rid))

@@ -1,7 +1,8 @@
 """One call that wires the platform for the gateway: store + runtime + manager + control API.
 
 The gateway only needs ``platform.router`` (where sessions go) and
-``platform.control_plane`` (what answers ``X-Amz-Target: SageMaker.*``), and
+``platform.control_plane`` (what answers ``X-Amz-Target: SageMaker.*`` and
+``AnyScaleFrontendService.*``, Application Auto Scaling), and
 to ``await start()`` / ``await stop()`` around its own lifetime.
 """
 
@@ -11,6 +12,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from bidistream.errors import InputValidationError
+from bidistream.platform.autoscaler import Autoscaler, AutoscalerLimits
+from bidistream.platform.autoscaling import AutoscalingApi, ControlPlanes
+from bidistream.platform.autoscaling_store import AutoscalingStore
 from bidistream.platform.balancer import PlatformRouter
 from bidistream.platform.control_api import ControlApi, ControlLimits
 from bidistream.platform.manager import EndpointManager, ManagerLimits
@@ -27,8 +31,11 @@ class Platform:
     store: Store
     runtime: Runtime
     manager: EndpointManager
-    control_plane: ControlApi
+    sagemaker: ControlApi
     data_dir: Path
+    autoscaling: AutoscalingApi
+    autoscaler: Autoscaler
+    control_plane: ControlPlanes
 
     @property
     def router(self) -> PlatformRouter:
@@ -37,13 +44,16 @@ class Platform:
     async def start(self) -> None:
         """Bring back the endpoints the store says were running."""
         await self.manager.start()
+        await self.autoscaler.start()
 
     async def stop(self) -> None:
         """Stop every instance (records stay, so the next start brings them back)."""
         try:
+            await self.autoscaler.stop()
             await self.manager.stop()
         finally:
             self.store.close()
+            self.autoscaling.store.close()
 
 
 def build_platform(
@@ -54,6 +64,7 @@ def build_platform(
     manager_limits: ManagerLimits | None = None,
     control_limits: ControlLimits | None = None,
     ray_resources: dict[str, dict[str, float]] | None = None,
+    autoscaler_limits: AutoscalerLimits | None = None,
 ) -> Platform:
     """Build (not start) the platform on ``data_dir`` with the ``process`` or ``ray`` runtime."""
     data = Path(data_dir)
@@ -72,4 +83,9 @@ def build_platform(
     store = Store(data / STORE_FILE)
     manager = EndpointManager(store, chosen, data, manager_limits)
     control = ControlApi(store, manager, limits=control_limits)
-    return Platform(store, chosen, manager, control, data)
+    scaling_store = AutoscalingStore(data / STORE_FILE)
+    autoscaling = AutoscalingApi(scaling_store, store)
+    autoscaler = Autoscaler(scaling_store, store, control, manager, autoscaler_limits)
+    autoscaling.on_change = autoscaler.wake
+    planes = ControlPlanes({"SageMaker": control, "AnyScaleFrontendService": autoscaling})
+    return Platform(store, chosen, manager, control, data, autoscaling, autoscaler, planes)
