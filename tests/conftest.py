@@ -52,6 +52,16 @@ def wait_for_port(port: int, timeout: float = 20.0, proc: subprocess.Popen[bytes
     raise TimeoutError(f"nothing listening on 127.0.0.1:{port} after {timeout} s")
 
 
+def child_env(**extra: str) -> dict[str, str]:
+    """The environment for a child process: ours, with the repo root ahead on PYTHONPATH.
+
+    Existing PYTHONPATH entries are kept (a worktree's ``src`` put there must keep winning over the
+    editable install), and the root is added so children can import ``tests.fixtures``.
+    """
+    path = os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))
+    return {**os.environ, "PYTHONPATH": path, **extra}
+
+
 def stop_process(proc: subprocess.Popen[bytes], timeout: float = 10.0) -> None:
     """SIGTERM, then SIGKILL after ``timeout``: only ever for a process the test started."""
     if proc.poll() is None:
@@ -85,7 +95,7 @@ def serve_process(
     cmd = [str(BIN / "bidistream"), "serve", *args]
     if "--port" not in args and not (env or {}).get("SAGEMAKER_BIND_TO_PORT"):
         cmd += ["--port", str(port)]
-    full_env = {**os.environ, "PYTHONPATH": str(ROOT), **(env or {})}
+    full_env = {**child_env(), **(env or {})}
     with listening_process(cmd, port, full_env) as proc:
         yield proc, port
 

@@ -35,7 +35,7 @@ from bidistream.gateway.limits import GatewayLimits
 from bidistream.gateway.server import Gateway
 from bidistream.model import Model, Session
 from bidistream.models.echo import EchoModel
-from bidistream.platform.routing import StaticRouter
+from bidistream.routing import StaticRouter
 from bidistream.sigv4 import CredentialStore
 from tests.conftest import running_server
 

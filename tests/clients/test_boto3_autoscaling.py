@@ -114,7 +114,7 @@ async def test_sessions_scale_out_then_drain_in_without_a_cut(stack: Stack, tmp_
     # A new session goes to the new, empty instance.
     late = await open_session(client, "scaly")
     await _talk(late, "late")
-    assert sorted(i.target.live_sessions for i in _healthy(stack)) == [1, 4]
+    assert sorted(i.routable.live_sessions for i in _healthy(stack)) == [1, 4]
 
     # The load ends: three sessions finish, one stays on each instance (1 per instance < 2).
     for sess in load[1:]:
@@ -123,7 +123,7 @@ async def test_sessions_scale_out_then_drain_in_without_a_cut(stack: Stack, tmp_
         assert sess.error is None
     await eventually(lambda: len(_draining(stack)) == 1, timeout=30)
     leaving = _draining(stack)[0]
-    assert leaving.target is not None and leaving.target.live_sessions == 1
+    assert leaving.routable is not None and leaving.routable.live_sessions == 1
     assert len(_healthy(stack)) == 1
 
     # Both sessions still talk, the draining one included, and end cleanly.

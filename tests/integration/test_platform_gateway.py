@@ -97,7 +97,7 @@ async def test_scale_in_lets_the_live_session_finish(tmp_path: Path, monkeypatch
             await sess.send(f"hello {n}")
             await sess.wait_for(1)
         instances = stack.platform.manager.instances("shrink")
-        assert sorted(i.target.live_sessions for i in instances if i.target) == [1, 1]
+        assert sorted(i.routable.live_sessions for i in instances if i.routable) == [1, 1]
         await sync(
             sm.update_endpoint_weights_and_capacities,
             EndpointName="shrink",

@@ -89,12 +89,12 @@ async def test_scale_in_drains_the_live_session_first(tmp_path: Path) -> None:
         async with aiohttp.ClientSession() as http:
             sockets = []
             for inst in instances:
-                assert inst.target is not None
+                assert inst.routable is not None
                 ws = await http.ws_connect(
-                    inst.target.base_url.replace("http", "ws") + "/invocations-bidirectional-stream"
+                    inst.routable.base_url.replace("http", "ws") + "/invocations-bidirectional-stream"
                 )
-                platform.router.session_started(inst.target)
-                sockets.append((inst, inst.target, ws))
+                platform.router.session_started(inst.routable)
+                sockets.append((inst, inst.routable, ws))
             call(
                 platform,
                 "UpdateEndpointWeightsAndCapacities",
@@ -185,7 +185,7 @@ async def test_update_endpoint_swaps_the_model_and_a_failed_update_keeps_it(tmp_
         assert old.handle is not None
         await asyncio.wait_for(old.handle.wait_exit(), 15)  # no live session: retired at once
         (new,) = platform.manager.instances("swap")
-        assert new is not old and platform.router.candidates("swap")[0] is new.target
+        assert new is not old and platform.router.candidates("swap")[0] is new.routable
         # An update whose instances cannot start leaves the endpoint on what it ran.
         call(
             platform,

@@ -55,7 +55,7 @@ from bidistream.errors import (
 from bidistream.gateway.limits import GatewayLimits
 from bidistream.metrics import GATEWAY, SessionMeter
 from bidistream.model import DEFAULT_INVOCATION_PATH
-from bidistream.platform.routing import InstanceTarget, Router
+from bidistream.routing import RoutableInstance, Router
 
 __all__ = ["Downstream", "PingTicker", "Upstream", "open_upstream"]
 
@@ -101,7 +101,7 @@ class Upstream(WSListener):
     def __init__(self, downstream: Downstream | None = None) -> None:
         self.downstream = downstream
         self.transport: WSTransport | None = None
-        self.target: InstanceTarget | None = None
+        self.target: RoutableInstance | None = None
         self.router: Router | None = None
         self.ticker: PingTicker | None = None
         self.missed = 0
@@ -545,7 +545,7 @@ async def open_upstream(
     raise last
 
 
-def at_capacity(endpoint: str, targets: list[InstanceTarget]) -> str:
+def at_capacity(endpoint: str, targets: list[RoutableInstance]) -> str:
     """The busy message: which endpoint, how many instances, how many sessions they hold."""
     n = len(targets)
     live = sum(t.live_sessions for t in targets)

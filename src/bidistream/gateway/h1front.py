@@ -18,11 +18,11 @@ from typing import TYPE_CHECKING, cast
 import h11
 
 from bidistream.errors import InputValidationError, MessageTooLargeError
-from bidistream.gateway.h2front import BIDI_SUFFIX
 from bidistream.gateway.http import Api, HttpResponse, error_response
+from bidistream.gateway.routes import RouteKind, classify
 
 if TYPE_CHECKING:
-    from bidistream.gateway.server import Gateway
+    from bidistream.gateway.context import DoorContext
 
 __all__ = ["H1Protocol"]
 
@@ -30,9 +30,9 @@ log = logging.getLogger("bidistream.gateway.h1")
 
 
 class H1Protocol(asyncio.Protocol):
-    def __init__(self, gateway: Gateway) -> None:
-        self.gateway = gateway
-        self.conn = h11.Connection(h11.SERVER, max_incomplete_event_size=gateway.limits.max_head)
+    def __init__(self, ctx: DoorContext) -> None:
+        self.ctx = ctx
+        self.conn = h11.Connection(h11.SERVER, max_incomplete_event_size=ctx.limits.max_head)
         self.transport: asyncio.Transport | None = None
         self._request: h11.Request | None = None
         self._body = bytearray()
@@ -44,7 +44,7 @@ class H1Protocol(asyncio.Protocol):
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = cast(asyncio.Transport, transport)  # uvloop's is no subclass
-        self.gateway.connections.add(self)
+        self.ctx.connections.add(self)
 
     def close_gracefully(self) -> None:
         if self.transport is not None:
@@ -52,7 +52,7 @@ class H1Protocol(asyncio.Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
-        self.gateway.connections.discard(self)
+        self.ctx.connections.discard(self)
         self._can_write.set()
         if self._task is not None and not self._task.done():
             self._task.cancel()
@@ -89,7 +89,7 @@ class H1Protocol(asyncio.Protocol):
                     self._upgrade(event)
                     return
             elif isinstance(event, h11.Data):
-                if len(self._body) + len(event.data) > self.gateway.limits.max_invoke_body:
+                if len(self._body) + len(event.data) > self.ctx.limits.max_invoke_body:
                     self._too_large = True
                 else:
                     self._body += event.data
@@ -114,8 +114,8 @@ class H1Protocol(asyncio.Protocol):
     def _upgrade(self, req: h11.Request) -> None:
         assert self.transport is not None
         trailing, _ = self.conn.trailing_data
-        self.gateway.connections.discard(self)
-        self.gateway.ws_front.take_over(self.transport, req, bytes(trailing))
+        self.ctx.connections.discard(self)
+        self.ctx.upgrade_ws(self.transport, req, bytes(trailing))
 
     async def _respond(self, req: h11.Request) -> None:
         target = req.target.decode("utf-8", "replace")
@@ -128,10 +128,10 @@ class H1Protocol(asyncio.Protocol):
         method = req.method.decode("ascii")
         if self._too_large:
             resp = error_response(
-                MessageTooLargeError(f"request body exceeds {self.gateway.limits.max_invoke_body} bytes"),
+                MessageTooLargeError(f"request body exceeds {self.ctx.limits.max_invoke_body} bytes"),
                 Api.RUNTIME,
             )
-        elif path.endswith(BIDI_SUFFIX) and path.startswith("/endpoints/"):
+        elif classify(method, path, headers).kind is RouteKind.BIDI:
             resp = error_response(
                 InputValidationError(
                     "InvokeEndpointWithBidirectionalStream needs HTTP/2: the connection negotiated "
@@ -144,7 +144,7 @@ class H1Protocol(asyncio.Protocol):
             host = headers.get("host")
             if host is not None:
                 headers[":authority"] = host
-            resp = await self.gateway.handle_http(method, path, query, headers, bytes(self._body))
+            resp = await self.ctx.handle_http(method, path, query, headers, bytes(self._body))
         try:
             await self._write(resp)
         except (ConnectionError, h11.LocalProtocolError) as exc:

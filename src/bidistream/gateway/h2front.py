@@ -58,26 +58,24 @@ from bidistream.eventstream import (
 )
 from bidistream.gateway.bridge import Upstream, open_upstream
 from bidistream.gateway.http import Api, HttpResponse, error_response, new_request_id
+from bidistream.gateway.routes import RouteKind, classify
 from bidistream.gateway.validation import check_invocation_path, check_name, check_query
 from bidistream.sigv4 import EventChain, verify_request
 
 if TYPE_CHECKING:
-    from bidistream.gateway.server import Gateway
+    from bidistream.gateway.context import DoorContext
 
 __all__ = ["H2Protocol"]
 
 log = logging.getLogger("bidistream.gateway.h2")
 
-BIDI_SUFFIX = "/invocations-bidirectional-stream"
-_PREFIX = "/endpoints/"
-
 
 class H2Protocol(asyncio.Protocol):
     """One client connection speaking HTTP/2 (ALPN ``h2``)."""
 
-    def __init__(self, gateway: Gateway) -> None:
-        self.gateway = gateway
-        self.limits = gateway.limits
+    def __init__(self, ctx: DoorContext) -> None:
+        self.ctx = ctx
+        self.limits = ctx.limits
         config = h2.config.H2Configuration(
             client_side=False, header_encoding=None, validate_inbound_headers=False
         )
@@ -100,7 +98,7 @@ class H2Protocol(asyncio.Protocol):
         conn.update_settings({h2.settings.SettingCodes.MAX_CONCURRENT_STREAMS: self.limits.max_streams})
         # Per-stream windows do the real limiting; keep the shared one out of the way.
         conn.increment_flow_control_window(2**31 - 1 - 65535)
-        self.gateway.connections.add(self)
+        self.ctx.connections.add(self)
         self.transport.write(conn.data_to_send())
 
     def data_received(self, data: bytes) -> None:
@@ -160,7 +158,7 @@ class H2Protocol(asyncio.Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
-        self.gateway.connections.discard(self)
+        self.ctx.connections.discard(self)
         streams, self.streams = self.streams, {}
         for st in streams.values():
             st.on_reset()
@@ -210,8 +208,9 @@ class H2Protocol(asyncio.Protocol):
         full_path = headers.get(":path", "/")
         path, _, query = full_path.partition("?")
         st: _Stream
-        if method == "POST" and path.startswith(_PREFIX) and path.endswith(BIDI_SUFFIX):
-            st = BidiStream(self, sid, path, query, headers)
+        route = classify(method, path, headers)
+        if route.kind is RouteKind.BIDI:
+            st = BidiStream(self, sid, path, route.endpoint, query, headers)
         else:
             st = RequestStream(self, sid, method, path, query, headers)
         self.streams[sid] = st
@@ -341,13 +340,15 @@ class BidiStream(_Stream):
         "upstream_done",
     )
 
-    def __init__(self, proto: H2Protocol, sid: int, path: str, query: str, headers: dict[str, str]) -> None:
+    def __init__(
+        self, proto: H2Protocol, sid: int, path: str, endpoint: str, query: str, headers: dict[str, str]
+    ) -> None:
         self.proto = proto
         self.sid = sid
         self.path = path
         self.query = query
         self.headers = headers
-        self.endpoint = path[len(_PREFIX) : -len(BIDI_SUFFIX)]
+        self.endpoint = endpoint
         self.decoder = EventStreamDecoder(proto.limits.max_event_size)
         self.sender = _Sender(proto, sid)
         self.up: Upstream | None = None
@@ -364,7 +365,7 @@ class BidiStream(_Stream):
 
     # ------------------------------------------------------------------ opening
     def start(self) -> None:
-        gw = self.proto.gateway
+        gw = self.proto.ctx
         h = self.headers
         try:
             check_name(self.endpoint, "EndpointName")
@@ -395,7 +396,7 @@ class BidiStream(_Stream):
     async def _connect(
         self, variant: str | None, inv_path: str | None, query: str | None, headers: dict[str, str]
     ) -> None:
-        gw = self.proto.gateway
+        gw = self.proto.ctx
         try:
             up = await open_upstream(
                 gw.router,
@@ -665,7 +666,7 @@ class RequestStream(_Stream):
         self.task = asyncio.get_running_loop().create_task(self._run())
 
     async def _run(self) -> None:
-        gw = self.proto.gateway
+        gw = self.proto.ctx
         if self.too_large:
             resp = error_response(
                 MessageTooLargeError(f"request body exceeds {self.proto.limits.max_invoke_body} bytes"),

@@ -29,7 +29,7 @@ from bidistream.eventstream import encode_model_stream_error, encode_payload_par
 from bidistream.gateway.http import Api, HttpResponse, error_response, new_request_id
 from bidistream.gateway.limits import GatewayLimits
 from bidistream.gateway.validation import check_name
-from bidistream.platform.routing import InstanceTarget, Router
+from bidistream.routing import RoutableInstance, Router
 
 __all__ = ["invoke_endpoint"]
 
@@ -64,7 +64,7 @@ async def _post(
     headers: Mapping[str, str],
     body: bytes,
     limits: GatewayLimits,
-) -> tuple[InstanceTarget, aiohttp.ClientResponse]:
+) -> tuple[RoutableInstance, aiohttp.ClientResponse]:
     last: BidistreamError = ServiceUnavailableError(f"endpoint {endpoint} has no instance to take the call")
     for target in router.candidates(endpoint, variant):
         try:
@@ -100,7 +100,7 @@ async def invoke_endpoint(
     """One count, one latency sample and one log line per call, whatever the outcome."""
     began = time.monotonic()
     request_id = new_request_id()
-    where: list[InstanceTarget] = []
+    where: list[RoutableInstance] = []
     resp = await _invoke(http, router, limits, endpoint, headers, body, stream, request_id, where)
     seconds = time.monotonic() - began
     operation = "InvokeEndpointWithResponseStream" if stream else "InvokeEndpoint"
@@ -136,7 +136,7 @@ def _reason(resp: HttpResponse) -> str:
         return ""
 
 
-def log_hint(target: InstanceTarget) -> str:
+def log_hint(target: RoutableInstance) -> str:
     """Where a 424's reader finds the instance's log (the platform knows its file)."""
     if target.log_path:
         return (
@@ -155,7 +155,7 @@ async def _invoke(
     body: bytes,
     stream: bool,
     request_id: str,
-    where: list[InstanceTarget],
+    where: list[RoutableInstance],
 ) -> HttpResponse:
     try:
         check_name(endpoint, "EndpointName")

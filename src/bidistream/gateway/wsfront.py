@@ -29,14 +29,15 @@ from websockets.protocol import State
 from websockets.server import ServerProtocol
 from websockets.typing import Subprotocol
 
-from bidistream.errors import BidistreamError, InternalError, wire_form
+from bidistream.errors import BidistreamError, InternalError, NotFoundError, wire_form
 from bidistream.gateway.bridge import Upstream, open_upstream
+from bidistream.gateway.routes import RouteKind, classify
 from bidistream.gateway.validation import check_invocation_path, check_name, check_query
 
 if TYPE_CHECKING:
-    from bidistream.gateway.server import Gateway
+    from bidistream.gateway.context import DoorContext
 
-__all__ = ["WsFrontDoor"]
+__all__ = ["WsSession", "take_over"]
 
 log = logging.getLogger("bidistream.gateway.ws")
 
@@ -64,24 +65,21 @@ def _forwarded(raw: Sequence[tuple[bytes, bytes]]) -> dict[str, str]:
     return {key: ", ".join(values) for key, values in out.items()}
 
 
-class WsFrontDoor:
-    def __init__(self, gateway: Gateway) -> None:
-        self.gateway = gateway
-
-    def take_over(self, transport: asyncio.Transport, req: h11.Request, trailing: bytes) -> None:
-        proto = WsSession(self.gateway, transport)
-        transport.set_protocol(proto)
-        proto.start(req, trailing)
+def take_over(ctx: DoorContext, transport: asyncio.Transport, req: h11.Request, trailing: bytes) -> None:
+    """The HTTP/1.1 door hands an upgrade request (and what was read past it) to this door."""
+    proto = WsSession(ctx, transport)
+    transport.set_protocol(proto)
+    proto.start(req, trailing)
 
 
 class WsSession(asyncio.Protocol):
     """One client WebSocket bridged to one instance WebSocket."""
 
-    def __init__(self, gateway: Gateway, transport: asyncio.Transport) -> None:
-        self.gateway = gateway
+    def __init__(self, ctx: DoorContext, transport: asyncio.Transport) -> None:
+        self.ctx = ctx
         self.transport = transport
         self.ws = ServerProtocol(
-            max_size=gateway.limits.max_event_size, select_subprotocol=_first_offered, logger=log
+            max_size=ctx.limits.max_event_size, select_subprotocol=_first_offered, logger=log
         )
         self.up: Upstream | None = None
         self.early: list[tuple[bytes, bool, bool]] | None = []
@@ -89,7 +87,7 @@ class WsSession(asyncio.Protocol):
         self._out_frag = False
         self._in_text = False
         self._task: asyncio.Task[None] | None = None
-        gateway.connections.add(self)
+        ctx.connections.add(self)
 
     def close_gracefully(self) -> None:
         with contextlib.suppress(InvalidState):
@@ -115,7 +113,7 @@ class WsSession(asyncio.Protocol):
         try:
             endpoint, inv_path = self._parse(path)
             if query:
-                check_query(query, lenient=self.gateway.limits.lenient_query)
+                check_query(query, lenient=self.ctx.limits.lenient_query)
         except BidistreamError as exc:
             self._close_with(exc)
             return
@@ -129,21 +127,18 @@ class WsSession(asyncio.Protocol):
 
     @staticmethod
     def _parse(path: str) -> tuple[str, str | None]:
-        rest = path[len("/endpoints/") :]
-        endpoint, _, tail = rest.partition("/")
-        check_name(endpoint, "EndpointName")
-        if tail == "ws":
-            return endpoint, None
-        if not tail.startswith("ws/"):
-            from bidistream.errors import NotFoundError
-
+        route = classify("GET", path, {}, upgrade=True)
+        if route.kind is not RouteKind.WEBSOCKET or not route.endpoint:
             raise NotFoundError(f"no WebSocket route {path}; use /endpoints/{{name}}/ws[/<path>]")
-        return endpoint, check_invocation_path(tail[3:])
+        check_name(route.endpoint, "EndpointName")
+        if route.invocation_path is None:
+            return route.endpoint, None
+        return route.endpoint, check_invocation_path(route.invocation_path)
 
     async def _connect(
         self, endpoint: str, inv_path: str | None, query: str, headers: dict[str, str]
     ) -> None:
-        gw = self.gateway
+        gw = self.ctx
         try:
             up = await open_upstream(
                 gw.router,
@@ -268,7 +263,7 @@ class WsSession(asyncio.Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
-        self.gateway.connections.discard(self)
+        self.ctx.connections.discard(self)
         if self._task is not None and not self._task.done():
             self._task.cancel()
         if self.up is not None:

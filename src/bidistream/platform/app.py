@@ -17,6 +17,7 @@ from bidistream.platform.autoscaling import AutoscalingApi, ControlPlanes
 from bidistream.platform.autoscaling_store import AutoscalingStore
 from bidistream.platform.balancer import PlatformRouter
 from bidistream.platform.control_api import ControlApi, ControlLimits
+from bidistream.platform.datadir import DataDirLock, acquire
 from bidistream.platform.manager import EndpointManager, ManagerLimits
 from bidistream.platform.runtimes import Runtime
 from bidistream.platform.store import Store
@@ -36,6 +37,7 @@ class Platform:
     autoscaling: AutoscalingApi
     autoscaler: Autoscaler
     control_plane: ControlPlanes
+    lock: DataDirLock | None = None
 
     @property
     def router(self) -> PlatformRouter:
@@ -46,6 +48,11 @@ class Platform:
         await self.manager.start()
         await self.autoscaler.start()
 
+    def announce(self, url: str) -> None:
+        """Record where the gateway listens, so a second gateway on this data dir can say."""
+        if self.lock is not None:
+            self.lock.announce(url)
+
     async def stop(self) -> None:
         """Stop every instance (records stay, so the next start brings them back)."""
         try:
@@ -54,6 +61,8 @@ class Platform:
         finally:
             self.store.close()
             self.autoscaling.store.close()
+            if self.lock is not None:
+                self.lock.release()
 
 
 def build_platform(
@@ -68,7 +77,7 @@ def build_platform(
 ) -> Platform:
     """Build (not start) the platform on ``data_dir`` with the ``process`` or ``ray`` runtime."""
     data = Path(data_dir)
-    data.mkdir(parents=True, exist_ok=True)
+    lock = acquire(data)  # before the store is opened: a second gateway must change nothing
     chosen: Runtime
     if runtime == "process":
         from bidistream.platform.runtimes.process import ProcessRuntime
@@ -79,6 +88,7 @@ def build_platform(
 
         chosen = RayRuntime(address=ray_address, resources=ray_resources, data_dir=data)
     else:
+        lock.release()
         raise InputValidationError(f"unknown runtime {runtime!r}: use 'process' or 'ray'")
     store = Store(data / STORE_FILE)
     manager = EndpointManager(store, chosen, data, manager_limits)
@@ -88,4 +98,4 @@ def build_platform(
     autoscaler = Autoscaler(scaling_store, store, control, manager, autoscaler_limits)
     autoscaling.on_change = autoscaler.wake
     planes = ControlPlanes({"SageMaker": control, "AnyScaleFrontendService": autoscaling})
-    return Platform(store, chosen, manager, control, data, autoscaling, autoscaler, planes)
+    return Platform(store, chosen, manager, control, data, autoscaling, autoscaler, planes, lock)

@@ -340,15 +340,15 @@ class Autoscaler:
         instances = [
             i
             for i in self.manager.instances(endpoint)
-            if i.variant == variant and i.state is InstanceState.HEALTHY and i.target is not None
+            if i.variant == variant and i.state is InstanceState.HEALTHY and i.routable is not None
         ]
         count = max(1, len(instances))
         if metric in ("sessions_per_instance", "concurrent_per_instance"):
-            return sum(i.target.live_sessions for i in instances if i.target) / count
+            return sum(i.routable.live_sessions for i in instances if i.routable) / count
         if metric == "invocations_per_instance":
             return self._invocations_per_minute(endpoint, variant, st) / count
         if metric == "backlog_seconds":
-            values = [await self._backlog(i.target.base_url) for i in instances if i.target]
+            values = [await self._backlog(i.routable.base_url) for i in instances if i.routable]
             return sum(values) / len(values) if values else 0.0
         return 0.0
 

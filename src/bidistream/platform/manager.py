@@ -43,9 +43,9 @@ import aiohttp
 from bidistream.errors import BidistreamError
 from bidistream.platform.balancer import PlatformRouter, RoutableVariant
 from bidistream.platform.images import ImageSpec, parse_image
-from bidistream.platform.routing import InstanceTarget
 from bidistream.platform.runtimes import InstanceHandle, LaunchSpec, Runtime
 from bidistream.platform.store import InstanceRow, Store
+from bidistream.routing import RoutableInstance
 
 log = logging.getLogger("bidistream.platform")
 
@@ -148,7 +148,7 @@ class Instance:
     launch: LaunchSpec
     state: InstanceState = InstanceState.STARTING
     handle: InstanceHandle | None = None
-    target: InstanceTarget | None = None
+    routable: RoutableInstance | None = None
     restarts: int = 0
     supervisor: asyncio.Task[None] | None = None
 
@@ -290,7 +290,7 @@ class EndpointManager:
             record = self.store.get_endpoint(name)
             return None if record is None else []
         return [
-            RoutableVariant(v.plan.name, v.plan.weight, [i.target for i in v.healthy() if i.target])
+            RoutableVariant(v.plan.name, v.plan.weight, [i.routable for i in v.healthy() if i.routable])
             for v in endpoint.variants.values()
         ]
 
@@ -352,7 +352,7 @@ class EndpointManager:
                     if extra < 0:
                         # Retire the least busy instances first, so drains end soonest.
                         by_load = sorted(
-                            variant.instances, key=lambda i: i.target.live_sessions if i.target else 0
+                            variant.instances, key=lambda i: i.routable.live_sessions if i.routable else 0
                         )
                         retired += by_load[:-extra]
                         variant.instances = [i for i in variant.instances if i not in retired]
@@ -463,7 +463,7 @@ class EndpointManager:
                     )
                 )
             await asyncio.sleep(0.1)
-        instance.target = InstanceTarget(
+        instance.routable = RoutableInstance(
             instance.endpoint,
             instance.variant,
             instance.instance_id,
@@ -555,7 +555,7 @@ class EndpointManager:
 
         async def drain() -> None:
             deadline = time.monotonic() + self.limits.drain_timeout
-            while instance.target is not None and instance.target.live_sessions > 0:
+            while instance.routable is not None and instance.routable.live_sessions > 0:
                 if time.monotonic() >= deadline or (instance.handle and instance.handle.exited()):
                     break
                 await asyncio.sleep(0.1)
@@ -574,7 +574,7 @@ class EndpointManager:
             task = instance.supervisor
             if task is not None and task is not asyncio.current_task():
                 task.cancel()
-        instance.target = None if final else instance.target
+        instance.routable = None if final else instance.routable
         if instance.handle is not None:
             try:
                 await instance.handle.stop(grace)
@@ -634,7 +634,7 @@ class EndpointManager:
                 variant=i.variant,
                 state=str(i.state),
                 base_url=i.handle.base_url if i.handle else "",
-                live_sessions=i.target.live_sessions if i.target else 0,
+                live_sessions=i.routable.live_sessions if i.routable else 0,
                 restarts=i.restarts,
                 log_path=str(i.launch.log_path),
                 updated=now,

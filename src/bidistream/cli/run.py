@@ -10,9 +10,9 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from bidistream.defaults import DEFAULT_DATA_DIR
+from bidistream.cli.gateway import add_gateway_arguments, start_gateway
+from bidistream.cli.options import add_data_dir
 from bidistream.errors import BidistreamError
-from bidistream.gateway.commands import add_gateway_arguments, start_gateway
 
 if TYPE_CHECKING:
     from bidistream.gateway.server import Gateway
@@ -55,7 +55,7 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         description="Read the data dir's store and print one row per instance (a running gateway "
         "refreshes live sessions every second).",
     )
-    endpoints.add_argument("--data-dir", type=Path, default=DEFAULT_DATA_DIR)
+    add_data_dir(endpoints)
     endpoints.add_argument("--json", action="store_true", help="print JSON instead of a table")
     endpoints.set_defaults(handler=_endpoints)
 
@@ -138,7 +138,7 @@ endpoints: {", ".join(names) or "(none created)"}
   in a browser:   {url}/web/  (trust {ca_path} first)
 
 1) the official bidi client (aws-sdk-sagemaker-runtime-http2):
-   export SSL_CERT_FILE={ca_path} AWS_ACCESS_KEY_ID=local AWS_SECRET_ACCESS_KEY=local
+   eval "$(bidistream env --data-dir {data_dir})"   # URLs, CA bundle, region, placeholder credentials
    config = await AsyncSageMakerRuntimeHTTP2Config.resolve(endpoint_uri="{url}", region="us-east-1",
        aws_credentials_identity_resolver=EnvironmentCredentialsResolver(), transport=AWSCRTHTTPClient())
    stream = await client.invoke_endpoint_with_bidirectional_stream(

@@ -1,4 +1,9 @@
-"""``bidistream gateway``, ``bidistream env`` and ``bidistream invoke``."""
+"""``bidistream gateway`` and ``bidistream env``; :func:`start_gateway` is how ``run`` starts it too.
+
+Here the platform, the router seam and the gateway are built and wired: the
+gateway gets a :class:`~bidistream.routing.Router` and a control plane and
+never learns what implements them.
+"""
 
 from __future__ import annotations
 
@@ -15,7 +20,13 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from bidistream import logs
-from bidistream.defaults import DEFAULT_DATA_DIR, GATEWAY_PORT
+from bidistream.cli.options import add_data_dir, add_listen, add_logging
+from bidistream.defaults import (
+    DEFAULT_REGION,
+    GATEWAY_PORT,
+    PLACEHOLDER_ACCESS_KEY_ID,
+    PLACEHOLDER_SECRET_ACCESS_KEY,
+)
 from bidistream.errors import BidistreamError
 from bidistream.runloop import run as run_loop
 
@@ -39,11 +50,8 @@ def add_gateway_arguments(parser: argparse.ArgumentParser) -> None:
     from bidistream.gateway.limits import GatewayLimits
 
     d = GatewayLimits()
-    parser.add_argument("--host", default="127.0.0.1")
-    parser.add_argument("--port", type=int, default=GATEWAY_PORT)
-    parser.add_argument(
-        "--data-dir", default=DEFAULT_DATA_DIR, help="holds the store, the local CA and instance logs"
-    )
+    add_listen(parser, GATEWAY_PORT)
+    add_data_dir(parser)
     parser.add_argument(
         "--endpoint", action="append", default=[], metavar="NAME=URL", help="a running model server"
     )
@@ -57,8 +65,7 @@ def add_gateway_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--lenient-query", action="store_true", help="accept '+' etc. in ModelQueryString")
     parser.add_argument("--ping-interval", type=float, default=d.ping_interval)
     parser.add_argument("--missed-pongs", type=int, default=d.missed_pongs)
-    parser.add_argument("--log-level", default="info")
-    parser.add_argument("--log-json", action="store_true")
+    add_logging(parser)
 
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -72,44 +79,41 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     gw.set_defaults(handler=run_gateway)
 
     env = sub.add_parser("env", help="print the exports a client needs to reach the gateway")
-    env.add_argument("--host", default="127.0.0.1")
-    env.add_argument("--port", type=int, default=GATEWAY_PORT)
-    env.add_argument("--data-dir", default=DEFAULT_DATA_DIR)
-    env.add_argument("--region", default="us-east-1")
+    add_listen(env, GATEWAY_PORT)
+    add_data_dir(env)
+    env.add_argument("--region", default=DEFAULT_REGION, help="region to sign for (default: %(default)s)")
     env.set_defaults(handler=print_env)
 
-    inv = sub.add_parser("invoke", help="stream stdin (or a file) to an endpoint and print the responses")
-    inv.add_argument("endpoint", metavar="ENDPOINT")
-    inv.add_argument("--path", default=None, help="model invocation path")
-    inv.add_argument("--query", default=None, help="model query string")
-    inv.add_argument("--file", default=None, help="read this file instead of stdin")
-    inv.add_argument("--binary", action="store_true", help="send BINARY parts (default: UTF8 lines)")
-    inv.add_argument("--chunk-bytes", type=int, default=0, help="binary chunk size (default 4096)")
-    inv.add_argument("--endpoint-url", default=None)
-    inv.add_argument("--data-dir", default=DEFAULT_DATA_DIR)
-    inv.set_defaults(handler=run_invoke)
 
+def env_lines(host: str, port: int, bundle: Path, region: str) -> list[str]:
+    """Exports for every client we serve: the bidi client, boto3's runtime and control plane, the CLI.
 
-def env_lines(host: str, port: int, data_dir: Path, region: str) -> list[str]:
-    ca = data_dir / "ca.pem"
+    The CA variables name a bundle of the system CAs plus ours, so the shell keeps trusting the
+    public internet.  Credentials already in the environment are kept; otherwise the placeholders
+    the `run` banner shows.
+    """
+    url = shlex.quote(f"https://{host}:{port}")
+    key = os.environ.get("AWS_ACCESS_KEY_ID", PLACEHOLDER_ACCESS_KEY_ID)
+    secret = os.environ.get("AWS_SECRET_ACCESS_KEY", PLACEHOLDER_SECRET_ACCESS_KEY)
     return [
-        f"export AWS_ENDPOINT_URL_SAGEMAKER_RUNTIME_HTTP2={shlex.quote(f'https://{host}:{port}')}",
-        f"export AWS_ENDPOINT_URL_SAGEMAKER_RUNTIME={shlex.quote(f'https://{host}:{port}')}",
-        f"export SSL_CERT_FILE={shlex.quote(str(ca))}",
-        f"export AWS_CA_BUNDLE={shlex.quote(str(ca))}",
-        f"export AWS_REGION={region}",
-        f"export AWS_DEFAULT_REGION={region}",
-        f"export AWS_ACCESS_KEY_ID={os.environ.get('AWS_ACCESS_KEY_ID', 'bidistream')}",
-        f"export AWS_SECRET_ACCESS_KEY={os.environ.get('AWS_SECRET_ACCESS_KEY', 'bidistream')}",
+        f"export AWS_ENDPOINT_URL_SAGEMAKER_RUNTIME_HTTP2={url}",
+        f"export AWS_ENDPOINT_URL_SAGEMAKER_RUNTIME={url}",
+        f"export AWS_ENDPOINT_URL_SAGEMAKER={url}",
+        f"export AWS_ENDPOINT_URL_APPLICATION_AUTO_SCALING={url}",
+        f"export SSL_CERT_FILE={shlex.quote(str(bundle))}",
+        f"export AWS_CA_BUNDLE={shlex.quote(str(bundle))}",
+        f"export AWS_REGION={shlex.quote(region)}",
+        f"export AWS_DEFAULT_REGION={shlex.quote(region)}",
+        f"export AWS_ACCESS_KEY_ID={shlex.quote(key)}",
+        f"export AWS_SECRET_ACCESS_KEY={shlex.quote(secret)}",
     ]
 
 
 def print_env(args: argparse.Namespace) -> int:
-    from bidistream.gateway.tls import ensure_certificates
+    from bidistream.gateway.tls import ensure_trust_bundle
 
-    data_dir = Path(args.data_dir).expanduser()
-    ensure_certificates(data_dir)
-    print("\n".join(env_lines(args.host, args.port, data_dir, args.region)))
+    bundle = ensure_trust_bundle(Path(args.data_dir).expanduser())
+    print("\n".join(env_lines(args.host, args.port, bundle, args.region)))
     return 0
 
 
@@ -142,7 +146,7 @@ async def serve_gateway(args: argparse.Namespace, command: str, on_ready: OnRead
     from bidistream.gateway.limits import GatewayLimits
     from bidistream.gateway.server import Gateway
     from bidistream.platform.app import build_platform
-    from bidistream.platform.routing import LayeredRouter, StaticRouter
+    from bidistream.routing import LayeredRouter, StaticRouter
     from bidistream.sigv4 import CredentialStore
 
     limits = GatewayLimits(
@@ -170,6 +174,7 @@ async def serve_gateway(args: argparse.Namespace, command: str, on_ready: OnRead
             f"bidistream {command}: cannot listen on {args.host}:{args.port}: {exc.strerror}", file=sys.stderr
         )
         return 1
+    platform.announce(gateway.url)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
@@ -183,61 +188,3 @@ async def serve_gateway(args: argparse.Namespace, command: str, on_ready: OnRead
         await gateway.stop()
         await platform.stop()
     return 0
-
-
-def run_invoke(args: argparse.Namespace) -> int:
-    from bidistream.client import Client
-
-    data_dir = Path(args.data_dir).expanduser()
-    local_ca = data_dir / "ca.pem"
-    ca = str(local_ca) if local_ca.exists() else os.environ.get("SSL_CERT_FILE")
-    source = open(args.file, "rb") if args.file else sys.stdin.buffer
-    chunk = args.chunk_bytes or 4096
-    code = 0
-
-    async def main() -> None:
-        nonlocal code
-        async with (
-            Client(args.endpoint_url, ca_file=ca) as client,
-            client.session(args.endpoint, path=args.path, query=args.query) as s,
-        ):
-
-            async def feed() -> None:
-                loop = asyncio.get_running_loop()
-                while True:
-                    if args.binary or args.chunk_bytes:
-                        data = await loop.run_in_executor(None, source.read, chunk)
-                    else:
-                        data = await loop.run_in_executor(None, source.readline)
-                    if not data:
-                        break
-                    if args.binary:
-                        await s.send(data)
-                    else:
-                        text = data.decode("utf-8", "replace")
-                        await s.send(text.rstrip("\n") if not args.chunk_bytes else text)
-                await s.close_input()
-
-            sender = asyncio.create_task(feed())
-            try:
-                async for frame in s:
-                    if frame.is_text:
-                        sys.stdout.write(frame.as_text() + ("\n" if frame.complete else ""))
-                    else:
-                        sys.stdout.buffer.write(frame.data)
-                    sys.stdout.flush()
-                await sender
-            finally:
-                sender.cancel()
-                with contextlib.suppress(asyncio.CancelledError, Exception):
-                    await sender
-
-    try:
-        run_loop(main())
-    except BidistreamError as exc:
-        print(f"bidistream invoke: {exc.code}: {exc.message}", file=sys.stderr)
-        code = 1
-    finally:
-        if args.file:
-            source.close()
-    return code

@@ -11,6 +11,7 @@ import signal
 import sys
 
 from bidistream import logs
+from bidistream.cli.options import add_listen, add_logging
 from bidistream.container.limits import ServerLimits
 from bidistream.defaults import MODEL_SERVER_PORT as DEFAULT_PORT
 from bidistream.errors import BidistreamError
@@ -48,8 +49,7 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         "/invocations and the bidirectional-stream WebSocket.",
     )
     serve.add_argument("model", metavar="MODEL")
-    serve.add_argument("--host", default="127.0.0.1")
-    serve.add_argument("--port", type=int, default=None, help="default: $SAGEMAKER_BIND_TO_PORT or 8080")
+    add_listen(serve, None, "default: $SAGEMAKER_BIND_TO_PORT or 8080")
     serve.add_argument(
         "--set", dest="options", action="append", default=[], metavar="KEY=VALUE", help="model option"
     )
@@ -59,8 +59,7 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     serve.add_argument("--max-session-duration", type=float, default=defaults.max_session_duration)
     serve.add_argument("--idle-timeout", type=float, default=defaults.idle_timeout)
     serve.add_argument("--drain-timeout", type=float, default=defaults.drain_timeout)
-    serve.add_argument("--log-level", default="info")
-    serve.add_argument("--log-json", action="store_true")
+    add_logging(serve)
     serve.set_defaults(handler=_serve)
 
     check = sub.add_parser(

@@ -1,23 +1,25 @@
-"""The ``bidistream`` command line.
+"""The ``bidistream`` command line: the composition root.
 
-Each layer owns its subcommands in a ``commands`` module with a
-``register(subparsers)`` function, so adding a command never edits another
-layer's code.
+This package is the only one that may import every layer (see
+``tests/unit/test_import_boundaries.py``): it builds the platform, the router
+seam and the gateway and wires them together, so ``platform`` never imports
+``gateway`` and ``gateway`` never imports ``platform`` or ``client``.  Each
+module registers its subcommands; options shared by several commands are
+declared once in :mod:`bidistream.cli.options`.
 """
 
 from __future__ import annotations
 
 import argparse
-import importlib
 import sys
 from collections.abc import Callable, Sequence
 
+from bidistream.cli import gateway, invoke, run, serve
+
+__all__ = ["build_parser", "main"]
+
 # Modules that contribute subcommands, in help order.
-COMMAND_MODULES = (
-    "bidistream.container.commands",  # serve, check
-    "bidistream.gateway.commands",  # gateway, env, invoke
-    "bidistream.platform.commands",  # run, endpoints
-)
+COMMAND_MODULES = (serve, gateway, invoke, run)  # serve, check | gateway, env | invoke | run, endpoints
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -26,13 +28,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="Self-hosted bidirectional-streaming inference (SageMaker-compatible).",
     )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
-    for name in COMMAND_MODULES:
-        try:
-            module = importlib.import_module(name)
-        except ModuleNotFoundError as exc:
-            if exc.name == name:
-                continue  # layer not built yet
-            raise
+    for module in COMMAND_MODULES:
         module.register(sub)
     return parser
 
