@@ -24,6 +24,7 @@ from bidistream.platform.app import build_platform
 from bidistream.platform.runtimes.ray import RayInstance, resources_for
 from bidistream.sigv4 import CredentialStore
 from tests.clients.platform_stack import FAST, SEED_PHRASES, Stack, create_endpoint, phrases_session, sync
+from tests.support.waiting import eventually
 
 pytestmark = pytest.mark.timeout(90)
 
@@ -126,6 +127,54 @@ async def test_two_instances_on_a_local_ray_cluster(
         await sync(sm.delete_endpoint, EndpointName="on-ray")
         await sync(sm.get_waiter("endpoint_deleted").wait, EndpointName="on-ray", WaiterConfig={"Delay": 1})
         assert all(i.handle is not None and i.handle.exited() for i in instances)
+    finally:
+        await gateway.stop()
+        await platform.stop()
+
+
+async def test_an_instance_the_cluster_cannot_place_fails_fast_with_the_reason(
+    ray_cluster: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The cluster has 4 CPU / 0 GPU; ml.g5.2xlarge asks 4 CPU / 1 GPU.
+    monkeypatch.setenv("RAY_USAGE_STATS_ENABLED", "0")
+    platform = build_platform(tmp_path / "data", runtime="ray", ray_address=ray_cluster, manager_limits=FAST)
+    await platform.start()
+    gateway = Gateway(
+        platform.router,
+        control_plane=platform.control_plane,
+        port=0,
+        data_dir=tmp_path / "data",
+        credentials=CredentialStore({}),
+    )
+    await gateway.start()
+    try:
+        monkeypatch.setenv("SSL_CERT_FILE", str(gateway.ca_path))
+        sm = Stack(platform, gateway).boto()
+        await sync(sm.create_model, ModelName="big-model", PrimaryContainer={"Image": "bidistream/echo"})
+        await sync(
+            sm.create_endpoint_config,
+            EndpointConfigName="big-config",
+            ProductionVariants=[
+                {
+                    "VariantName": "AllTraffic",
+                    "ModelName": "big-model",
+                    "InitialInstanceCount": 1,
+                    "InstanceType": "ml.g5.2xlarge",
+                }
+            ],
+        )
+        await sync(sm.create_endpoint, EndpointName="big", EndpointConfigName="big-config")
+
+        async def failed() -> dict[str, object] | None:
+            desc: dict[str, object] = await sync(sm.describe_endpoint, EndpointName="big")
+            return desc if desc["EndpointStatus"] == "Failed" else None
+
+        desc = await eventually(failed, timeout=20, interval=0.2)
+        assert isinstance(desc, dict)
+        # eventually's deadline (20 s, scaled) is well inside the 120 s placement timeout.
+        reason = str(desc["FailureReason"])
+        assert "asks 4 CPU / 1 GPU (ml.g5.2xlarge)" in reason, reason
+        assert "the cluster has 4 CPU / 0 GPU on 1 node" in reason, reason
     finally:
         await gateway.stop()
         await platform.stop()

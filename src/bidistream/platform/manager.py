@@ -40,6 +40,7 @@ from typing import Any
 
 import aiohttp
 
+from bidistream import metrics
 from bidistream.errors import BidistreamError
 from bidistream.platform.balancer import PlatformRouter, RoutableVariant
 from bidistream.platform.images import ImageSpec, parse_image
@@ -545,6 +546,9 @@ class EndpointManager:
                     backoff = min(backoff * 2, self.limits.restart_backoff_max)
                     continue
                 instance.restarts += 1
+                metrics.INSTANCE_RESTARTS.labels(
+                    instance.endpoint, instance.variant, instance.instance_id
+                ).inc()
                 backoff = self.limits.restart_backoff
                 failures = 0
 
@@ -627,6 +631,10 @@ class EndpointManager:
 
     def _publish_now(self) -> None:
         now = time.time()
+        states = [str(s) for s in InstanceState]
+        for e in self._endpoints.values():
+            for i in self._all_instances(e):
+                metrics.set_instance_state(i.endpoint, i.variant, i.instance_id, str(i.state), states)
         rows = [
             InstanceRow(
                 instance_id=i.instance_id,
