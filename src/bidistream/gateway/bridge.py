@@ -450,6 +450,34 @@ async def open_upstream(
     and checks ``closed`` for an instance that closed during the handshake.
     """
     try:
+        return await _open_upstream(router, endpoint, variant, path, query, headers, limits, ticker)
+    except BidistreamError as exc:
+        # LOGS: a session refused before it opened gets its line too (code as the client sees it).
+        log.info(
+            "session refused",
+            extra={
+                "session": headers.get(SESSION_HEADER, ""),
+                "endpoint": endpoint,
+                "variant": variant or "",
+                "error": exc.code,
+                "code": wire_form(exc).ws_close,
+                "reason": exc.message,
+            },
+        )
+        raise
+
+
+async def _open_upstream(
+    router: Router,
+    endpoint: str,
+    variant: str | None,
+    path: str | None,
+    query: str | None,
+    headers: Mapping[str, str],
+    limits: GatewayLimits,
+    ticker: PingTicker | None,
+) -> Upstream:
+    try:
         targets = router.candidates(endpoint, variant)
     except ServiceUnavailableError:
         metrics.router_decision(endpoint, variant or "", "", metrics.NO_HEALTHY_INSTANCE)
