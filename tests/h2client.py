@@ -17,8 +17,9 @@ import h2.connection
 import h2.events
 
 from bidistream.eventstream import EventStreamDecoder, decode_message
+from tests.support.waiting import scaled
 
-T = 15.0
+T = scaled(15.0)
 
 
 class H2TestClient:

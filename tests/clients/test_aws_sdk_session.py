@@ -11,8 +11,8 @@ from bidistream.client import Client
 from bidistream.errors import InputValidationError, ModelError, ModelStreamError
 from bidistream.frames import FrameKind
 from bidistream.models.echo import EchoModel
-from tests.clients.test_aws_bidi import Stack, gateway_stack
 from tests.clients.test_aws_errors import CrashingModel, RefusingModel
+from tests.support.aws import Stack, gateway_stack
 
 
 @pytest.fixture

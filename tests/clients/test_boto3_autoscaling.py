@@ -59,6 +59,16 @@ async def _talk(sess: BidiSession, text: str) -> None:
     await sess.wait_for(before + 1)
 
 
+def _gauge(name: str, **labels: str) -> float:
+    """Sum of a gauge's samples with these labels, from a real scrape of /metrics."""
+    total = 0.0
+    for fam in text_string_to_metric_families(metrics.exposition()[0].decode()):
+        for s in fam.samples:
+            if s.name == name and labels.items() <= s.labels.items():
+                total += s.value
+    return total
+
+
 def _closed_clean(endpoint: str) -> float:
     """Gateway sessions of ``endpoint`` closed with 1000, from a real scrape of /metrics."""
     text = metrics.exposition()[0].decode()
@@ -112,6 +122,8 @@ async def test_sessions_scale_out_then_drain_in_without_a_cut(stack: Stack, tmp_
     await eventually(in_service, timeout=10)
 
     # A new session goes to the new, empty instance.
+    assert _gauge("bidistream_instance_state", endpoint="scaly", state="healthy") == 2
+    assert _gauge("bidistream_autoscaling_metric_value", endpoint="scaly", policy="sessions") > 0
     late = await open_session(client, "scaly")
     await _talk(late, "late")
     assert sorted(i.routable.live_sessions for i in _healthy(stack)) == [1, 4]
@@ -125,6 +137,7 @@ async def test_sessions_scale_out_then_drain_in_without_a_cut(stack: Stack, tmp_
     leaving = _draining(stack)[0]
     assert leaving.routable is not None and leaving.routable.live_sessions == 1
     assert len(_healthy(stack)) == 1
+    assert _gauge("bidistream_instance_draining", endpoint="scaly", instance=leaving.instance_id) == 1
 
     # Both sessions still talk, the draining one included, and end cleanly.
     for sess in (load[0], late):

@@ -24,7 +24,7 @@ from bidistream.platform.app import build_platform
 from bidistream.platform.runtimes.ray import RayInstance, resources_for
 from bidistream.sigv4 import CredentialStore
 from tests.clients.platform_stack import FAST, SEED_PHRASES, Stack, create_endpoint, phrases_session, sync
-from tests.support.waiting import eventually
+from tests.support.waiting import eventually, scaled
 
 pytestmark = pytest.mark.timeout(90)
 
@@ -63,20 +63,20 @@ def ray_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
         start_new_session=True,
     )
     try:
-        deadline = time.monotonic() + 45
+        deadline = time.monotonic() + scaled(45)
         while True:
             assert proc.poll() is None, f"ray start exited with {proc.returncode}; see {log.name}"
             try:
-                with socket.create_connection(("127.0.0.1", port), timeout=0.5):
+                with socket.create_connection(("127.0.0.1", port), timeout=scaled(0.5)):
                     break
             except OSError:
-                assert time.monotonic() < deadline, "Ray head did not come up in 45 s"
+                assert time.monotonic() < deadline, f"Ray head did not come up in {scaled(45):g} s"
                 time.sleep(0.3)
         yield f"127.0.0.1:{port}"
     finally:
         os.killpg(proc.pid, signal.SIGTERM)
         try:
-            proc.wait(timeout=8)
+            proc.wait(timeout=scaled(8))
         except subprocess.TimeoutExpired:
             os.killpg(proc.pid, signal.SIGKILL)
             proc.wait()

@@ -27,7 +27,7 @@ from bidistream.defaults import (
     PLACEHOLDER_ACCESS_KEY_ID,
     PLACEHOLDER_SECRET_ACCESS_KEY,
 )
-from bidistream.errors import BidistreamError
+from bidistream.errors import BidistreamError, InputValidationError
 from bidistream.runloop import run as run_loop
 
 if TYPE_CHECKING:
@@ -43,6 +43,24 @@ def _endpoints(pairs: list[str]) -> dict[str, str]:
             raise SystemExit(f"bidistream gateway: --endpoint expects NAME=http://host:port, got {pair!r}")
         out[name] = url
     return out
+
+
+def credential_spec(value: str | None) -> str | None:
+    """``--credentials`` or ``$BIDISTREAM_CREDENTIALS``, with ``@FILE`` read from disk.
+
+    The file holds ``AKID:SECRET`` pairs, one per line or comma-separated (``#`` starts a comment),
+    so the secret never appears in ``ps`` or the shell history.
+    """
+    raw = value if value is not None else os.environ.get("BIDISTREAM_CREDENTIALS")
+    if raw is None or not raw.startswith("@"):
+        return raw
+    path = Path(raw[1:]).expanduser()
+    try:
+        text = path.read_text()
+    except OSError as exc:
+        raise InputValidationError(f"cannot read credentials file {path}: {exc.strerror}") from exc
+    pairs = [part.strip() for line in text.splitlines() for part in line.split("#", 1)[0].split(",")]
+    return ",".join(p for p in pairs if p)
 
 
 def add_gateway_arguments(parser: argparse.ArgumentParser) -> None:
@@ -61,10 +79,28 @@ def add_gateway_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--ray-address", default=None, metavar="HOST:PORT", help="Ray cluster (--runtime ray)"
     )
-    parser.add_argument("--credentials", default=None, metavar="AKID:SECRET", help="turn SigV4 checks on")
+    parser.add_argument(
+        "--credentials",
+        default=None,
+        metavar="AKID:SECRET|@FILE",
+        help="turn SigV4 checks on with these key pairs (comma-separated); @FILE reads them from a file so "
+        "the secret stays off the command line; default: $BIDISTREAM_CREDENTIALS",
+    )
     parser.add_argument("--lenient-query", action="store_true", help="accept '+' etc. in ModelQueryString")
-    parser.add_argument("--ping-interval", type=float, default=d.ping_interval)
-    parser.add_argument("--missed-pongs", type=int, default=d.missed_pongs)
+    parser.add_argument(
+        "--ping-interval",
+        type=float,
+        default=d.ping_interval,
+        metavar="SECONDS",
+        help="ping each instance WebSocket this often (default: %(default)s s)",
+    )
+    parser.add_argument(
+        "--missed-pongs",
+        type=int,
+        default=d.missed_pongs,
+        metavar="N",
+        help="end a session after this many unanswered pings (default: %(default)s)",
+    )
     parser.add_argument(
         "--metrics-port",
         type=int,
@@ -175,7 +211,7 @@ async def serve_gateway(args: argparse.Namespace, command: str, on_ready: OnRead
         port=args.port,
         data_dir=data_dir,
         limits=limits,
-        credentials=CredentialStore.from_spec(args.credentials),
+        credentials=CredentialStore.from_spec(credential_spec(args.credentials)),
     )
     from bidistream import metrics
 

@@ -52,8 +52,8 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     endpoints = sub.add_parser(
         "endpoints",
         help="list endpoints, variants, instances, live sessions and status",
-        description="Read the data dir's store and print one row per instance (a running gateway "
-        "refreshes live sessions every second).",
+        description="Read the data dir's store and print one row per instance: status and states are "
+        "written the moment they change; live-session counts are refreshed every second.",
     )
     add_data_dir(endpoints)
     endpoints.add_argument("--json", action="store_true", help="print JSON instead of a table")
@@ -207,9 +207,9 @@ def endpoint_rows(store: object) -> list[dict[str, object]]:
     from bidistream.platform.store import Store
 
     assert isinstance(store, Store)
-    instances = store.list_instances()
+    records, instances = store.snapshot_all()  # one instant, even while a gateway writes
     rows: list[dict[str, object]] = []
-    for record in store.list_endpoints():
+    for record in records:
         for plan in plans_from_doc(record.doc):
             mine = [i for i in instances if i.endpoint == record.name and i.variant == plan.name]
             base = {

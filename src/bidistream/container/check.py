@@ -122,6 +122,8 @@ class Report:
     url: str
     echo: bool
     results: tuple[CheckResult, ...]
+    # Set when nothing listens at the URL: the other checks are not run, and one line says so.
+    unreachable: str = ""
 
     @property
     def failed(self) -> list[int]:
@@ -343,7 +345,8 @@ def judge_round_trip(number: int, obs: FrameObservation | None) -> CheckResult:
             number,
             name,
             Status.FAIL,
-            f"{kind} frame changed: sent {len(obs.sent)} B, got {len(obs.received)} B",
+            f"{kind} frame changed: sent {_preview(obs.sent, obs.sent_text)}, "
+            f"got {_preview(obs.received, obs.received_text)} (not an echo model? add --no-echo)",
             values,
         )
     return CheckResult(
@@ -353,6 +356,17 @@ def judge_round_trip(number: int, obs: FrameObservation | None) -> CheckResult:
         f"{len(obs.sent)} B {kind} frame back unchanged in {_ms(obs.elapsed)}",
         values,
     )
+
+
+PREVIEW_BYTES = 40  # how much of a frame a failure line quotes
+
+
+def _preview(data: bytes, as_text: bool) -> str:
+    """A frame as a failure line quotes it: its size and its first bytes, text as text."""
+    head = data[:PREVIEW_BYTES]
+    shown = repr(head.decode("utf-8", "replace")) if as_text else head.hex(" ")
+    more = " …" if len(data) > PREVIEW_BYTES else ""
+    return f"{len(data)} B {shown}{more}"
 
 
 def judge_path_query(obs: PathObservation, *, echo: bool, query: str, probe: bytes) -> CheckResult:
@@ -409,6 +423,8 @@ def judge_concurrent(obs: ConcurrentObservation, *, echo: bool) -> CheckResult:
 
 # ================================================================ rendering
 def render_text(report: Report) -> str:
+    if report.unreachable:
+        return f"bidistream check {report.url}: FAIL: {report.unreachable}"
     mode = "echo-like model" if report.echo else "non-echo model"
     lines = [f"bidistream check {report.url} ({mode})"]
     for r in report.results:
@@ -427,6 +443,7 @@ def render_json(report: Report) -> str:
             "echo": report.echo,
             "passed": report.passed,
             "failed": report.failed,
+            "unreachable": report.unreachable or None,
             "checks": [
                 {
                     "number": r.number,
@@ -695,7 +712,12 @@ async def run_checks(config: CheckConfig) -> Report:
         if config.wait > 0:
             await probe.wait_ready()
         results: list[CheckResult] = []
-        results.append(judge_ping(await probe.http_call("GET", "ping", PING_DEADLINE)))
+        ping = await probe.http_call("GET", "ping", PING_DEADLINE)
+        results.append(judge_ping(ping))
+        if ping.status is None and (ping.error or "").startswith("cannot connect"):
+            # Seven more "cannot connect" lines would say nothing the first did not.
+            why = f"nothing listens at {config.http_base} ({ping.error}); is the container running?"
+            return Report(config.http_base, config.echo, tuple(results), unreachable=why)
         results.append(
             judge_invocations(
                 await probe.http_call("POST", "invocations", INVOKE_DEADLINE, b'{"inputs": "ping"}')

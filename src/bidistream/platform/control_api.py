@@ -33,6 +33,7 @@ from typing import Any, Protocol
 from bidistream.errors import BidistreamError, ClientError, ConflictError, InputValidationError, NotFoundError
 from bidistream.platform.images import parse_image
 from bidistream.platform.manager import VariantPlan, plans_from_doc
+from bidistream.platform.states import EndpointEvent, EndpointStatus, InstanceState, TransitionError
 from bidistream.platform.store import EndpointRecord, Record, Store
 
 log = logging.getLogger("bidistream.platform")
@@ -47,17 +48,7 @@ MODEL_NAME = re.compile(r"[a-zA-Z0-9]([\-a-zA-Z0-9]*[a-zA-Z0-9])?")
 ENV_KEY = re.compile(r"[a-zA-Z_][a-zA-Z0-9_]*")
 _CREDENTIAL_REGION = re.compile(r"Credential=[^/]+/\d{8}/([a-z0-9-]+)/")
 
-ENDPOINT_STATUSES = (
-    "OutOfService",
-    "Creating",
-    "Updating",
-    "SystemUpdating",
-    "RollingBack",
-    "InService",
-    "Deleting",
-    "Failed",
-    "UpdateRollbackFailed",
-)
+ENDPOINT_STATUSES = tuple(str(s) for s in EndpointStatus)
 
 
 class ResourceLimitExceeded(ClientError):
@@ -86,8 +77,6 @@ class Deployer(Protocol):
     def redeploy(self, name: str, plans: list[VariantPlan]) -> None: ...
 
     def remove(self, name: str) -> None: ...
-
-    def variants_view(self, name: str) -> list[dict[str, Any]] | None: ...
 
 
 def _violation(value: object, where: str, rule: str) -> InputValidationError:
@@ -211,12 +200,25 @@ class ControlApi:
         image = primary.get("Image")
         if not isinstance(image, str):
             raise _violation(image, f"{where}.image", "Member must not be null (the container's Image)")
-        parse_image(image, f"{where}.image")
+        spec = parse_image(image, f"{where}.image")
         self._check_environment(primary.get("Environment"), f"{where}.environment")
+        if spec.kind == "builtin":
+            self._check_model_options(spec.target, primary.get("Environment") or {}, f"{where}.environment")
         arn = self._arn(region, "model", name)
         doc = {k: req[k] for k in _MODEL_FIELDS if k in req}
         self.store.insert_doc("models", Record(name, arn, self.clock(), doc), kind="model")
         return {"ModelArn": arn}
+
+    def _check_model_options(self, builtin: str, env: dict[str, str], where: str) -> None:
+        """A built-in's options in Environment are checked now, not when the instance fails to start."""
+        from bidistream.container.loader import OPTION_ENV_PREFIX, check_options, options_from_environment
+
+        try:
+            check_options(builtin, options_from_environment(env), source=f"{where} option")
+        except InputValidationError as exc:
+            raise InputValidationError(
+                f"{exc.message} (set them as {OPTION_ENV_PREFIX}<NAME>, e.g. {OPTION_ENV_PREFIX}PROFILE)"
+            ) from exc
 
     def _check_environment(self, env: object, where: str) -> None:
         if env is None:
@@ -423,7 +425,9 @@ class ControlApi:
         doc: dict[str, Any] = {"deployment": [p.to_doc() for p in plans]}
         if "Tags" in req:
             doc["Tags"] = req["Tags"]
-        self.store.insert_endpoint(EndpointRecord(name, arn, config_name, "Creating", None, now, now, doc))
+        self.store.insert_endpoint(
+            EndpointRecord(name, arn, config_name, str(EndpointStatus.CREATING), None, now, now, doc)
+        )
         self.deployer.deploy(name, plans)
         return {"EndpointArn": arn}
 
@@ -435,26 +439,33 @@ class ControlApi:
 
     def describe_endpoint(self, req: dict[str, Any], region: str) -> dict[str, Any]:
         name = _name(req, "EndpointName", ENTITY_NAME)
-        record = self._endpoint(name, region)
-        variants = self.deployer.variants_view(name)
-        if not variants:
-            variants = [
-                {
-                    "VariantName": p.name,
-                    "DeployedImages": [{"SpecifiedImage": p.image, "ResolvedImage": p.image}],
-                    "CurrentWeight": p.weight,
-                    "DesiredWeight": p.weight,
-                    "CurrentInstanceCount": 0,
-                    "DesiredInstanceCount": p.instance_count,
-                }
-                for p in plans_from_doc(record.doc)
-            ]
+        # The record and its instance rows in one read: the same fact
+        # `bidistream endpoints` prints and the router routes by.
+        record, rows = self.store.snapshot(name)
+        if record is None:
+            raise NotFoundError(f'Could not find endpoint "{self._arn(region, "endpoint", name)}".')
+        healthy: dict[str, int] = {}
+        for row in rows:
+            if row.state == InstanceState.HEALTHY:
+                healthy[row.variant] = healthy.get(row.variant, 0) + 1
         pending = {p.name: p for p in plans_from_doc(record.doc, "pending")}
-        for view in variants:
-            plan = pending.get(view["VariantName"])
-            if plan is not None:
-                view["DesiredWeight"] = plan.weight
-                view["DesiredInstanceCount"] = plan.instance_count
+        variants: list[dict[str, Any]] = []
+        for doc in record.doc.get("deployment") or []:
+            plan = VariantPlan.from_doc(doc)
+            image: dict[str, Any] = {"SpecifiedImage": plan.image, "ResolvedImage": plan.image}
+            if doc.get("DeployedAt") is not None:
+                image["ResolutionTime"] = doc["DeployedAt"]
+            desired = pending.get(plan.name, plan)
+            variants.append(
+                {
+                    "VariantName": plan.name,
+                    "DeployedImages": [image],
+                    "CurrentWeight": plan.weight,
+                    "DesiredWeight": desired.weight,
+                    "CurrentInstanceCount": healthy.get(plan.name, 0),
+                    "DesiredInstanceCount": desired.instance_count,
+                }
+            )
         out: dict[str, Any] = {
             "EndpointName": record.name,
             "EndpointArn": record.arn,
@@ -480,18 +491,21 @@ class ControlApi:
         doc = dict(record.doc)
         doc["pending"] = [p.to_doc() for p in plans]
         doc["previous_config"] = record.config_name  # restored if the update fails
-        self.store.update_endpoint(
-            record.name,
-            status="Updating",
-            config_name=config_name,
-            doc=doc,
-            clear_failure=True,
-            expect_status=("InService",),
-        )
+        try:
+            self.store.commit(
+                record.name, event=EndpointEvent.UPDATE, config_name=config_name, doc=doc, clear_failure=True
+            )
+        except TransitionError as exc:
+            # Another update won the race between our check and this write.
+            now = self.store.get_endpoint(record.name)
+            status = now.status if now is not None else "gone"
+            raise ConflictError(
+                f'Cannot update in-progress endpoint "{record.arn}" (status {status}).'
+            ) from exc
         self.deployer.redeploy(record.name, plans)
 
     def _check_updatable(self, record: EndpointRecord) -> None:
-        if record.status != "InService":
+        if record.status != EndpointStatus.IN_SERVICE:
             raise InputValidationError(
                 f'Cannot update in-progress endpoint "{record.arn}": its status is {record.status}, '
                 "and only an InService endpoint can be updated."
@@ -572,8 +586,8 @@ class ControlApi:
     def delete_endpoint(self, req: dict[str, Any], region: str) -> dict[str, Any]:
         name = _name(req, "EndpointName", ENTITY_NAME)
         record = self._endpoint(name, region)
-        if record.status != "Deleting":
-            self.store.update_endpoint(name, status="Deleting")
+        if record.status != EndpointStatus.DELETING:
+            self.store.commit(name, event=EndpointEvent.DELETE)
             self.deployer.remove(name)
         return {}
 
