@@ -129,7 +129,8 @@ async def test_known_traffic_gives_exact_counts_consistent_histograms_and_labels
         assert delta("bidistream_gateway_frames_total", **loc, direction="out") == frames
         assert delta("bidistream_gateway_bytes_total", **loc, direction="in") == phrase_bytes
         assert delta("bidistream_gateway_bytes_total", **loc, direction="out") == phrase_bytes
-        assert delta("bidistream_router_decisions_total", **loc, decision="routed") == sessions
+        # Every session and the one InvokeEndpoint went where the router sent them.
+        assert delta("bidistream_router_decisions_total", **loc, decision="routed") == sessions + 1
         assert delta("bidistream_invocations_total", **loc, operation="InvokeEndpoint", status="200") == 1
         for hist in (
             "bidistream_gateway_session_duration_seconds",
@@ -231,3 +232,46 @@ async def test_full_instance_refuses_before_the_upgrade_and_busy_is_counted(
         # The refusal opened no session on the instance: only the holder counts.
         assert value(inst, "bidistream_container_sessions_active", **loc) == 1
         await asyncio.wait_for(holder.input_stream.close(), 15)
+
+
+async def test_invoke_on_an_endpoint_with_no_room_is_503_naming_capacity(tmp_path: Path) -> None:
+    import botocore.exceptions
+
+    from tests.fixtures.models import SlowLoadModel
+
+    # An instance still loading answers /invocations with 503: for the router it has no room.
+    server = ModelServer(
+        SlowLoadModel(delay=60), port=0, identity=InstanceIdentity("loading", "AllTraffic", "l-1")
+    )
+    await server.start()
+    gw = Gateway(
+        StaticRouter({"loading": f"http://127.0.0.1:{server.port}"}),
+        port=0,
+        data_dir=tmp_path / "gw",
+        credentials=CredentialStore({}),
+    )
+    await gw.start()
+    try:
+        rt = boto_client("sagemaker-runtime", gw.url, gw.ca_path)
+        with pytest.raises(botocore.exceptions.ClientError) as info:
+            await asyncio.to_thread(rt.invoke_endpoint, EndpointName="loading", Body=b"x")
+        err = info.value.response
+        assert err["ResponseMetadata"]["HTTPStatusCode"] == 503
+        assert err["Error"]["Code"] == "ServiceUnavailable"
+        assert "endpoint loading is at capacity: all 1 instance refused" in err["Error"]["Message"]
+        got = parse(await asyncio.to_thread(_fetch, f"{gw.url}/metrics", gw.ca_path))
+        # boto3 may retry a 503 once: every request it sent was one busy decision and one 503.
+        busy = value(got, "bidistream_router_decisions_total", endpoint="loading", decision="busy")
+        assert busy >= 1
+        assert value(got, "bidistream_invocations_total", endpoint="loading", status="503") == busy
+    finally:
+        await gw.stop()
+        await server.stop(drain_timeout=0)
+
+
+def _fetch(url: str, ca: Path) -> str:
+    import urllib.request
+
+    ctx = ssl.create_default_context(cafile=str(ca))
+    with urllib.request.urlopen(url, context=ctx, timeout=10) as resp:
+        return str(resp.read().decode())

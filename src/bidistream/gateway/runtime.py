@@ -26,6 +26,7 @@ from bidistream.errors import (
     ServiceUnavailableError,
 )
 from bidistream.eventstream import encode_model_stream_error, encode_payload_part
+from bidistream.gateway.bridge import at_capacity
 from bidistream.gateway.http import Api, HttpResponse, error_response, new_request_id
 from bidistream.gateway.limits import GatewayLimits
 from bidistream.gateway.validation import check_name
@@ -66,7 +67,14 @@ async def _post(
     limits: GatewayLimits,
 ) -> tuple[RoutableInstance, aiohttp.ClientResponse]:
     last: BidistreamError = ServiceUnavailableError(f"endpoint {endpoint} has no instance to take the call")
-    for target in router.candidates(endpoint, variant):
+    try:
+        targets = router.candidates(endpoint, variant)
+    except ServiceUnavailableError:
+        metrics.router_decision(endpoint, variant or "", "", metrics.NO_HEALTHY_INSTANCE)
+        raise
+    full = 0
+    for target in targets:
+        where = (endpoint, target.variant, target.instance_id)
         try:
             resp = await http.post(
                 f"{target.base_url}/invocations",
@@ -75,15 +83,22 @@ async def _post(
                 timeout=aiohttp.ClientTimeout(total=None, sock_connect=limits.connect_timeout),
             )
         except (aiohttp.ClientError, OSError) as exc:
+            metrics.router_decision(*where, metrics.RETRY_UNREACHABLE)
             last = ServiceUnavailableError(
                 f"instance {target.instance_id} of endpoint {endpoint} is unreachable ({type(exc).__name__})"
             )
             continue
         if resp.status in (503, 429):
             resp.release()
+            full += 1
+            metrics.router_decision(*where, metrics.RETRY_FULL)
             last = InstanceFullError(f"instance {target.instance_id} is busy or not ready ({resp.status})")
             continue
+        metrics.router_decision(*where, metrics.ROUTED)
         return target, resp
+    if targets and full == len(targets):
+        metrics.router_decision(endpoint, variant or "", "", metrics.BUSY)
+        raise InstanceFullError(at_capacity(endpoint, targets))
     raise last
 
 
