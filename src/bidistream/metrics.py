@@ -344,6 +344,11 @@ INVOCATION_SECONDS: Final = Histogram(
     (*LOCATION, "operation"),
     buckets=LATENCY_BUCKETS,
 )
+INVOCATIONS_IN_FLIGHT: Final = Gauge(
+    "bidistream_invocations_in_flight",
+    "InvokeEndpoint calls routed to the variant whose response head has not left yet.",
+    ("endpoint", "variant"),
+)
 CONTAINER_INVOCATIONS: Final = Counter(
     "bidistream_container_invocations_total",
     "POST /invocations requests the model server answered, by HTTP status.",
@@ -518,6 +523,16 @@ class SpeechMeter:
             SPEECH_BACKLOG.remove(*self._key)
         except KeyError:
             pass
+
+
+def sample_sum(metric: Counter | Gauge, suffix: str = "", **labels: str) -> float:
+    """Sum of a family's samples whose labels include ``labels`` (read in-process, e.g. by the scaler)."""
+    total = 0.0
+    for fam in metric.collect():
+        for sample in fam.samples:
+            if sample.name.endswith(suffix) and labels.items() <= sample.labels.items():
+                total += sample.value
+    return total
 
 
 # --------------------------------------------------------------------------- exposition

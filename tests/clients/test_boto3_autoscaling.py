@@ -353,3 +353,47 @@ async def test_validation_errors_as_boto3_raises_them(stack: Stack) -> None:
     assert _error(info)[1] == "InvalidNextTokenException"
     page = await sync(aas.describe_scaling_policies, ServiceNamespace="sagemaker", MaxResults=1)
     assert len(page["ScalingPolicies"]) == 1 and page["NextToken"]
+
+
+async def test_predefined_invocations_per_instance_scales_out_and_back(stack: Stack) -> None:
+    sm, aas, rt = stack.boto(), stack.boto("application-autoscaling"), stack.boto("sagemaker-runtime")
+    await sync(create_endpoint, sm, "scaly", "bidistream/echo")
+    await sync(
+        aas.register_scalable_target,
+        ServiceNamespace="sagemaker",
+        ResourceId=RID,
+        ScalableDimension=DIM,
+        MinCapacity=1,
+        MaxCapacity=2,
+    )
+    await sync(
+        aas.put_scaling_policy,
+        PolicyName="invocations",
+        ServiceNamespace="sagemaker",
+        ResourceId=RID,
+        ScalableDimension=DIM,
+        PolicyType="TargetTrackingScaling",
+        TargetTrackingScalingPolicyConfiguration={
+            "TargetValue": 60.0,  # per instance per minute: a burst of calls is far above it
+            "PredefinedMetricSpecification": {
+                "PredefinedMetricType": "SageMakerVariantInvocationsPerInstance"
+            },
+            "ScaleOutCooldown": 0,
+            "ScaleInCooldown": 1,
+        },
+    )
+
+    async def burst() -> bool:
+        for _ in range(10):
+            assert (await sync(rt.invoke_endpoint, EndpointName="scaly", Body=b"x"))["Body"].read() == b"x"
+        return len(_healthy(stack)) == 2
+
+    await eventually(burst, timeout=30)
+    # No more calls: the rate falls to 0 and the variant goes back to its minimum.
+    await eventually(lambda: len(_healthy(stack)) == 1 and not _draining(stack), timeout=30)
+    acts = (await sync(aas.describe_scaling_activities, ServiceNamespace="sagemaker"))["ScalingActivities"]
+    assert [a["Description"] for a in acts][:2] == [
+        "Setting desired instance count to 1.",
+        "Setting desired instance count to 2.",
+    ]
+    assert "SageMakerVariantInvocationsPerInstance" in acts[1]["Cause"]

@@ -116,7 +116,11 @@ async def invoke_endpoint(
     began = time.monotonic()
     request_id = new_request_id()
     where: list[RoutableInstance] = []
-    resp = await _invoke(http, router, limits, endpoint, headers, body, stream, request_id, where)
+    try:
+        resp = await _invoke(http, router, limits, endpoint, headers, body, stream, request_id, where)
+    finally:
+        if where:
+            metrics.INVOCATIONS_IN_FLIGHT.labels(endpoint, where[0].variant).dec()
     seconds = time.monotonic() - began
     operation = "InvokeEndpointWithResponseStream" if stream else "InvokeEndpoint"
     target = where[0] if where else None
@@ -182,6 +186,7 @@ async def _invoke(
         async with asyncio.timeout(limits.invoke_timeout):
             target, resp = await _post(http, router, endpoint, variant, out, body, limits)
             where.append(target)
+            metrics.INVOCATIONS_IN_FLIGHT.labels(endpoint, target.variant).inc()
             if resp.status >= 300:
                 text = (await resp.read()).decode("utf-8", "replace")
                 resp.release()

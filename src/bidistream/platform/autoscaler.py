@@ -343,8 +343,12 @@ class Autoscaler:
             if i.variant == variant and i.state is InstanceState.HEALTHY and i.routable is not None
         ]
         count = max(1, len(instances))
-        if metric in ("sessions_per_instance", "concurrent_per_instance"):
-            return sum(i.routable.live_sessions for i in instances if i.routable) / count
+        live = sum(i.routable.live_sessions for i in instances if i.routable)
+        if metric == "sessions_per_instance":
+            return live / count
+        if metric == "concurrent_per_instance":
+            inflight = metrics.sample_sum(metrics.INVOCATIONS_IN_FLIGHT, endpoint=endpoint, variant=variant)
+            return (live + inflight) / count
         if metric == "invocations_per_instance":
             return self._invocations_per_minute(endpoint, variant, st) / count
         if metric == "backlog_seconds":
@@ -354,16 +358,10 @@ class Autoscaler:
 
     def _invocations_per_minute(self, endpoint: str, variant: str, st: _TargetState) -> float:
         """InvokeEndpoint calls plus sessions opened on the variant, per minute since the last look."""
-        total = 0.0
-        for family in (metrics.INVOCATIONS, metrics.GATEWAY.opened):
-            for fam in family.collect():
-                for sample in fam.samples:
-                    if (
-                        sample.name.endswith("_total")
-                        and sample.labels.get("endpoint") == endpoint
-                        and sample.labels.get("variant") == variant
-                    ):
-                        total += sample.value
+        total = sum(
+            metrics.sample_sum(family, "_total", endpoint=endpoint, variant=variant)
+            for family in (metrics.INVOCATIONS, metrics.GATEWAY.opened)
+        )
         now = time.monotonic()
         previous, at = st.invocations_seen, st.invocations_at
         st.invocations_seen, st.invocations_at = total, now
