@@ -397,3 +397,42 @@ async def test_predefined_invocations_per_instance_scales_out_and_back(stack: St
         "Setting desired instance count to 2.",
     ]
     assert "SageMakerVariantInvocationsPerInstance" in acts[1]["Cause"]
+
+
+async def test_speech_backlog_scraped_from_the_instances_scales_out(stack: Stack) -> None:
+    sm, aas = stack.boto(), stack.boto("application-autoscaling")
+    await sync(create_endpoint, sm, "scaly", "python:tests.fixtures.backlog:BacklogModel")
+    await sync(
+        aas.register_scalable_target,
+        ServiceNamespace="sagemaker",
+        ResourceId=RID,
+        ScalableDimension=DIM,
+        MinCapacity=1,
+        MaxCapacity=3,
+    )
+    await sync(
+        aas.put_scaling_policy,
+        PolicyName="backlog",
+        ServiceNamespace="sagemaker",
+        ResourceId=RID,
+        ScalableDimension=DIM,
+        PolicyType="TargetTrackingScaling",
+        TargetTrackingScalingPolicyConfiguration={
+            "TargetValue": 1.0,
+            "CustomizedMetricSpecification": {
+                "MetricName": "SpeechBacklogSeconds",
+                "Namespace": "bidistream",
+            },
+            "ScaleOutCooldown": 0,
+            "ScaleInCooldown": 600,
+        },
+    )
+    client = await stack.bidi()
+    behind = await open_session(client, "scaly")
+    await _talk(behind, "2.5")  # one session 2.5 s behind real time, against a target of 1 s
+    await eventually(lambda: len(_healthy(stack)) == 3, timeout=30)  # ceil(1 x 2.5 / 1) = 3
+    acts = (await sync(aas.describe_scaling_activities, ServiceNamespace="sagemaker"))["ScalingActivities"]
+    assert "SpeechBacklogSeconds = 2.5 against target 1" in acts[0]["Cause"]
+    await _talk(behind, "0")
+    await behind.close()
+    assert behind.error is None and behind.texts() == ["2.5", "0"]
