@@ -275,3 +275,39 @@ def _fetch(url: str, ca: Path) -> str:
     ctx = ssl.create_default_context(cafile=str(ca))
     with urllib.request.urlopen(url, context=ctx, timeout=10) as resp:
         return str(resp.read().decode())
+
+
+async def test_websocket_front_door_sessions_are_counted_the_same_way(tmp_path: Path) -> None:
+    from websockets.asyncio.client import connect
+
+    async with metered(tmp_path, "wsdoor") as m:
+        before = await m.gateway_metrics()
+        ctx = ssl.create_default_context(cafile=str(m.gateway.ca_path))
+        async with connect(f"wss://127.0.0.1:{m.gateway.port}/endpoints/wsdoor/ws", ssl=ctx) as ws:
+            await ws.send("hello")
+            assert await ws.recv() == "hello"
+            await ws.send(b"\x00\x01\x02")
+            assert await ws.recv() == b"\x00\x01\x02"
+            await ws.close()
+        assert ws.close_code == 1000
+        loc = {"endpoint": "wsdoor", "variant": "AllTraffic", "instance": "wsdoor-1"}
+
+        async def closed() -> Samples | None:
+            got = await m.gateway_metrics()
+            done = value(got, "bidistream_gateway_sessions_closed_total", **loc, code="1000") - value(
+                before, "bidistream_gateway_sessions_closed_total", **loc, code="1000"
+            )
+            return got if done == 1 else None
+
+        after = await eventually(closed, timeout=5)
+        assert isinstance(after, dict)
+        for direction, size in (("in", 8), ("out", 8)):
+            d = value(after, "bidistream_gateway_bytes_total", **loc, direction=direction) - value(
+                before, "bidistream_gateway_bytes_total", **loc, direction=direction
+            )
+            assert d == size
+        assert (
+            value(after, "bidistream_gateway_frames_total", **loc, direction="out")
+            - value(before, "bidistream_gateway_frames_total", **loc, direction="out")
+            == 2
+        )

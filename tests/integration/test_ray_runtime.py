@@ -178,3 +178,84 @@ async def test_an_instance_the_cluster_cannot_place_fails_fast_with_the_reason(
     finally:
         await gateway.stop()
         await platform.stop()
+
+
+async def test_autoscaling_drives_ray_instances_out_and_in(
+    ray_cluster: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from bidistream.platform.autoscaler import AutoscalerLimits
+    from bidistream.platform.manager import InstanceState
+    from tests.clients.platform_stack import open_session
+
+    monkeypatch.setenv("RAY_USAGE_STATS_ENABLED", "0")
+    platform = build_platform(
+        tmp_path / "data",
+        runtime="ray",
+        ray_address=ray_cluster,
+        manager_limits=FAST,
+        autoscaler_limits=AutoscalerLimits(evaluation_interval=0.3),
+    )
+    await platform.start()
+    gateway = Gateway(
+        platform.router,
+        control_plane=platform.control_plane,
+        port=0,
+        data_dir=tmp_path / "data",
+        credentials=CredentialStore({}),
+    )
+    await gateway.start()
+    try:
+        stack = Stack(platform, gateway)
+        monkeypatch.setenv("SSL_CERT_FILE", str(gateway.ca_path))
+        await sync(create_endpoint, stack.boto(), "rayscale", "bidistream/echo")
+        aas = stack.boto("application-autoscaling")
+        rid, dim = "endpoint/rayscale/variant/AllTraffic", "sagemaker:variant:DesiredInstanceCount"
+        await sync(
+            aas.register_scalable_target,
+            ServiceNamespace="sagemaker",
+            ResourceId=rid,
+            ScalableDimension=dim,
+            MinCapacity=1,
+            MaxCapacity=2,
+        )
+        await sync(
+            aas.put_scaling_policy,
+            PolicyName="sessions",
+            ServiceNamespace="sagemaker",
+            ResourceId=rid,
+            ScalableDimension=dim,
+            PolicyType="TargetTrackingScaling",
+            TargetTrackingScalingPolicyConfiguration={
+                "TargetValue": 1.0,
+                "ScaleOutCooldown": 0,
+                "ScaleInCooldown": 1,
+                "CustomizedMetricSpecification": {
+                    "MetricName": "LiveSessionsPerInstance",
+                    "Namespace": "bidistream",
+                },
+            },
+        )
+
+        def healthy() -> list[object]:
+            return [i for i in platform.manager.instances("rayscale") if i.state is InstanceState.HEALTHY]
+
+        client = await stack.bidi()
+        sessions = [await open_session(client, "rayscale") for _ in range(2)]
+        for s in sessions:
+            await s.send("hi")
+            await s.wait_for(1)
+        await eventually(lambda: len(healthy()) == 2, timeout=40)
+        assert all(isinstance(i.handle, RayInstance) for i in platform.manager.instances("rayscale"))
+        for s in sessions:
+            await s.close()
+            assert s.error is None and s.texts() == ["hi"]
+        await eventually(
+            lambda: (
+                len(healthy()) == 1
+                and all(i.state is not InstanceState.DRAINING for i in platform.manager.instances("rayscale"))
+            ),
+            timeout=40,
+        )
+    finally:
+        await gateway.stop()
+        await platform.stop()
