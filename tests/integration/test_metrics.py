@@ -22,6 +22,7 @@ import pytest
 from aws_sdk_sagemaker_runtime_http2.models import InvokeEndpointWithBidirectionalStreamInput
 from prometheus_client.parser import text_string_to_metric_families
 
+from bidistream import metrics
 from bidistream.container.limits import ServerLimits
 from bidistream.container.server import ModelServer
 from bidistream.gateway.server import Gateway
@@ -124,6 +125,8 @@ async def test_known_traffic_gives_exact_counts_consistent_histograms_and_labels
             return value(after, name, **labels) - value(before_gw, name, **labels)
 
         assert delta("bidistream_gateway_sessions_opened_total", **loc) == sessions
+        # No meter left behind: each session's meter was closed exactly once.
+        assert not [mt for mt in metrics.GATEWAY.live if mt.location[0] == "metered"]
         assert delta("bidistream_gateway_sessions_closed_total", **loc, code="1000", error="") == sessions
         assert delta("bidistream_gateway_frames_total", **loc, direction="in") == frames
         assert delta("bidistream_gateway_frames_total", **loc, direction="out") == frames
@@ -149,6 +152,7 @@ async def test_known_traffic_gives_exact_counts_consistent_histograms_and_labels
 
         assert idelta("bidistream_container_sessions_opened_total", **loc) == sessions
         assert idelta("bidistream_container_sessions_closed_total", **loc, code="1000", error="") == sessions
+        assert not [mt for mt in metrics.CONTAINER.live if mt.location[0] == "metered"]
         assert idelta("bidistream_container_frames_total", **loc, direction="in") == frames
         assert idelta("bidistream_container_bytes_total", **loc, direction="out") == phrase_bytes
         assert idelta("bidistream_container_invocations_total", **loc, status="200") == 1

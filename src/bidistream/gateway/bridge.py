@@ -559,8 +559,14 @@ async def _open_upstream(
         listener.meter = GATEWAY.open(endpoint, target.variant, target.instance_id)
         if listener.closed:
             # It closed during the handshake; the disconnect callback already ran
-            # without the router, so balance the count here.
+            # without the router (and the meter), so balance both here.
             router.session_ended(target)
+            err = listener.close_error
+            if err is None and not listener.got_close:
+                err = ModelStreamError(
+                    "the model container closed the connection without a WebSocket close frame", code="1006"
+                )
+            listener._session_ended(err)
         elif ticker is not None:
             ticker.add(listener)
         log.debug("upstream %s connected in %.1f ms", url, (time.monotonic() - began) * 1000)
