@@ -145,7 +145,12 @@ async def test_known_traffic_gives_exact_counts_consistent_histograms_and_labels
         assert delta("bidistream_gateway_time_to_first_output_seconds_count", **loc) == sessions
         assert delta("bidistream_gateway_session_duration_seconds_sum", **loc) > 0
 
-        inst = await m.instance_metrics()
+        async def instance_settled() -> Samples | None:
+            got = await m.instance_metrics()
+            return got if value(got, "bidistream_container_sessions_active", **loc) == 0 else None
+
+        inst = await eventually(instance_settled, timeout=5)
+        assert isinstance(inst, dict)
 
         def idelta(name: str, **labels: str) -> float:
             return value(inst, name, **labels) - value(before_inst, name, **labels)
