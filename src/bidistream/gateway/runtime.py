@@ -18,6 +18,7 @@ from collections.abc import AsyncIterator, Mapping
 import aiohttp
 
 from bidistream import metrics
+from bidistream.contract import check_name
 from bidistream.errors import (
     BidistreamError,
     InstanceFullError,
@@ -29,7 +30,6 @@ from bidistream.eventstream import encode_model_stream_error, encode_payload_par
 from bidistream.gateway.bridge import at_capacity
 from bidistream.gateway.http import Api, HttpResponse, error_response, new_request_id
 from bidistream.gateway.limits import GatewayLimits
-from bidistream.gateway.validation import check_name
 from bidistream.routing import RoutableInstance, Router
 
 __all__ = ["invoke_endpoint"]

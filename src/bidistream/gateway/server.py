@@ -51,13 +51,13 @@ import ssl
 import time
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Protocol, cast
+from typing import Protocol, cast
 
 import aiohttp
 
 from bidistream import metrics
 from bidistream.defaults import DEFAULT_DATA_DIR
-from bidistream.errors import BidistreamError, InternalError, NotFoundError
+from bidistream.errors import BidistreamError, InternalError, NotFoundError, UnknownOperationError
 from bidistream.gateway.bridge import PingTicker
 from bidistream.gateway.context import Connection, DoorContext
 from bidistream.gateway.h1front import H1Protocol
@@ -262,17 +262,13 @@ class Gateway:
 
     async def _control_inner(self, target: str, headers: dict[str, str], body: bytes) -> HttpResponse:
         rid = new_request_id()
-        if self.credentials.enabled:
-            try:
+        try:
+            if self.credentials.enabled:
                 self._verify("POST", "/", "", headers, body)
-            except BidistreamError as exc:
-                return _json(400, {"__type": "UnrecognizedClientException", "message": exc.message}, rid)
-        if self.control_plane is None:
-            return _json(
-                400,
-                {"__type": "UnknownOperationException", "message": f"Unknown operation {target}"},
-                rid,
-            )
+            if self.control_plane is None:
+                raise UnknownOperationError(f"Unknown operation {target}")
+        except BidistreamError as exc:
+            return error_response(exc, Api.CONTROL, rid)
         status, out_headers, out_body = await self.control_plane.handle(target, body, headers)
         hdrs = [(k.lower(), v) for k, v in out_headers.items()]
         if not any(k == "x-amzn-requestid" for k, _ in hdrs):
@@ -288,16 +284,3 @@ def metrics_response() -> HttpResponse:
     """``GET /metrics`` on either door (h2 and HTTP/1.1 share :meth:`Gateway.handle_http`)."""
     body, ctype = exposition()
     return HttpResponse(200, [("content-type", ctype), ("content-length", str(len(body)))], body)
-
-
-def _json(status: int, body: dict[str, Any], rid: str) -> HttpResponse:
-    data = json.dumps(body).encode()
-    return HttpResponse(
-        status,
-        [
-            ("content-type", "application/x-amz-json-1.1"),
-            ("x-amzn-requestid", rid),
-            ("content-length", str(len(data))),
-        ],
-        data,
-    )
