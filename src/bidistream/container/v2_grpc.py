@@ -547,7 +547,10 @@ class V2GrpcServer:
         if triton_port is not None:
             triton = grpc.aio.server(options=self._options())
             triton.add_generic_rpc_handlers((InferenceService(self.face, pb, triton=True).handler(),))
-            tbound = triton.add_insecure_port(f"{host}:{triton_port}")
+            try:
+                tbound = triton.add_insecure_port(f"{host}:{triton_port}")
+            except RuntimeError as exc:
+                raise OSError(f"cannot listen for Triton gRPC on {host}:{triton_port}: {exc}") from exc
             if tbound == 0:
                 raise OSError(f"cannot listen for Triton gRPC on {host}:{triton_port}")
             await triton.start()
