@@ -308,3 +308,16 @@ def test_streaming_flac_is_refused(riva_port: int) -> None:
     with pytest.raises(grpc.RpcError) as info, contextlib.suppress(StopIteration):
         list(service(riva_port).streaming_response_generator([b"fLaC" + b"\0" * 100], config))
     assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+
+
+def test_streaming_diarization_speaker_tags(riva_port: int) -> None:
+    path, turns = conversation()
+    config = streaming_config(False)
+    riva.client.add_speaker_diarization_to_config(config, diarization_enable=True)
+    with riva.client.AudioChunkFileIterator(str(path), 4800) as chunks:
+        responses = list(service(riva_port).streaming_response_generator(chunks, config))
+    words = [w for resp in responses for r in resp.results if r.is_final for w in r.alternatives[0].words]
+    accuracy = speaker_accuracy(
+        [(w.start_time / 1000, w.end_time / 1000, w.speaker_tag) for w in words], turns
+    )
+    assert accuracy >= 0.9, [(w.word, w.speaker_tag) for w in words]
