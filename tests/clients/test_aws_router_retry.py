@@ -29,7 +29,9 @@ from bidistream.gateway.server import Gateway
 from bidistream.models.echo import EchoModel
 from bidistream.routing import RoutableInstance
 from bidistream.sigv4 import CredentialStore
-from tests.clients.test_aws_bidi import (
+from tests.clients.test_aws_errors import open_failing
+from tests.conftest import running_server
+from tests.support.aws import (
     SEED_PHRASES,
     T,
     official_client,
@@ -37,8 +39,6 @@ from tests.clients.test_aws_bidi import (
     session,
     text_part,
 )
-from tests.clients.test_aws_errors import open_failing
-from tests.conftest import running_server
 
 
 @dataclass

@@ -32,10 +32,11 @@ from bidistream.gateway.server import Gateway
 from bidistream.models.echo import EchoModel
 from bidistream.models.words import WordsModel
 from tests.clients.platform_stack import create_endpoint, platform_stack, sync
-from tests.clients.test_aws_bidi import gateway_stack
 from tests.speech_audio import speech_server, synth
+from tests.support.aws import gateway_stack
+from tests.support.waiting import scaled
 
-T_MS = 15_000  # per browser step
+T_MS = int(scaled(15_000))  # per browser step, in ms
 SENTENCE = "i would like to cancel my subscription"
 
 # What a closed network needs: no background fetches whose refusals slow or break
@@ -247,7 +248,7 @@ async def test_microphone_speech_to_text(tmp_path: Path) -> None:
             # The pause after the sentence ends the utterance: a final transcript arrives
             # while the microphone is still streaming, before anyone presses Stop.
             await expect(page.locator("#final")).to_contain_text(
-                re.compile("subscription", re.IGNORECASE), timeout=30_000
+                re.compile("subscription", re.IGNORECASE), timeout=int(scaled(30_000))
             )
             await page.click("#mic-stop")
             await page.wait_for_selector("#mic-status[data-state=closed]")
@@ -306,7 +307,7 @@ async def test_page_is_served_over_http1_too(text_gateway: Gateway) -> None:
     ctx.set_alpn_protocols(["http/1.1"])
 
     def get(path: str) -> tuple[int, str, str, bytes]:
-        with urllib.request.urlopen(text_gateway.url + path, context=ctx, timeout=10) as resp:
+        with urllib.request.urlopen(text_gateway.url + path, context=ctx, timeout=scaled(10)) as resp:
             return resp.status, resp.url, resp.headers["content-type"], resp.read()
 
     status, url, ctype, body = await asyncio.to_thread(get, "/")

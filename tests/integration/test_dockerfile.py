@@ -11,6 +11,7 @@ import urllib.request
 from pathlib import Path
 
 from tests.conftest import ROOT, free_port, wait_for_port
+from tests.support.waiting import scaled
 
 # Continuation lines joined, as Docker reads them.
 DOCKERFILE = re.sub(r"\\\n\s*", " ", (ROOT / "Dockerfile").read_text())
@@ -60,15 +61,15 @@ def test_entrypoint_runs_bidistream_serve_on_sagemakers_serve_argument() -> None
         body = b""
         for _ in range(50):
             try:
-                with urllib.request.urlopen(f"http://127.0.0.1:{port}/ping", timeout=2) as resp:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/ping", timeout=scaled(2)) as resp:
                     if resp.status == 200:
                         break
             except OSError:
                 pass
         req = urllib.request.Request(f"http://127.0.0.1:{port}/invocations", data=b"a b", method="POST")
-        with urllib.request.urlopen(req, timeout=5) as resp:
+        with urllib.request.urlopen(req, timeout=scaled(5)) as resp:
             body = resp.read()
         assert json.loads(body) == ["a", "b"]
     finally:
         proc.terminate()
-        assert proc.wait(timeout=10) == 0
+        assert proc.wait(timeout=scaled(10)) == 0

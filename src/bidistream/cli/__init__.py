@@ -11,8 +11,10 @@ declared once in :mod:`bidistream.cli.options`.
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from collections.abc import Callable, Sequence
+from importlib.metadata import PackageNotFoundError, version
 
 from bidistream.cli import gateway, invoke, run, serve
 
@@ -26,11 +28,22 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="bidistream",
         description="Self-hosted bidirectional-streaming inference (SageMaker-compatible).",
+        epilog="Environment: BIDISTREAM_DATA_DIR (default --data-dir), BIDISTREAM_CREDENTIALS (gateway "
+        "credentials, AKID:SECRET[,...] or @FILE), BIDISTREAM_VERIFY_SIGV4, BIDISTREAM_CACHE_DIR, "
+        "BIDISTREAM_CHROMIUM; see README.md, 'Environment variables'.",
     )
+    parser.add_argument("--version", action="version", version=f"bidistream {_version()}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for module in COMMAND_MODULES:
         module.register(sub)
     return parser
+
+
+def _version() -> str:
+    try:
+        return version("bidistream")
+    except PackageNotFoundError:
+        return "unknown (not installed)"
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -44,6 +57,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         return handler(args)
     except KeyboardInterrupt:
         return 130
+    except BrokenPipeError:
+        # `bidistream endpoints | head`: the reader left; say nothing, and keep Python from
+        # complaining again when it flushes stdout at exit.
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        return 141
 
 
 if __name__ == "__main__":

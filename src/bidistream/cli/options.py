@@ -27,8 +27,8 @@ def add_data_dir(parser: argparse.ArgumentParser) -> None:
 
 def add_listen(parser: argparse.ArgumentParser, port: int | None, port_help: str | None = None) -> None:
     """``--host`` and ``--port``: where a server listens (or, for ``env``, where the gateway does)."""
-    parser.add_argument("--host", default="127.0.0.1")
-    parser.add_argument("--port", type=int, default=port, help=port_help)
+    parser.add_argument("--host", default="127.0.0.1", help="address to bind (default: %(default)s)")
+    parser.add_argument("--port", type=int, default=port, help=port_help or "TCP port (default: %(default)s)")
 
 
 def add_logging(parser: argparse.ArgumentParser) -> None:

@@ -13,24 +13,16 @@ from typing import TYPE_CHECKING
 from bidistream.cli.gateway import add_gateway_arguments, start_gateway
 from bidistream.cli.options import add_data_dir
 from bidistream.errors import BidistreamError
+from bidistream.models import registry
 
 if TYPE_CHECKING:
     from bidistream.gateway.server import Gateway
     from bidistream.platform.app import Platform
 
-# Built-in endpoints `run` creates when missing: endpoint name → image (speech
-# only once its model ships in this build).
-BUILTIN_ENDPOINTS: dict[str, str] = {
-    "echo": "bidistream/echo",
-    "words": "bidistream/words",
-    "speech": "bidistream/speech",
-}
-
 
 def default_builtins() -> str:
-    from bidistream.platform.images import builtin_available
-
-    return ",".join(name for name in BUILTIN_ENDPOINTS if builtin_available(name))
+    """Every built-in of the registry that ships in this build (speech needs its extra)."""
+    return ",".join(m.name for m in registry.BUILTINS if m.available())
 
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -52,8 +44,8 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     endpoints = sub.add_parser(
         "endpoints",
         help="list endpoints, variants, instances, live sessions and status",
-        description="Read the data dir's store and print one row per instance (a running gateway "
-        "refreshes live sessions every second).",
+        description="Read the data dir's store and print one row per instance: status and states are "
+        "written the moment they change; live-session counts are refreshed every second.",
     )
     add_data_dir(endpoints)
     endpoints.add_argument("--json", action="store_true", help="print JSON instead of a table")
@@ -64,10 +56,11 @@ def _run(args: argparse.Namespace) -> int:
     wanted = default_builtins() if args.builtins is None else args.builtins
     names: dict[str, str] = {}
     for name in filter(None, (n.strip() for n in wanted.split(","))):
-        if name not in BUILTIN_ENDPOINTS:
-            print(f"bidistream run: unknown built-in {name!r}: choose from {', '.join(BUILTIN_ENDPOINTS)}")
+        builtin = registry.by_name(name)
+        if builtin is None:
+            print(f"bidistream run: unknown built-in {name!r}: choose from {', '.join(registry.names())}")
             return 2
-        names[name] = BUILTIN_ENDPOINTS[name]
+        names[name] = builtin.image  # endpoint, model and config are named after the built-in
 
     async def ready(platform: Platform, gateway: Gateway, stop: asyncio.Event) -> None:
         await ensure_builtin_endpoints(platform, names)
@@ -184,9 +177,9 @@ def endpoint_rows(store: object) -> list[dict[str, object]]:
     from bidistream.platform.store import Store
 
     assert isinstance(store, Store)
-    instances = store.list_instances()
+    records, instances = store.snapshot_all()  # one instant, even while a gateway writes
     rows: list[dict[str, object]] = []
-    for record in store.list_endpoints():
+    for record in records:
         for plan in plans_from_doc(record.doc):
             mine = [i for i in instances if i.endpoint == record.name and i.variant == plan.name]
             base = {

@@ -15,6 +15,7 @@ from collections.abc import AsyncIterator, Mapping
 
 import aiohttp
 
+from bidistream.contract import check_name
 from bidistream.errors import (
     BidistreamError,
     InstanceFullError,
@@ -25,7 +26,6 @@ from bidistream.errors import (
 from bidistream.eventstream import encode_model_stream_error, encode_payload_part
 from bidistream.gateway.http import Api, HttpResponse, error_response, new_request_id
 from bidistream.gateway.limits import GatewayLimits
-from bidistream.gateway.validation import check_name
 from bidistream.routing import RoutableInstance, Router
 
 __all__ = ["invoke_endpoint"]

@@ -91,8 +91,8 @@ class SpeechModel(Model):
         model_sha256: str | None = None,
         preload: str = "",
         interim_interval: str | float = 1.0,
-        first_interim: str | float = 0.6,
-        endpointing: str | int = 300,
+        first_interim: str | float = 0.3,
+        endpointing: str | int = 10,
         max_utterance: str | float = 15.0,
         idle_timeout: str | float = 10.0,
         batching: str | bool = True,
@@ -102,13 +102,14 @@ class SpeechModel(Model):
         slots: str | int | None = None,
         cpu_threads: str | int = 1,
         beam_size: str | int = 5,
-        window: str | float = 15.0,
+        window: str | float = 10.0,
         interim_window: str | float = 10.0,
         api_keys: str | None = None,
         strict_query: str | bool = True,
         verify_weights: str | bool = True,
         reserve_final_slot: str | bool = True,
         invocations: str | None = None,
+        beam_below: str | float = -0.45,
     ) -> None:
         self.default_profile = PROFILE_ALIASES.get(profile.strip().lower(), "")
         if not self.default_profile:
@@ -130,6 +131,7 @@ class SpeechModel(Model):
         self.slots = int(slots) if slots else (os.cpu_count() or 1)
         self.cpu_threads = int(cpu_threads)
         self.beam_size = int(beam_size)
+        self.beam_below = float(beam_below)
         self.window: float | None = None if str(window).lower() in ("full", "30", "none") else float(window)
         self.interim_window = float(interim_window)
         keys = api_keys if api_keys is not None else os.environ.get("BIDISTREAM_SPEECH_API_KEYS", "")
@@ -175,6 +177,7 @@ class SpeechModel(Model):
                 window_pad=None if self.window is None else 1.0,
                 min_window=self.window or 30.0,
                 interim_window=self.interim_window,
+                beam_below=self.beam_below,
             )
 
         factories: dict[str, Callable[[], Engine]] = {
@@ -329,6 +332,7 @@ class SpeechModel(Model):
             duration=len(audio) / SAMPLE_RATE,
             info=self.model_info(options.profile),
             formatted=options.formatted,
+            numerals=options.numerals or options.smart_format,
         )
         if options.diarize:
             await asyncio.to_thread(faces.deepgram_speakers, body, audio, self.vad)
