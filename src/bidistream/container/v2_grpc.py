@@ -499,6 +499,12 @@ class V2GrpcServer:
 
     def _options(self) -> list[tuple[str, int]]:
         size = self.server.limits.max_message_size
+        # A model's own gRPC face may need a larger receive limit (Riva's long Recognize
+        # calls carry whole files): it says so in ``server_options``.
+        for service in self.server.model.grpc_services():
+            for key, value in getattr(service, "server_options", ()):
+                if key == "grpc.max_receive_message_length":
+                    size = max(size, int(value))
         # grpc turns SO_REUSEPORT on by default, which would let two servers share 8081
         # silently; only ``serve --workers N`` shares a port on purpose.
         reuse = 1 if self.server.reuse_port else 0
