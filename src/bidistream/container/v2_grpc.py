@@ -487,6 +487,14 @@ def _log_unexpected(exc: Exception, model: str) -> None:
 
 
 # ------------------------------------------------------------------ lifecycle
+def _bind(server: Any, address: str) -> int:
+    """The bound port, or 0: grpcio 1.85 raises RuntimeError where older versions returned 0."""
+    try:
+        return int(server.add_insecure_port(address))
+    except RuntimeError:
+        return 0
+
+
 class V2GrpcServer:
     """The model server's gRPC port(s): V2, health, the model's own faces; Triton's wire apart."""
 
@@ -540,7 +548,7 @@ class V2GrpcServer:
             service.add_to_server(main)
         requested = self.server.grpc_port
         assert requested is not None
-        bound = main.add_insecure_port(f"{host}:{requested}")
+        bound = _bind(main, f"{host}:{requested}")
         if bound == 0:
             raise OSError(f"cannot listen for gRPC on {host}:{requested}")
         await main.start()
@@ -550,7 +558,7 @@ class V2GrpcServer:
         if triton_port is not None:
             triton = grpc.aio.server(options=self._options())
             triton.add_generic_rpc_handlers((InferenceService(self.face, pb, triton=True).handler(),))
-            tbound = triton.add_insecure_port(f"{host}:{triton_port}")
+            tbound = _bind(triton, f"{host}:{triton_port}")
             if tbound == 0:
                 raise OSError(f"cannot listen for Triton gRPC on {host}:{triton_port}")
             await triton.start()
