@@ -487,6 +487,14 @@ def _log_unexpected(exc: Exception, model: str) -> None:
 
 
 # ------------------------------------------------------------------ lifecycle
+def _bind(server: Any, address: str) -> int:
+    """The bound port, or 0: grpcio 1.85 raises RuntimeError where older versions returned 0."""
+    try:
+        return int(server.add_insecure_port(address))
+    except RuntimeError:
+        return 0
+
+
 class V2GrpcServer:
     """The model server's gRPC port(s): V2, health, the model's own faces; Triton's wire apart."""
 
@@ -499,6 +507,12 @@ class V2GrpcServer:
 
     def _options(self) -> list[tuple[str, int]]:
         size = self.server.limits.max_message_size
+        # A model's own gRPC face may need a larger receive limit (Riva's long Recognize
+        # calls carry whole files): it says so in ``server_options``.
+        for service in self.server.model.grpc_services():
+            for key, value in getattr(service, "server_options", ()):
+                if key == "grpc.max_receive_message_length":
+                    size = max(size, int(value))
         # grpc turns SO_REUSEPORT on by default, which would let two servers share 8081
         # silently; only ``serve --workers N`` shares a port on purpose.
         reuse = 1 if self.server.reuse_port else 0
@@ -534,10 +548,7 @@ class V2GrpcServer:
             service.add_to_server(main)
         requested = self.server.grpc_port
         assert requested is not None
-        try:
-            bound = main.add_insecure_port(f"{host}:{requested}")
-        except RuntimeError as exc:  # grpcio's aio server raises this when the bind fails
-            raise OSError(f"cannot listen for gRPC on {host}:{requested}: {exc}") from exc
+        bound = _bind(main, f"{host}:{requested}")
         if bound == 0:
             raise OSError(f"cannot listen for gRPC on {host}:{requested}")
         await main.start()
@@ -547,10 +558,7 @@ class V2GrpcServer:
         if triton_port is not None:
             triton = grpc.aio.server(options=self._options())
             triton.add_generic_rpc_handlers((InferenceService(self.face, pb, triton=True).handler(),))
-            try:
-                tbound = triton.add_insecure_port(f"{host}:{triton_port}")
-            except RuntimeError as exc:
-                raise OSError(f"cannot listen for Triton gRPC on {host}:{triton_port}: {exc}") from exc
+            tbound = _bind(triton, f"{host}:{triton_port}")
             if tbound == 0:
                 raise OSError(f"cannot listen for Triton gRPC on {host}:{triton_port}")
             await triton.start()

@@ -25,6 +25,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hashlib
+import time
 from collections import deque
 from collections.abc import AsyncIterator, Awaitable
 from dataclasses import dataclass
@@ -51,6 +52,9 @@ from bidistream.models.speech.scheduler import DecodeScheduler
 from bidistream.models.speech.vad import VadStream
 
 __all__ = ["BacklogExceededError", "LiveConfig", "LiveTranscriber"]
+
+# How often the idle clock looks again while decodes or messages are outstanding.
+IDLE_POLL_SECONDS = 0.25
 
 _Item = dict[str, Any] | Awaitable[dict[str, Any] | None] | None
 
@@ -174,6 +178,10 @@ class LiveTranscriber:
         self._buffer = np.zeros(0, dtype=np.float32)
         self._buffer_start = 0  # absolute sample index of _buffer[0]
         self._received = 0  # samples received (16 kHz)
+        # Idle clock (issue 12): monotonic times of the last frame, the first audio, the last work.
+        self._last_frame_at = time.monotonic()
+        self._first_audio_at: float | None = None
+        self._last_busy_at = 0.0
         self._out = _Outbox(self.config.max_queued_messages)
         self._interim_busy = False
         self._interim_job: asyncio.Future[Transcript] | None = None
@@ -254,21 +262,40 @@ class LiveTranscriber:
 
         The pending ``anext`` is waited on, never cancelled, while work is outstanding:
         cancelling it would finish the client's frame iterator.
+
+        Idle clock (issue 12): audio sent ahead of real time (a whole file at once, as
+        the launch post's example does before waiting 15 s) is buffered work, not
+        silence.  A live model hears it at speaking pace, so the clock starts at the
+        latest of: the last frame, the moment the audio received has played out, and
+        the moment the last decode or queued message was done.
         """
         task: asyncio.Future[Frame] = asyncio.ensure_future(anext(iterator))
         try:
             while True:
-                done, _ = await asyncio.wait((task,), timeout=self.config.idle_timeout)
+                now = time.monotonic()
+                busy = bool(self._outstanding or len(self._out))
+                if busy:
+                    self._last_busy_at = now
+                remaining = self._idle_deadline() - now
+                if remaining <= 0:
+                    raise IdleTimeoutError(
+                        f"NET-0001 no audio or KeepAlive received for {self.config.idle_timeout:g} s"
+                    )
+                # While busy, look again soon: the clock starts when the work is done.
+                timeout = min(remaining, IDLE_POLL_SECONDS) if busy else remaining
+                done, _ = await asyncio.wait((task,), timeout=timeout)
                 if done:
+                    self._last_frame_at = time.monotonic()
                     return task.result()
-                if self._outstanding or len(self._out):
-                    continue
-                raise IdleTimeoutError(
-                    f"NET-0001 no audio or KeepAlive received for {self.config.idle_timeout:g} s"
-                )
         finally:
             if not task.done():
                 task.cancel()
+
+    def _idle_deadline(self) -> float:
+        played_out = 0.0
+        if self._first_audio_at is not None:
+            played_out = self._first_audio_at + self._received / SAMPLE_RATE
+        return max(self._last_frame_at, played_out, self._last_busy_at) + self.config.idle_timeout
 
     def _emit(self, item: _Item) -> None:
         self._ready.append(item)
@@ -330,6 +357,8 @@ class LiveTranscriber:
         if not len(samples):
             return
         self._buffer = np.concatenate([self._buffer, samples])
+        if self._first_audio_at is None:
+            self._first_audio_at = time.monotonic()  # idle clock (issue 12)
         self._received += len(samples)
         self._handle(self.endpointer.feed(self.vad.feed(samples).tolist()))
         self._maybe_interim()
