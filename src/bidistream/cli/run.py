@@ -29,8 +29,9 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     run = sub.add_parser(
         "run",
         help=f"start the gateway with the built-in endpoints ({', '.join(registry.names())})",
-        description="Start the gateway (TLS, HTTP/2 + HTTP/1.1) with the process runtime, create the "
-        "built-in endpoints through the control plane if they are missing, and print how to invoke them.",
+        description="Start the gateway (TLS, HTTP/2 + HTTP/1.1, the control plane) on the chosen runtime "
+        "(--runtime, default process), create the built-in endpoints through the control plane if they "
+        "are missing, and print how to invoke them.",
     )
     add_gateway_arguments(run)
     run.add_argument(
