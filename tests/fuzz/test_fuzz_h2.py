@@ -27,10 +27,10 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from bidistream.gateway.limits import GatewayLimits
-from tests.clients.test_aws_bidi import Stack, gateway_stack
 from tests.fuzz.harness import FUZZ, LoopThread, open_fds, settle, task_count
 from tests.h2client import H2TestClient
 from tests.integration.test_gateway_h2 import EVENT1, FINAL
+from tests.support.aws import Stack, gateway_stack
 from tests.support.waiting import scaled
 
 LIMITS = GatewayLimits(

@@ -29,9 +29,9 @@ from websockets.asyncio.client import ClientConnection, connect
 from bidistream.container.server import ModelServer
 from bidistream.gateway.limits import GatewayLimits
 from bidistream.models.echo import EchoModel
-from tests.clients.test_aws_bidi import Stack, gateway_stack
 from tests.conftest import running_server
 from tests.fuzz.harness import FUZZ, LoopThread, open_fds, settle, task_count
+from tests.support.aws import Stack, gateway_stack
 from tests.support.rawws import RawWs, close_payload, frame
 from tests.support.waiting import scaled
 
