@@ -27,7 +27,7 @@ from benchmarks import floor
 from benchmarks.bench_gateway import measure_gateway
 
 RESULTS = Path(__file__).resolve().parent / "results"
-REPS = 9
+REPS = 15
 BAR = 1.05
 
 
