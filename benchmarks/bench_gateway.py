@@ -358,28 +358,38 @@ def run() -> dict[str, Any]:
         "gateway": {k: med("gateway", k) for k in reps[0]["gateway"]},
         "direct": {k: med("direct", k) for k in reps[0]["direct"]},
         "idle": idle,
+        # Unitless ratios only: the summary prints these as "N.NNx".
         "ratios": {
             "gateway_cpu_per_pair_x_relay_floor": round(cpu_ratio, 2),
-            "added_p50_us_over_direct": round(added_p50, 1),
-            "relay_floor_added_p50_us_over_direct": round(relay_added_p50, 1),
-            "gateway_added_p50_us_over_relay_floor": round(added_p50 - relay_added_p50, 1),
-            "gateway_kib_per_idle_session": round(kib, 1),
+        },
+        # Absolute figures, each with the unit it is measured in.
+        "figures": {
+            "added_p50_over_direct": {"value": round(added_p50, 1), "unit": "µs"},
+            "relay_floor_added_p50_over_direct": {"value": round(relay_added_p50, 1), "unit": "µs"},
+            "gateway_added_p50_over_relay_floor": {
+                "value": round(added_p50 - relay_added_p50, 1),
+                "unit": "µs",
+            },
+            "gateway_memory_per_idle_session": {"value": round(kib, 1), "unit": "KiB"},
         },
         "bars": [
             {
                 "name": "gateway CPU per pair <= 3x relay floor",
+                "unit": "x",
                 "value": cpu_ratio,
                 "limit": 3.0,
                 "passed": cpu_ratio <= 3.0,
             },
             {
                 "name": "added p50 <= 200 us over direct",
+                "unit": "µs",
                 "value": added_p50,
                 "limit": 200.0,
                 "passed": added_p50 <= 200.0,
             },
             {
                 "name": "gateway memory <= 32 KiB per idle session",
+                "unit": "KiB",
                 "value": kib,
                 "limit": 32.0,
                 "passed": kib <= 32.0,
@@ -395,7 +405,13 @@ if __name__ == "__main__":
     out = run()
     print(
         json.dumps(
-            {"ratios": out["ratios"], "gateway": out["gateway"], "idle": out["idle"], "bars": out["bars"]},
+            {
+                "ratios": out["ratios"],
+                "figures": out["figures"],
+                "gateway": out["gateway"],
+                "idle": out["idle"],
+                "bars": out["bars"],
+            },
             indent=2,
         )
     )

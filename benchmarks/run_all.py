@@ -57,6 +57,7 @@ def run_one(name: str) -> dict[str, Any]:
     return {
         "status": "fail" if failed else "pass",
         "ratios": result.get("ratios", {}),
+        "figures": result.get("figures", {}),
         "bars": bars,
         "failed_bars": failed,
         "elapsed_s": round(time.monotonic() - began, 1),
@@ -69,8 +70,10 @@ def summary_lines(outcomes: dict[str, dict[str, Any]]) -> list[str]:
         if out["status"] == "error":
             lines.append(f"{name}: ERROR {out['error']}")
             continue
-        ratios = ", ".join(f"{k} {v:.2f}x" for k, v in out["ratios"].items())
-        lines.append(f"{name}: {out['status'].upper()} in {out['elapsed_s']} s; {ratios}")
+        # "x" only for unitless ratios; absolute figures print the unit they were measured in.
+        shown = [f"{k} {v:.2f}x" for k, v in out["ratios"].items()]
+        shown += [f"{k} {f['value']:g} {f['unit']}" for k, f in out.get("figures", {}).items()]
+        lines.append(f"{name}: {out['status'].upper()} in {out['elapsed_s']} s; {', '.join(shown)}")
         for bar in out["bars"]:
             verdict = "PASS" if bar.get("passed") else "FAIL"
             lines.append(

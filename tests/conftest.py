@@ -6,8 +6,9 @@ import os
 import socket
 import subprocess
 import sys
+import tempfile
 import time
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Callable, Generator, Iterator
 from contextlib import asynccontextmanager, contextmanager
 from pathlib import Path
 
@@ -16,6 +17,7 @@ import pytest
 from bidistream.container.limits import ServerLimits
 from bidistream.container.server import ModelServer
 from bidistream.model import Model
+from tests.support.waiting import scaled
 
 ROOT = Path(__file__).resolve().parent.parent
 BIN = Path(sys.executable).parent
@@ -27,7 +29,7 @@ async def running_server(model: Model, **limits: float | int) -> AsyncIterator[M
     server = ModelServer(model, port=0, limits=ServerLimits(**limits))  # type: ignore[arg-type]
     await server.start()
     try:
-        await server.wait_loaded(timeout=30)
+        await server.wait_loaded(timeout=scaled(30))
         yield server
     finally:
         await server.stop(drain_timeout=0)
@@ -40,6 +42,7 @@ def free_port() -> int:
 
 
 def wait_for_port(port: int, timeout: float = 20.0, proc: subprocess.Popen[bytes] | None = None) -> None:
+    timeout = scaled(timeout)
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if proc is not None and proc.poll() is not None:
@@ -52,28 +55,82 @@ def wait_for_port(port: int, timeout: float = 20.0, proc: subprocess.Popen[bytes
     raise TimeoutError(f"nothing listening on 127.0.0.1:{port} after {timeout} s")
 
 
+def child_env(**extra: str) -> dict[str, str]:
+    """The environment for a child process: ours, with the repo root ahead on PYTHONPATH.
+
+    Existing PYTHONPATH entries are kept (a worktree's ``src`` put there must keep winning over the
+    editable install), and the root is added so children can import ``tests.fixtures``.
+    """
+    path = os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))
+    return {**os.environ, "PYTHONPATH": path, **extra}
+
+
 def stop_process(proc: subprocess.Popen[bytes], timeout: float = 10.0) -> None:
     """SIGTERM, then SIGKILL after ``timeout``: only ever for a process the test started."""
     if proc.poll() is None:
         proc.terminate()
         try:
-            proc.wait(timeout=timeout)
+            proc.wait(timeout=scaled(timeout))
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait()
+
+
+# Output of the child processes the running test started: the report hook below
+# attaches it to a failing test's report, and deletes it when the test passed.
+_CHILD_LOGS: list[Path] = []
+_LOG_TAIL = 64 * 1024
+
+
+def _tail(path: Path) -> str:
+    try:
+        data = path.read_bytes()
+    except OSError as exc:
+        return f"(cannot read {path}: {exc})"
+    cut = data[-_LOG_TAIL:]
+    return ("…\n" if len(data) > len(cut) else "") + cut.decode("utf-8", "replace")
 
 
 @contextmanager
 def listening_process(
     cmd: list[str], port: int, env: dict[str, str] | None = None
 ) -> Iterator[subprocess.Popen[bytes]]:
-    """Start ``cmd``, wait until it listens on ``port``, stop it at the end."""
-    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    """Start ``cmd``, wait until it listens on ``port``, stop it at the end.
+
+    The child writes stdout and stderr to a log file, never to a pipe nobody
+    reads (a chatty child would block at 64 KiB); a failing test prints it."""
+    fd, name = tempfile.mkstemp(prefix="bidistream-child-", suffix=".log")
+    log_path = Path(name)
+    _CHILD_LOGS.append(log_path)
+    with os.fdopen(fd, "wb") as log:
+        proc = subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT)
     try:
-        wait_for_port(port, proc=proc)
+        try:
+            wait_for_port(port, proc=proc)
+        except (RuntimeError, TimeoutError) as exc:
+            raise RuntimeError(f"{exc}\n--- output of {' '.join(cmd)}:\n{_tail(log_path)}") from exc
         yield proc
     finally:
         stop_process(proc)
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(
+    item: pytest.Item, call: pytest.CallInfo[None]
+) -> Generator[None, object, None]:
+    outcome = yield
+    report = outcome.get_result()  # type: ignore[attr-defined]
+    if report.failed:
+        for path in _CHILD_LOGS:
+            report.sections.append((f"child process output ({path})", _tail(path)))
+    if report.when == "teardown":
+        failed = report.failed or getattr(item, "_bidistream_failed", False)
+        for path in _CHILD_LOGS:
+            if not failed:
+                path.unlink(missing_ok=True)
+        _CHILD_LOGS.clear()
+    elif report.failed:
+        item._bidistream_failed = True  # type: ignore[attr-defined]
 
 
 @contextmanager
@@ -85,7 +142,7 @@ def serve_process(
     cmd = [str(BIN / "bidistream"), "serve", *args]
     if "--port" not in args and not (env or {}).get("SAGEMAKER_BIND_TO_PORT"):
         cmd += ["--port", str(port)]
-    full_env = {**os.environ, "PYTHONPATH": str(ROOT), **(env or {})}
+    full_env = {**child_env(), **(env or {})}
     with listening_process(cmd, port, full_env) as proc:
         yield proc, port
 

@@ -20,8 +20,9 @@ import h2.events
 import h2.exceptions
 
 from bidistream.eventstream import EventStreamDecoder, decode_message
+from tests.support.waiting import scaled
 
-T = 15.0
+T = scaled(15.0)
 
 
 class H2TestClient:

@@ -19,6 +19,7 @@ import wave
 from pathlib import Path
 
 from tests.conftest import BIN, ROOT, free_port
+from tests.support.waiting import scaled
 
 _AUDIO_DIR: Path | None = None
 _SERVER: tuple[subprocess.Popen[bytes], int] | None = None
@@ -95,14 +96,14 @@ def speech_server() -> int:
     ]
     log = open(audio_dir() / "server.log", "wb")
     proc = subprocess.Popen(cmd, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT)
-    deadline = time.monotonic() + 90
+    deadline = time.monotonic() + scaled(90)
     while time.monotonic() < deadline:
         if proc.poll() is not None:
             raise RuntimeError(
                 f"speech server exited with {proc.returncode}: {(audio_dir() / 'server.log').read_text()}"
             )
         try:
-            with urllib.request.urlopen(f"http://127.0.0.1:{port}/ping", timeout=1) as resp:
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/ping", timeout=scaled(1)) as resp:
                 if resp.status == 200:
                     break
         except OSError:
@@ -110,14 +111,14 @@ def speech_server() -> int:
         time.sleep(0.2)
     else:
         proc.terminate()
-        raise TimeoutError("speech server did not answer /ping 200 within 90 s")
+        raise TimeoutError(f"speech server did not answer /ping 200 within {scaled(90):g} s")
     _SERVER = (proc, port)
 
     def stop() -> None:
         if proc.poll() is None:
             proc.terminate()
             try:
-                proc.wait(timeout=10)
+                proc.wait(timeout=scaled(10))
             except subprocess.TimeoutExpired:
                 proc.kill()
 

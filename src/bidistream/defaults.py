@@ -11,3 +11,10 @@ DEFAULT_DATA_DIR = Path(os.environ.get("BIDISTREAM_DATA_DIR", "~/.bidistream")).
 # SageMaker's runtime endpoint listens on 8443; the container contract uses 8080.
 GATEWAY_PORT = 8443
 MODEL_SERVER_PORT = 8080
+
+# Placeholder credentials a local client signs with when the gateway checks none; one pair so the
+# `run` banner, `bidistream env` and the docs never disagree.
+PLACEHOLDER_ACCESS_KEY_ID = "bidistream"
+PLACEHOLDER_SECRET_ACCESS_KEY = "bidistream-local-secret"
+# The region local clients sign for unless told otherwise.
+DEFAULT_REGION = "us-east-1"

@@ -27,11 +27,12 @@ from bidistream.platform.app import Platform, build_platform
 from bidistream.platform.manager import ManagerLimits
 from bidistream.sigv4 import CredentialStore
 from tests.boto import boto_client
-from tests.clients.test_aws_bidi import SEED_PHRASES, official_client
 from tests.integration.platform_helpers import FAST, production_variants
+from tests.support.aws import SEED_PHRASES, official_client
+from tests.support.waiting import scaled
 
 AKID, SECRET = "AKIDPLATFORMTEST", "platform-test-secret"
-T = 15.0
+T = scaled(15.0)
 
 
 @dataclass

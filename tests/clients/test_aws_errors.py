@@ -27,8 +27,9 @@ from bidistream.frames import Frame
 from bidistream.gateway.limits import GatewayLimits
 from bidistream.model import Model, Session
 from bidistream.models.echo import EchoModel
-from tests.clients.test_aws_bidi import Stack, T, gateway_stack, official_client, session, text_part
 from tests.conftest import free_port
+from tests.support.aws import Stack, T, gateway_stack, official_client, session, text_part
+from tests.support.waiting import scaled
 
 
 class RefusingModel(EchoModel):
@@ -179,7 +180,7 @@ async def test_container_stops_answering_pings(
     _, receiver = await asyncio.wait_for(stream.await_output(), T)
     assert (await asyncio.wait_for(receiver.receive(), T)).value.bytes_ == b"ping me"
     with pytest.raises(ModelStreamError) as info:
-        await asyncio.wait_for(receiver.receive(), 5)
+        await asyncio.wait_for(receiver.receive(), scaled(5))
     assert info.value.error_code == "PingTimeout"
     assert "did not answer 2 consecutive pings" in str(info.value.message)
     await asyncio.wait_for(stream.input_stream.close(), T)

@@ -27,9 +27,11 @@ from bidistream.container.server import ModelServer
 from bidistream.errors import NotFoundError
 from bidistream.gateway.server import Gateway
 from bidistream.models.echo import EchoModel
-from bidistream.platform.routing import InstanceTarget
+from bidistream.routing import RoutableInstance
 from bidistream.sigv4 import CredentialStore
-from tests.clients.test_aws_bidi import (
+from tests.clients.test_aws_errors import open_failing
+from tests.conftest import running_server
+from tests.support.aws import (
     SEED_PHRASES,
     T,
     official_client,
@@ -37,8 +39,6 @@ from tests.clients.test_aws_bidi import (
     session,
     text_part,
 )
-from tests.clients.test_aws_errors import open_failing
-from tests.conftest import running_server
 
 
 @dataclass
@@ -47,21 +47,23 @@ class OrderedRouter:
 
     urls: list[str]
     started: list[str] = field(default_factory=list)
-    targets: list[InstanceTarget] = field(init=False)
+    targets: list[RoutableInstance] = field(init=False)
 
     def __post_init__(self) -> None:
-        self.targets = [InstanceTarget("echo", "AllTraffic", f"echo-{i}", u) for i, u in enumerate(self.urls)]
+        self.targets = [
+            RoutableInstance("echo", "AllTraffic", f"echo-{i}", u) for i, u in enumerate(self.urls)
+        ]
 
-    def candidates(self, endpoint: str, target_variant: str | None = None) -> list[InstanceTarget]:
+    def candidates(self, endpoint: str, target_variant: str | None = None) -> list[RoutableInstance]:
         if endpoint != "echo":
             raise NotFoundError(f"Endpoint {endpoint} not found.")
         return list(self.targets)
 
-    def session_started(self, target: InstanceTarget) -> None:
+    def session_started(self, target: RoutableInstance) -> None:
         target.live_sessions += 1
         self.started.append(target.instance_id)
 
-    def session_ended(self, target: InstanceTarget) -> None:
+    def session_ended(self, target: RoutableInstance) -> None:
         target.live_sessions -= 1
 
 

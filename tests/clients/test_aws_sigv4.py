@@ -28,7 +28,8 @@ from bidistream.models.echo import EchoModel
 from bidistream.models.words import WordsModel
 from bidistream.sigv4 import CredentialStore
 from tests.boto import boto_client
-from tests.clients.test_aws_bidi import (
+from tests.clients.test_aws_errors import Healthy, open_failing
+from tests.support.aws import (
     AKID,
     SECRET,
     SEED_PHRASES,
@@ -39,7 +40,7 @@ from tests.clients.test_aws_bidi import (
     session,
     text_part,
 )
-from tests.clients.test_aws_errors import Healthy, open_failing
+from tests.support.waiting import eventually
 
 
 async def signed_client(
@@ -96,11 +97,8 @@ async def test_wrong_secret_is_access_denied_and_healthy_session_untouched(stack
 
 
 async def _drained(gw: Gateway) -> bool:
-    for _ in range(50):
-        if gw.live_sessions == 0:
-            return True
-        await asyncio.sleep(0.02)
-    return False
+    await eventually(lambda: gw.live_sessions == 0, timeout=1.0)
+    return True
 
 
 def runtime(stack: Stack, secret: str = SECRET) -> Any:

@@ -32,13 +32,14 @@ from deepgram import AsyncDeepgramClient
 from deepgram.core.events import EventType
 from deepgram.environment import DeepgramClientEnvironment
 
-from tests.clients.test_aws_bidi import Stack, bin_part, gateway_stack, official_client, text_part
 from tests.speech_audio import pcm, silence, speech_server, synth
+from tests.support.aws import Stack, bin_part, gateway_stack, official_client, text_part
+from tests.support.waiting import eventually, scaled
 
 BALANCE = "i need help with my account balance"
 CANCEL = "i would like to cancel my subscription"
 CLOSE_STREAM = '{"type":"CloseStream"}'
-T = 30.0  # bound for one whole transcription session (decodes share 2 cores with other tests)
+T = scaled(30.0)  # bound for one whole transcription session (decodes share 2 cores with other tests)
 
 
 @pytest.fixture
@@ -130,12 +131,13 @@ async def test_aws_client_streams_wav_through_gateway(
 
 
 async def test_aws_bad_query_is_model_error_424_and_other_session_untouched(
-    client: AsyncSageMakerRuntimeHTTP2Client,
+    client: AsyncSageMakerRuntimeHTTP2Client, stack: Stack
 ) -> None:
     healthy = asyncio.create_task(
         aws_listen(client, "model=nova-3", chunks(synth(CANCEL).read_bytes() + silence(0.6)), pace=0.05)
     )
-    await asyncio.sleep(0.3)  # the healthy session is streaming while the bad one is refused
+    # The healthy session is live on the gateway while the bad one is refused.
+    await eventually(lambda: stack.gateway.live_sessions == 1, timeout=10)
     stream = await asyncio.wait_for(
         client.invoke_endpoint_with_bidirectional_stream(
             InvokeEndpointWithBidirectionalStreamInput(

@@ -226,3 +226,47 @@ async def test_control_plane_verifies_sigv4_when_credentials_are_configured(tmp_
         with pytest.raises(botocore.exceptions.ClientError) as info:
             await sync(forged.list_models)
         assert info.value.response["Error"]["Code"] == "UnrecognizedClientException"
+
+
+async def test_environment_sets_a_builtin_models_options(stack: Stack) -> None:
+    """PrimaryContainer.Environment's BIDISTREAM_OPTION_* keys are the model's --set options (15.4)."""
+    sm = stack.boto()
+    await sync(create_endpoint, sm, "slow-words", "bidistream/words", env={"BIDISTREAM_OPTION_DELAY": "0.2"})
+    client = await stack.bidi()
+    started = asyncio.get_running_loop().time()
+    sess = await phrases_session(client, "slow-words")
+    elapsed = asyncio.get_running_loop().time() - started
+    assert sess.error is None
+    words = sum(len(p.split()) for p in SEED_PHRASES)
+    assert sess.texts() == [w for p in SEED_PHRASES for w in p.split()]
+    assert elapsed >= 0.2 * (words - 1), "the delay option reached the instance"
+
+
+@pytest.mark.parametrize(
+    ("env", "needle"),
+    [
+        ({"BIDISTREAM_OPTION_DELAI": "0.2"}, "unknown primaryContainer.environment option 'delai'"),
+        ({"BIDISTREAM_OPTION_DELAY": "-1"}, "delay must be >= 0 seconds"),
+    ],
+)
+async def test_bad_model_option_in_environment_is_a_validation_error(
+    stack: Stack, env: dict[str, str], needle: str
+) -> None:
+    sm = stack.boto()
+    with pytest.raises(botocore.exceptions.ClientError) as info:
+        await sync(
+            sm.create_model,
+            ModelName="bad-options",
+            PrimaryContainer={"Image": "bidistream/words", "Environment": env},
+            ExecutionRoleArn="arn:aws:iam::000000000000:role/any",
+        )
+    err = info.value.response["Error"]
+    assert err["Code"] == "ValidationException" and needle in err["Message"], err
+    assert (await sync(sm.list_models))["Models"] == []  # nothing stored
+    # other keys pass through untouched: a container's own variables are not model options
+    await sync(
+        sm.create_model,
+        ModelName="passes",
+        PrimaryContainer={"Image": "bidistream/words", "Environment": {"MY_SETTING": "1"}},
+        ExecutionRoleArn="arn:aws:iam::000000000000:role/any",
+    )

@@ -15,7 +15,7 @@ from bidistream.model import Model, Request, Response
 from bidistream.models.echo import EchoModel
 from bidistream.models.words import WordsModel
 from tests.boto import boto_client
-from tests.clients.test_aws_bidi import AKID, SECRET, Stack, gateway_stack
+from tests.support.aws import AKID, SECRET, Stack, gateway_stack
 
 
 class TokensModel(Model):

@@ -31,10 +31,12 @@ from playwright.async_api import BrowserContext, ConsoleMessage, Page, async_pla
 from bidistream.gateway.server import Gateway
 from bidistream.models.echo import EchoModel
 from bidistream.models.words import WordsModel
-from tests.clients.test_aws_bidi import gateway_stack
+from tests.clients.platform_stack import create_endpoint, platform_stack, sync
 from tests.speech_audio import speech_server, synth
+from tests.support.aws import gateway_stack
+from tests.support.waiting import scaled
 
-T_MS = 15_000  # per browser step
+T_MS = int(scaled(15_000))  # per browser step, in ms
 SENTENCE = "i would like to cancel my subscription"
 
 # What a closed network needs: no background fetches whose refusals slow or break
@@ -78,8 +80,14 @@ class PageProblems:
         page.on("console", self._console)
 
     def _console(self, msg: ConsoleMessage) -> None:
-        if msg.type == "error":
-            self.items.append(f"console: {msg.text}")
+        if msg.type != "error":
+            return
+        # A gateway built without a control plane (these tests' static stacks) answers the page's
+        # ListEndpoints with 400; Chromium logs every failed fetch. The page's own handling of that
+        # is asserted (#endpoints-status), so only that one resource is let through.
+        if "status of 400" in msg.text and msg.location.get("url", "").endswith("/"):
+            return
+        self.items.append(f"console: {msg.text}")
 
 
 @asynccontextmanager
@@ -115,7 +123,10 @@ async def open_page(
 
 
 async def log_lines(page: Page, direction: str) -> list[str]:
-    return await page.locator(f"#log li[data-dir={direction}]").all_inner_texts()
+    """Each entry's arrow, kind and content, without its timestamp and latency."""
+    rows = page.locator(f"#log li[data-dir={direction}]")
+    parts = [await rows.locator(f".{cls}").all_inner_texts() for cls in ("dir", "kind", "content")]
+    return ["".join(items) for items in zip(*parts, strict=True)]
 
 
 async def connect(page: Page, endpoint: str, path: str = "", query: str = "") -> None:
@@ -165,6 +176,46 @@ async def test_text_round_trip_through_echo_and_words(text_gateway: Gateway, tmp
     assert problems.items == []
 
 
+async def test_page_says_when_no_control_plane_lists_endpoints(text_gateway: Gateway, tmp_path: Path) -> None:
+    async with open_page(text_gateway, tmp_path / "profile") as (page, problems):
+        await page.wait_for_selector("#endpoints-status[data-state=error]")
+        assert "type a name below" in await page.inner_text("#endpoints-status")
+        assert await page.is_enabled("#connect"), "the free-text field still works"
+    assert problems.items == []
+
+
+async def test_page_lists_endpoints_from_the_control_plane(tmp_path: Path) -> None:
+    async with platform_stack(tmp_path / "data") as stack:
+        await sync(create_endpoint, stack.boto(), "echo", "bidistream/echo")
+        async with open_page(stack.gateway, tmp_path / "profile") as (page, problems):
+            await expect(page.locator("#endpoints li[data-endpoint=echo] .state")).to_have_text("InService")
+            assert await page.inner_text("#endpoints-status") == "1 endpoint"
+            options = await page.locator("#endpoint-list option").evaluate_all("els => els.map(e => e.value)")
+            assert options == ["echo"]
+            # pick it and talk to it: the listed name is the one the front door routes
+            await connect(page, "echo")
+            await page.wait_for_selector("#status[data-state=open]")
+            await send(page, "listed")
+            await expect(page.locator("#log li[data-dir=in]")).to_have_count(1)
+            latency = await page.locator("#log li[data-dir=in]").get_attribute("data-latency-ms")
+            assert latency is not None and float(latency) >= 0
+            await page.screenshot(path=str(tmp_path / "endpoints.png"), full_page=True)
+        assert problems.items == []
+
+
+async def test_narrow_screen_has_no_horizontal_overflow(text_gateway: Gateway, tmp_path: Path) -> None:
+    async with open_page(text_gateway, tmp_path / "profile") as (page, problems):
+        for width in (400, 360, 1200):
+            await page.set_viewport_size({"width": width, "height": 800})
+            overflow = await page.evaluate("() => document.documentElement.scrollWidth - window.innerWidth")
+            assert overflow <= 0, f"the page is {overflow}px wider than a {width}px screen"
+            box = await page.locator("#message").bounding_box()
+            assert box is not None and box["x"] + box["width"] <= width
+        await page.set_viewport_size({"width": 400, "height": 900})
+        await page.screenshot(path=str(tmp_path / "narrow.png"), full_page=True)
+    assert problems.items == []
+
+
 async def test_unknown_endpoint_shows_close_code_and_reason(text_gateway: Gateway, tmp_path: Path) -> None:
     async with open_page(text_gateway, tmp_path / "profile") as (page, problems):
         await connect(page, "no-such-endpoint")
@@ -197,7 +248,7 @@ async def test_microphone_speech_to_text(tmp_path: Path) -> None:
             # The pause after the sentence ends the utterance: a final transcript arrives
             # while the microphone is still streaming, before anyone presses Stop.
             await expect(page.locator("#final")).to_contain_text(
-                re.compile("subscription", re.IGNORECASE), timeout=30_000
+                re.compile("subscription", re.IGNORECASE), timeout=int(scaled(30_000))
             )
             await page.click("#mic-stop")
             await page.wait_for_selector("#mic-status[data-state=closed]")
@@ -206,12 +257,17 @@ async def test_microphone_speech_to_text(tmp_path: Path) -> None:
             assert await page.inner_text("#interim") == ""
             sent = await log_lines(page, "out")
             assert sent and '"CloseStream"' in sent[-1]
-            received = await page.locator("#log li[data-dir=in]").all_inner_texts()
+            received = await log_lines(page, "in")
             assert any('"type":"Metadata"' in line for line in received), "Metadata ends a CloseStream"
-            interims = [line for line in received if '"is_final":false' in line and '"transcript":"i' in line]
+            interims = [
+                line for line in received if '"is_final":false' in line and '"transcript":"i' in line.lower()
+            ]
             assert interims, "interim results must reach the page while speaking"
-            closes = await page.locator("#log li[data-kind=close]").all_inner_texts()
+            closes = await page.locator("#log li[data-kind=close] .content").all_inner_texts()
             assert closes and closes[-1].split()[-1] == "1000"
+            # the page asked for the speech options it shows (all ticked by default)
+            opened = await page.locator("#log li[data-kind=open] .content").all_inner_texts()
+            assert any("punctuate=true" in o and "smart_format=true" in o for o in opened), opened
             assert await page.is_hidden("#error")
         assert problems.items == []
 
@@ -251,7 +307,7 @@ async def test_page_is_served_over_http1_too(text_gateway: Gateway) -> None:
     ctx.set_alpn_protocols(["http/1.1"])
 
     def get(path: str) -> tuple[int, str, str, bytes]:
-        with urllib.request.urlopen(text_gateway.url + path, context=ctx, timeout=10) as resp:
+        with urllib.request.urlopen(text_gateway.url + path, context=ctx, timeout=scaled(10)) as resp:
             return resp.status, resp.url, resp.headers["content-type"], resp.read()
 
     status, url, ctype, body = await asyncio.to_thread(get, "/")

@@ -19,6 +19,7 @@ from deepgram.core.events import EventType
 from deepgram.environment import DeepgramClientEnvironment
 
 from tests.speech_audio import SERVER_IDLE_TIMEOUT, pcm, silence, speech_server, synth
+from tests.support.waiting import scaled
 
 SENTENCE = "i would like to cancel my subscription"
 
@@ -38,7 +39,7 @@ def async_client() -> AsyncDeepgramClient:
 
 async def collect(socket: Any, timeout: float = 30) -> list[Any]:
     out: list[Any] = []
-    async with asyncio.timeout(timeout):
+    async with asyncio.timeout(scaled(timeout)):
         async for message in socket:
             out.append(message)
     return out
@@ -97,7 +98,7 @@ async def test_finalize_and_keepalive() -> None:
         await send_audio(socket, data[: len(data) - 4000], pace=0.0)
         await socket.send_finalize()
         final = None
-        async with asyncio.timeout(20):
+        async with asyncio.timeout(scaled(20)):
             while final is None:
                 msg = await socket.recv()
                 if getattr(msg, "type", None) == "Results" and msg.is_final:
@@ -134,12 +135,12 @@ async def test_idle_close_surfaces_as_connection_closed_error() -> None:
     async with client.listen.v1.connect(model="nova-3", encoding="linear16", sample_rate=16000) as socket:
         socket.on(EventType.ERROR, errors.append)
         began = time.monotonic()
-        await asyncio.wait_for(socket.start_listening(), SERVER_IDLE_TIMEOUT + 5)
+        await asyncio.wait_for(socket.start_listening(), SERVER_IDLE_TIMEOUT + scaled(5))
         waited = time.monotonic() - began
     assert len(errors) == 1 and isinstance(errors[0], websockets.ConnectionClosedError)
     assert errors[0].rcvd is not None and errors[0].rcvd.code == 1011
     assert "NET-0001" in errors[0].rcvd.reason
-    assert SERVER_IDLE_TIMEOUT - 0.6 < waited < SERVER_IDLE_TIMEOUT + 2
+    assert SERVER_IDLE_TIMEOUT - 0.6 < waited < SERVER_IDLE_TIMEOUT + scaled(2)
 
 
 @pytest.mark.parametrize(
@@ -170,7 +171,7 @@ async def test_non_audio_stream_errors_while_other_session_is_untouched() -> Non
         bad.on(EventType.ERROR, errors.append)
         sender = asyncio.create_task(send_audio(good, data + silence(1.0), pace=0.02))
         await bad.send_media(b"<html>definitely not audio</html>" * 20)
-        await asyncio.wait_for(bad.start_listening(), 10)
+        await asyncio.wait_for(bad.start_listening(), scaled(10))
         assert len(errors) == 1 and isinstance(errors[0], websockets.ConnectionClosedError)
         assert errors[0].rcvd is not None and errors[0].rcvd.code == 1002
         await sender

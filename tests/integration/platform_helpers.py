@@ -12,6 +12,7 @@ import aiohttp
 
 from bidistream.platform.app import Platform, build_platform
 from bidistream.platform.manager import ManagerLimits
+from tests.support.waiting import scaled
 
 FAST = ManagerLimits(health_interval=0.3, unhealthy_after=2, restart_backoff=0.2, stop_grace=5.0)
 
@@ -63,14 +64,14 @@ def create_endpoint(
 
 
 async def wait_status(platform: Platform, name: str, wanted: str, timeout: float = 25.0) -> dict[str, Any]:
-    deadline = time.monotonic() + timeout
+    deadline = time.monotonic() + scaled(timeout)
     while True:
         desc = call(platform, "DescribeEndpoint", EndpointName=name)
         if desc["EndpointStatus"] == wanted:
             return desc
         if time.monotonic() > deadline:
             raise AssertionError(f"{name} stayed {desc['EndpointStatus']}: {desc.get('FailureReason')}")
-        await asyncio.sleep(0.1)
+        await asyncio.sleep(0.05)
 
 
 async def echo_once(base_url: str, text: str) -> str:
@@ -79,5 +80,5 @@ async def echo_once(base_url: str, text: str) -> str:
         http.ws_connect(base_url.replace("http", "ws") + "/invocations-bidirectional-stream") as ws,
     ):
         await ws.send_str(text)
-        msg = await asyncio.wait_for(ws.receive(), 10)
+        msg = await asyncio.wait_for(ws.receive(), scaled(10))
         return str(msg.data)

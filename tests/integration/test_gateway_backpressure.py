@@ -20,7 +20,7 @@ buffers and as a plateau of the producer's progress.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
 
@@ -32,10 +32,11 @@ from bidistream.gateway.h2front import BidiStream, H2Protocol
 from bidistream.gateway.limits import GatewayLimits, KiB, MiB
 from bidistream.gateway.server import Gateway
 from bidistream.model import Model, Session
-from tests.clients.test_aws_bidi import Stack, gateway_stack
 from tests.h2client import H2TestClient
+from tests.support.aws import Stack, gateway_stack
+from tests.support.waiting import eventually, scaled
 
-T = 15.0
+T = scaled(15.0)
 HIGH_WATER = 256 * KiB
 STREAM_WINDOW = 256 * KiB
 FRAME = 64 * KiB
@@ -93,12 +94,26 @@ def bidi_stream(gw: Gateway) -> BidiStream:
     raise AssertionError("no bidi stream open on the gateway")
 
 
-async def plateau(read: Any, settle: float = 0.3) -> int:
-    """Wait until ``read()`` stops changing (the producer is blocked); return its value."""
+def upstream_read_paused(gw: Gateway) -> bool:
+    try:
+        relay = bidi_stream(gw).relay
+    except AssertionError:  # the stream is not open yet
+        return False
+    up = relay.link if relay is not None else None
+    return up is not None and up.read_paused
+
+
+async def plateau(read: Any, blocked: Callable[[], bool], settle: float = 0.3) -> int:
+    """Wait until the producer is blocked (``blocked()``, the state the test is about),
+    then until ``read()`` stops changing; return its value.
+
+    Waiting for ``blocked`` first means a loaded machine, where the producer may
+    simply be slow for ``settle`` seconds, cannot pass for a blocked one."""
+    await eventually(blocked, timeout=15.0)
     async with asyncio.timeout(T):
         last = read()
         while True:
-            await asyncio.sleep(settle)
+            await asyncio.sleep(scaled(settle))
             now = read()
             if now == last:
                 return int(now)
@@ -122,9 +137,10 @@ async def test_slow_client_pauses_instance_reads_and_loses_nothing(stack: Stack)
         sid = client.open("flood")
         client.send(sid, encode_payload_part(b"go", text=True))
 
-        produced = await plateau(lambda: model.produced)
+        produced = await plateau(lambda: model.produced, lambda: upstream_read_paused(gw))
         st = bidi_stream(gw)
-        up = st.up
+        assert st.relay is not None
+        up = st.relay.link
         assert up is not None
         # The instance is blocked in its sends, far from done.
         assert produced < N_FRAMES // 2, produced
@@ -170,20 +186,23 @@ async def test_slow_instance_closes_client_window_and_loses_nothing(stack: Stack
 
         producer = asyncio.create_task(produce())
         try:
-            stalled_at = await plateau(lambda: sent)
+            stalled_at = await plateau(
+                lambda: sent, lambda: client.conn.local_flow_control_window(sid) < FRAME
+            )
             assert not producer.done()
             assert stalled_at < N_FRAMES // 2, stalled_at
             # The client's window on the stream is closed and stays closed.
             assert client.conn.local_flow_control_window(sid) < FRAME
-            await asyncio.sleep(0.3)
+            await asyncio.sleep(scaled(0.3))  # a window that stays closed: nothing may move meanwhile
             assert sent == stalled_at
             st = bidi_stream(gw)
-            up = st.up
+            assert st.relay is not None
+            up = st.relay.link
             assert up is not None and up.transport is not None
             # The gateway holds back the acknowledgement and its write buffer to
             # the instance stays within high_water plus what one window can bring.
             assert up.write_paused
-            assert st.unacked <= STREAM_WINDOW
+            assert st.relay.session.unacked <= STREAM_WINDOW
             buffered = up.transport.underlying_transport.get_write_buffer_size()
             assert buffered <= HIGH_WATER + STREAM_WINDOW + FRAME, buffered
             assert model.got == []

@@ -18,13 +18,14 @@ from pathlib import Path
 import pytest
 
 from bidistream.gateway.limits import GatewayLimits
-from tests.clients.test_aws_bidi import Stack, gateway_stack
 from tests.h2client import H2TestClient
+from tests.support.aws import Stack, gateway_stack
+from tests.support.waiting import eventually, scaled
 
 VECTORS = Path(__file__).resolve().parents[1] / "vectors"
 EVENT1 = bytes.fromhex((VECTORS / "sagemaker-bidi-request-event-1.hex").read_text().strip())
 FINAL = bytes.fromhex((VECTORS / "sagemaker-bidi-request-final.hex").read_text().strip())
-T = 10.0
+T = scaled(10.0)
 
 
 @pytest.fixture
@@ -125,9 +126,7 @@ async def test_client_vanishes_instance_sees_close_within_a_second(stack: Stack)
     server = stack.servers["echo"]
     assert server.live_sessions == 2
     raw.close()  # TCP reset, no GOAWAY
-    async with asyncio.timeout(1.0):
-        while server.live_sessions != 1:  # noqa: ASYNC110 (polling the server under test)
-            await asyncio.sleep(0.01)
+    await eventually(lambda: server.live_sessions == 1, timeout=1.0)
     await healthy_finish(other, healthy)
     other.close()
 
@@ -140,9 +139,7 @@ async def test_stream_reset_closes_instance_socket(raw: H2TestClient, stack: Sta
     raw.conn.reset_stream(sid)
     raw._flush()
     server = stack.servers["echo"]
-    async with asyncio.timeout(1.0):
-        while server.live_sessions != 1:  # noqa: ASYNC110 (polling the server under test)
-            await asyncio.sleep(0.01)
+    await eventually(lambda: server.live_sessions == 1, timeout=1.0)
     await healthy_finish(raw, healthy)
 
 

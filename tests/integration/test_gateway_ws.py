@@ -14,8 +14,8 @@ from websockets.typing import Subprotocol
 from bidistream.errors import InputValidationError
 from bidistream.model import Session
 from bidistream.models.echo import EchoModel
-from tests.clients.test_aws_bidi import Stack, gateway_stack
 from tests.clients.test_aws_errors import CrashingModel
+from tests.support.aws import Stack, gateway_stack
 
 
 @pytest.fixture

@@ -5,13 +5,13 @@ from __future__ import annotations
 import asyncio
 import os
 import sys
-import time
 from pathlib import Path
 
 import aiohttp
 
 from bidistream.platform.manager import InstanceState
 from bidistream.platform.runtimes.process import ProcessInstance
+from tests.support.waiting import eventually, scaled
 
 from .platform_helpers import call, create_endpoint, echo_once, started, wait_status
 
@@ -28,13 +28,10 @@ async def test_create_describe_invoke_delete(tmp_path: Path) -> None:
         logs = list((tmp_path / "logs" / "echo").glob("*.log"))
         assert logs and "bidistream starts instance" in logs[0].read_text()
         call(platform, "DeleteEndpoint", EndpointName="echo")
-        deadline = time.monotonic() + 15
-        while platform.store.get_endpoint("echo") is not None:
-            assert time.monotonic() < deadline
-            await asyncio.sleep(0.1)
+        await eventually(lambda: platform.store.get_endpoint("echo") is None, timeout=15)
         async with aiohttp.ClientSession() as http:
             try:
-                await http.get(f"{target.base_url}/ping", timeout=aiohttp.ClientTimeout(total=1))
+                await http.get(f"{target.base_url}/ping", timeout=aiohttp.ClientTimeout(total=scaled(1)))
                 raise AssertionError("instance still answers after delete")
             except aiohttp.ClientError:
                 pass
@@ -68,10 +65,9 @@ async def test_crashed_instance_is_restarted_and_serves_again(tmp_path: Path) ->
         assert isinstance(handle, ProcessInstance)
         old_url = handle.base_url
         handle.kill()
-        deadline = time.monotonic() + 20
-        while not (instance.restarts == 1 and instance.state is InstanceState.HEALTHY):
-            assert time.monotonic() < deadline, instance.state
-            await asyncio.sleep(0.1)
+        await eventually(
+            lambda: instance.restarts == 1 and instance.state is InstanceState.HEALTHY, timeout=20
+        )
         target = platform.router.candidates("crashy")[0]
         assert target.base_url != old_url
         assert await echo_once(target.base_url, "again") == "again"
@@ -89,12 +85,12 @@ async def test_scale_in_drains_the_live_session_first(tmp_path: Path) -> None:
         async with aiohttp.ClientSession() as http:
             sockets = []
             for inst in instances:
-                assert inst.target is not None
+                assert inst.routable is not None
                 ws = await http.ws_connect(
-                    inst.target.base_url.replace("http", "ws") + "/invocations-bidirectional-stream"
+                    inst.routable.base_url.replace("http", "ws") + "/invocations-bidirectional-stream"
                 )
-                platform.router.session_started(inst.target)
-                sockets.append((inst, inst.target, ws))
+                platform.router.session_started(inst.routable)
+                sockets.append((inst, inst.routable, ws))
             call(
                 platform,
                 "UpdateEndpointWeightsAndCapacities",
@@ -109,16 +105,28 @@ async def test_scale_in_drains_the_live_session_first(tmp_path: Path) -> None:
             assert all(
                 t.variant == "AllTraffic" and t is not target for t in platform.router.candidates("scale")
             )
-            await asyncio.sleep(0.5)
-            # The live session on the removed instance still works…
+            # The live view shows it draining with its session (the coalesced count was
+            # published after the cut-over)…
+            await eventually(
+                lambda: (
+                    [
+                        (r.state, r.live_sessions)
+                        for r in platform.store.list_instances("scale")
+                        if r.instance_id == inst.instance_id
+                    ]
+                    == [("draining", 1)]
+                ),
+                timeout=10,
+            )
+            # …the live session on the removed instance still works…
             await ws.send_str("still here")
-            assert (await asyncio.wait_for(ws.receive(), 5)).data == "still here"
+            assert (await asyncio.wait_for(ws.receive(), scaled(5))).data == "still here"
             assert inst.handle is not None and not inst.handle.exited()
             await ws.close()
             platform.router.session_ended(target)
             # …and only once it ended is the instance stopped.
             assert inst.handle is not None
-            code = await asyncio.wait_for(inst.handle.wait_exit(), 15)
+            code = await asyncio.wait_for(inst.handle.wait_exit(), scaled(15))
             assert code is not None
             assert inst.state is InstanceState.STOPPED
             for _, _, other in sockets:
@@ -183,9 +191,9 @@ async def test_update_endpoint_swaps_the_model_and_a_failed_update_keeps_it(tmp_
         assert desc["EndpointConfigName"] == "words-config"
         assert desc["ProductionVariants"][0]["DeployedImages"][0]["SpecifiedImage"] == "bidistream/words"
         assert old.handle is not None
-        await asyncio.wait_for(old.handle.wait_exit(), 15)  # no live session: retired at once
+        await asyncio.wait_for(old.handle.wait_exit(), scaled(15))  # no live session: retired at once
         (new,) = platform.manager.instances("swap")
-        assert new is not old and platform.router.candidates("swap")[0] is new.target
+        assert new is not old and platform.router.candidates("swap")[0] is new.routable
         # An update whose instances cannot start leaves the endpoint on what it ran.
         call(
             platform,
@@ -198,12 +206,7 @@ async def test_update_endpoint_swaps_the_model_and_a_failed_update_keeps_it(tmp_
             platform, "CreateEndpointConfig", EndpointConfigName="broken-config", ProductionVariants=[broken]
         )
         call(platform, "UpdateEndpoint", EndpointName="swap", EndpointConfigName="broken-config")
-        deadline = time.monotonic() + 20
-        while (desc := call(platform, "DescribeEndpoint", EndpointName="swap"))[
-            "EndpointStatus"
-        ] != "InService":
-            assert time.monotonic() < deadline
-            await asyncio.sleep(0.1)
+        desc = await wait_status(platform, "swap", "InService", timeout=20)
         assert "Update failed" in desc["FailureReason"] and "exited with code 7" in desc["FailureReason"]
         assert desc["EndpointConfigName"] == "words-config"
         assert desc["ProductionVariants"][0]["DeployedImages"][0]["SpecifiedImage"] == "bidistream/words"

@@ -11,6 +11,7 @@ from pathlib import Path
 
 from tests.boto import boto_client
 from tests.conftest import free_port
+from tests.support.waiting import scaled
 
 BIN = Path(sys.executable).parent / "bidistream"
 
@@ -34,7 +35,7 @@ def _start(data_dir: Path, port: int) -> tuple[subprocess.Popen[str], list[str]]
         text=True,
     )
     lines: list[str] = []
-    deadline = time.monotonic() + 25
+    deadline = time.monotonic() + scaled(25)
     assert proc.stdout is not None
     while time.monotonic() < deadline:
         line = proc.stdout.readline()
@@ -49,7 +50,7 @@ def _start(data_dir: Path, port: int) -> tuple[subprocess.Popen[str], list[str]]
 
 def _stop(proc: subprocess.Popen[str]) -> None:
     proc.send_signal(signal.SIGTERM)
-    assert proc.wait(timeout=20) == 0
+    assert proc.wait(timeout=scaled(20)) == 0
 
 
 def _endpoints(data_dir: Path) -> str:
@@ -57,7 +58,7 @@ def _endpoints(data_dir: Path) -> str:
         [str(BIN), "endpoints", "--data-dir", str(data_dir)],
         capture_output=True,
         text=True,
-        timeout=20,
+        timeout=scaled(20),
         check=True,
     )
     return out.stdout
@@ -95,7 +96,7 @@ def test_run_creates_builtins_once_and_endpoints_lists_them(tmp_path: Path) -> N
             input="hello\nworld\n",
             capture_output=True,
             text=True,
-            timeout=20,
+            timeout=scaled(20),
             env={**os.environ, "SSL_CERT_FILE": str(data_dir / "ca.pem")},
         )
         assert reply.stdout.split() == ["hello", "world"], reply.stderr

@@ -11,6 +11,7 @@ import aiohttp
 import pytest
 
 from tests.speech_audio import SERVER_IDLE_TIMEOUT, pcm, silence, speech_server, synth
+from tests.support.waiting import scaled
 
 SENTENCE = "i need help with my account balance"
 
@@ -30,7 +31,7 @@ async def stream_pcm(
 
 async def read_all(ws: aiohttp.ClientWebSocketResponse, timeout: float = 30) -> list[dict[str, Any]]:
     out: list[dict[str, Any]] = []
-    async with asyncio.timeout(timeout):
+    async with asyncio.timeout(scaled(timeout)):
         async for msg in ws:
             assert msg.type == aiohttp.WSMsgType.TEXT, f"server sent {msg.type}"
             out.append(json.loads(msg.data))
@@ -127,7 +128,7 @@ async def test_wav_stream_without_encoding_and_finalize() -> None:
         await stream_pcm(ws, body[: len(body) - 6000], chunk=4000)
         await ws.send_str(json.dumps({"type": "Finalize"}))
         got: dict[str, Any] = {}
-        async with asyncio.timeout(20):
+        async with asyncio.timeout(scaled(20)):
             while not got:
                 msg = json.loads((await ws.receive()).data)
                 if msg["type"] == "Results" and msg["is_final"]:
@@ -181,7 +182,7 @@ async def test_non_audio_closes_1002_and_other_session_untouched() -> None:
         bad = await http.ws_connect(url("v1/listen?model=nova-3"))  # no encoding: must be a WAV
         sender = asyncio.create_task(stream_pcm(good, data + silence(1.0), pace=0.02))
         await bad.send_bytes(b"this is plainly not a RIFF header, nor audio" * 10)
-        msg = await bad.receive(timeout=10)
+        msg = await bad.receive(timeout=scaled(10))
         assert msg.type == aiohttp.WSMsgType.CLOSE and bad.close_code == 1002
         assert "WAV" in msg.extra
         await sender
@@ -194,10 +195,10 @@ async def test_non_audio_closes_1002_and_other_session_untouched() -> None:
 async def test_unknown_text_message_gets_error_and_stream_continues() -> None:
     async with aiohttp.ClientSession() as http, http.ws_connect(url("v1/listen?model=nova-3")) as ws:
         await ws.send_str("{not json")
-        err = json.loads((await ws.receive(timeout=5)).data)
+        err = json.loads((await ws.receive(timeout=scaled(5))).data)
         assert err["type"] == "Error" and err["variant"] and "JSON" in err["description"]
         await ws.send_str(json.dumps({"type": "Bogus"}))
-        err2 = json.loads((await ws.receive(timeout=5)).data)
+        err2 = json.loads((await ws.receive(timeout=scaled(5))).data)
         assert err2["type"] == "Error" and "Bogus" in err2["description"]
         # a control message in a binary frame (SageMaker parts without DataType) still works
         await ws.send_bytes(json.dumps({"type": "CloseStream"}).encode())
@@ -213,11 +214,11 @@ async def test_idle_close_1011_and_keepalive_keeps_open() -> None:
             await asyncio.sleep(0.5)
         assert not ws.closed
         quiet = time.monotonic()
-        msg = await ws.receive(timeout=SERVER_IDLE_TIMEOUT + 5)
+        msg = await ws.receive(timeout=SERVER_IDLE_TIMEOUT + scaled(5))
         waited = time.monotonic() - quiet
     assert msg.type == aiohttp.WSMsgType.CLOSE
     assert ws.close_code == 1011 and "NET-0001" in msg.extra
-    assert SERVER_IDLE_TIMEOUT - 0.6 < waited < SERVER_IDLE_TIMEOUT + 2
+    assert SERVER_IDLE_TIMEOUT - 0.6 < waited < SERVER_IDLE_TIMEOUT + scaled(2)
 
 
 async def test_token_subprotocol_is_selected() -> None:

@@ -21,6 +21,7 @@ from hypothesis import strategies as st
 
 from bidistream.platform.control_api import ControlApi, ControlLimits
 from bidistream.platform.manager import VariantPlan
+from bidistream.platform.states import EndpointEvent
 from bidistream.platform.store import Store
 
 _MODEL = botocore.session.get_session().get_service_model("sagemaker")
@@ -40,9 +41,6 @@ class FakeDeployer:
 
     def remove(self, name: str) -> None:
         self.calls.append(("remove", name, None))
-
-    def variants_view(self, name: str) -> list[dict[str, Any]] | None:
-        return None
 
 
 class Client:
@@ -133,7 +131,7 @@ def test_endpoint_lifecycle_calls_the_deployer(setup: tuple[Client, FakeDeployer
     # Only InService endpoints can be updated.
     status, code, msg = _error(call("UpdateEndpoint", EndpointName="ep", EndpointConfigName="c1"))
     assert (status, code) == (400, "ValidationException") and "Creating" in msg
-    store.update_endpoint("ep", status="InService")
+    store.commit("ep", event=EndpointEvent.DEPLOYED)  # what the manager writes when instances are up
     upd = call(
         "UpdateEndpointWeightsAndCapacities",
         EndpointName="ep",
@@ -347,7 +345,7 @@ def test_validation_errors_name_field_and_rule(
     _model(call)
     _config(call)
     call("CreateEndpoint", EndpointName="ep", EndpointConfigName="c1")
-    store.update_endpoint("ep", status="InService")
+    store.commit("ep", event=EndpointEvent.DEPLOYED)  # what the manager writes when instances are up
     status, code, message = _error(call(op, **params))
     assert (status, code) == (400, "ValidationException")
     assert needle in message

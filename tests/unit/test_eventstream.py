@@ -2,15 +2,18 @@
 
 from __future__ import annotations
 
+import datetime as dt
 import json
 import zlib
+from collections import Counter
 from pathlib import Path
 
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
+from smithy_aws_event_stream.events import EventMessage
 
-from bidistream.errors import InputValidationError, InvalidFrameError, MessageTooLargeError
+from bidistream.errors import BidistreamError, InputValidationError, InvalidFrameError, MessageTooLargeError
 from bidistream.eventstream import (
     EventStreamDecoder,
     decode_message,
@@ -158,12 +161,139 @@ def test_roundtrip_any_payload_any_split(data: bytes, text: bool, complete: bool
     assert zlib.crc32(msg[:-4]) == int.from_bytes(msg[-4:], "big")
 
 
-@given(st.binary(min_size=1, max_size=200))
-def test_garbage_never_escapes_our_error_tree(data: bytes) -> None:
-    dec = EventStreamDecoder(max_size=4096)
+# ------------------------------------------------------------------ damaged messages
+# Random bytes almost never pass the length check, so they never reach the CRC
+# or header code.  Instead: build valid messages, damage them the ways a broken
+# peer or a cut connection does, and check every result is either a valid event
+# or one of our errors -- and that the damage reaches every check on the way.
+
+SIGNATURE = bytes(range(32))
+DATE = dt.datetime(2026, 1, 1, tzinfo=dt.UTC)
+
+
+def signed(inner: bytes) -> bytes:
+    """The official client's envelope (:date, :chunk-signature) around ``inner``."""
+    return EventMessage(headers={":date": DATE, ":chunk-signature": SIGNATURE}, payload=inner).encode()
+
+
+def part(data: bytes = b"hello world", text: bool = True, complete: bool = True) -> bytes:
+    return encode_payload_part(data, text=text, complete=complete)
+
+
+def fix_prelude_crc(raw: bytearray) -> None:
+    raw[8:12] = zlib.crc32(bytes(raw[:8])).to_bytes(4, "big")
+
+
+def fix_crcs(raw: bytearray) -> None:
+    """Recompute both CRCs, so the damage gets past them to the lengths and headers."""
+    fix_prelude_crc(raw)
+    if len(raw) >= 16:
+        raw[-4:] = zlib.crc32(bytes(raw[:-4])).to_bytes(4, "big")
+
+
+Mutation = tuple[str, int, int]
+
+
+def mutate(raw: bytes, mutation: Mutation) -> bytes:
+    """One kind of damage; positions wrap around the message, so every draw applies."""
+    kind, a, b = mutation
+    out = bytearray(raw)
+    if kind == "flip":  # a bit flipped on the wire
+        out[a % len(out)] ^= 1 << (b % 8)
+    elif kind == "flip+crc":  # ...by a peer that computes CRCs over what it damaged
+        out[a % len(out)] ^= 1 << (b % 8)
+        fix_crcs(out)
+    elif kind == "cut":  # the connection ends mid-message
+        del out[a % len(out) :]
+    elif kind == "total":  # total-length field edited; b=1: prelude CRC recomputed
+        out[0:4] = (a % 2**32).to_bytes(4, "big")
+        if b % 2:
+            fix_prelude_crc(out)
+    elif kind == "headers-length":  # header-length field edited; b=1: both CRCs recomputed
+        out[4:8] = (a % 2**32).to_bytes(4, "big")
+        if b % 2:
+            fix_crcs(out)
+        else:
+            fix_prelude_crc(out)
+    else:
+        raise AssertionError(kind)
+    return bytes(out)
+
+
+def outcome(stream: bytes, max_size: int = 4096) -> str:
+    """Decode ``stream`` as the gateway does; 'ok' or the kind of our error it ended in.
+
+    Anything that is not one of our errors escapes and fails the test."""
+    dec = EventStreamDecoder(max_size=max_size)
     try:
-        for raw in dec.feed(data):
+        for raw in dec.feed(stream):
             unwrap(raw)
         dec.finish()
-    except (InvalidFrameError, MessageTooLargeError, InputValidationError):
-        pass
+    except BidistreamError as exc:
+        text = str(exc)
+        if isinstance(exc, MessageTooLargeError):
+            return "too-large"
+        if not isinstance(exc, InvalidFrameError):
+            assert isinstance(exc, InputValidationError), exc
+            return "event"  # well-formed frames, but not a request event we accept
+        if "ChecksumMismatch" in text:
+            return "crc"
+        if "headers" in text:
+            return "header"
+        if "ended inside" in text:
+            return "cut"
+        if "length" in text or "truncated" in text:
+            return "length"
+        if "neither an envelope" in text:
+            return "envelope"
+        raise AssertionError(f"unclassified error: {text}") from exc
+    return "ok"
+
+
+BASES = {
+    "bare": part(),
+    "binary-partial": part(bytes([0, 1, 2, 0xFE, 0xFF]), text=False, complete=False),
+    "signed": signed(part()),
+    "signed-final": signed(b""),
+    "captured": vec("sagemaker-bidi-request-event-1.hex"),
+}
+MUTATIONS = st.tuples(
+    st.sampled_from(["flip", "flip+crc", "cut", "total", "headers-length"]),
+    st.integers(0, 2**32 - 1),
+    st.integers(0, 7),
+)
+
+
+@given(st.sampled_from(sorted(BASES)), MUTATIONS, st.booleans())
+def test_damaged_messages_never_escape_our_error_tree(base: str, mutation: Mutation, inner: bool) -> None:
+    raw = BASES[base]
+    if inner:
+        # A valid envelope (right lengths, right CRCs) around a damaged inner message.
+        damaged = signed(mutate(unwrap(raw).inner or part(), mutation))
+    else:
+        damaged = mutate(raw, mutation)
+    outcome(damaged)  # raises if anything but our errors escapes
+
+
+def test_damage_reaches_the_crc_header_and_length_checks() -> None:
+    """Every single-bit flip of every byte (raw and with CRCs recomputed), every cut and
+    length edits, of outer and inner messages: which of our checks caught each."""
+    seen: dict[str, Counter[str]] = {"outer": Counter(), "inner": Counter()}
+    for raw in BASES.values():
+        inner = unwrap(raw).inner or part()
+        for where, message, wrap in (("outer", raw, bytes), ("inner", inner, signed)):
+            mutations: list[Mutation] = [
+                (kind, i, bit) for kind in ("flip", "flip+crc") for i in range(len(message)) for bit in (0, 5)
+            ]
+            mutations += [("cut", i, 0) for i in range(1, len(message))]
+            for value in (0, 5, 15, 16, len(message) - 1, len(message) + 1, 2**31, 2**32 - 1):
+                mutations += [("total", value, 0), ("total", value, 1)]
+                mutations += [("headers-length", value, 0), ("headers-length", value, 1)]
+            for mutation in mutations:
+                seen[where][outcome(wrap(mutate(message, mutation)))] += 1
+    print({where: dict(counts) for where, counts in seen.items()})
+    for where in ("outer", "inner"):
+        kinds = set(seen[where])
+        assert {"crc", "header", "length", "event"} <= kinds, (where, seen[where])
+    assert {"cut", "too-large"} <= set(seen["outer"]), seen["outer"]
+    assert "envelope" in set(seen["outer"]), seen["outer"]

@@ -2,7 +2,7 @@ from __future__ import annotations
 
 import pytest
 
-from bidistream.container.commands import resolve_port
+from bidistream.cli.serve import resolve_port
 from bidistream.container.loader import load_model, resolve_spec
 from bidistream.errors import InputValidationError
 from bidistream.models.echo import EchoModel

@@ -8,11 +8,13 @@ import pytest
 
 from bidistream.errors import NotFoundError, ServiceUnavailableError
 from bidistream.platform.balancer import PlatformRouter, RoutableVariant, SmoothWeighted
-from bidistream.platform.routing import InstanceTarget
+from bidistream.routing import RoutableInstance
 
 
-def _targets(variant: str, n: int) -> list[InstanceTarget]:
-    return [InstanceTarget("ep", variant, f"{variant}-{i}", f"http://127.0.0.1:{9000 + i}") for i in range(n)]
+def _targets(variant: str, n: int) -> list[RoutableInstance]:
+    return [
+        RoutableInstance("ep", variant, f"{variant}-{i}", f"http://127.0.0.1:{9000 + i}") for i in range(n)
+    ]
 
 
 def _router(variants: list[RoutableVariant]) -> PlatformRouter:

@@ -22,6 +22,7 @@ from bidistream.models.speech.engines import Engine, Transcript, Word, clamp_sta
 from bidistream.models.speech.model import PROFILE_ALIASES
 from bidistream.models.speech.scheduler import DecodeScheduler
 from bidistream.models.speech.vad import FRAME_SAMPLES
+from tests.support.waiting import eventually, scaled
 
 # ----------------------------------------------------------------------------- protocol
 
@@ -286,83 +287,107 @@ def test_resampler_keeps_frequency_and_is_seamless(rate: int) -> None:
 
 
 class FakeEngine(Engine):
-    def __init__(self, delay: float = 0.05, fail: bool = False) -> None:
+    """Each decode blocks in its worker thread until the test opens ``gate``.
+
+    The scheduler's decisions (what runs, what waits) are taken synchronously in
+    ``submit`` and when a decode ends; with the gate, the test, not the clock,
+    decides when decodes end, so no assertion races the thread pool."""
+
+    def __init__(self, fail: bool = False, open_gate: bool = False) -> None:
         self.calls: list[tuple[int, bool]] = []
-        self.delay = delay
         self.fail = fail
         self.lock = threading.Lock()
+        self.gate = threading.Event()
+        if open_gate:
+            self.gate.set()
 
     @property
     def max_batch(self) -> int:
         return 8
 
-    def decode(self, batch: Sequence[np.ndarray], *, final: bool) -> list[Transcript]:
-        import time
+    def started(self) -> list[tuple[int, bool]]:
+        with self.lock:
+            return list(self.calls)
 
+    def decode(self, batch: Sequence[np.ndarray], *, final: bool) -> list[Transcript]:
         with self.lock:
             self.calls.append((len(batch), final))
-        time.sleep(self.delay)
+        if not self.gate.wait(timeout=scaled(10)):
+            raise RuntimeError("the test never opened the gate")
         if self.fail:
             raise RuntimeError("boom")
         return [Transcript(str(len(a)), 1.0) for a in batch]
 
 
+def audio(n: int) -> np.ndarray:
+    return np.zeros(n, np.float32)
+
+
 async def test_scheduler_batches_coinciding_jobs_and_keeps_results_apart() -> None:
     engine = FakeEngine()
     sched = DecodeScheduler(engine, slots=1, batching=True)
-    jobs = [sched.decode(np.zeros(n, np.float32), final=False) for n in range(1, 7)]
+    jobs = [sched.submit(audio(n), final=False) for n in range(1, 7)]
+    # The first takes the only slot at once; the five that coincide with it wait…
+    assert sched._running == 1 and sched.pending == 5
+    engine.gate.set()
     results = await asyncio.gather(*jobs)
+    # …and go as one batch when it ends.
     assert [r.text for r in results] == [str(n) for n in range(1, 7)]
-    assert engine.calls[0] == (1, False) and max(c[0] for c in engine.calls) == 5
+    assert engine.calls == [(1, False), (5, False)]
     assert sched.stats.calls == 2 and sched.stats.jobs == 6
 
 
 async def test_scheduler_without_batching_and_finals_first() -> None:
     engine = FakeEngine()
     sched = DecodeScheduler(engine, slots=1, batching=False)
-    first = asyncio.ensure_future(sched.decode(np.zeros(1, np.float32), final=False))
-    await asyncio.sleep(0.01)
-    rest = [asyncio.ensure_future(sched.decode(np.zeros(1, np.float32), final=f)) for f in (False, True)]
+    first = sched.submit(audio(1), final=False)
+    await eventually(lambda: engine.started() == [(1, False)])  # decoding, holding the slot
+    rest = [sched.submit(audio(1), final=f) for f in (False, True)]
+    engine.gate.set()
     await asyncio.gather(first, *rest)
     assert engine.calls == [(1, False), (1, True), (1, False)]
 
 
 async def test_scheduler_caps_concurrency_and_wraps_errors() -> None:
-    engine = FakeEngine(fail=True)
+    engine = FakeEngine(fail=True, open_gate=True)
     sched = DecodeScheduler(engine, slots=2, batching=False)
     with pytest.raises(ModelError, match="boom"):
-        await sched.decode(np.zeros(1, np.float32), final=True)
-    ok = DecodeScheduler(FakeEngine(delay=0.1), slots=2)
-    tasks = [asyncio.ensure_future(ok.decode(np.zeros(1, np.float32), final=True)) for _ in range(3)]
-    await asyncio.sleep(0.02)
+        await sched.decode(audio(1), final=True)
+    gated = FakeEngine()
+    ok = DecodeScheduler(gated, slots=2)
+    tasks = [ok.submit(audio(1), final=True) for _ in range(3)]
     assert ok._running == 2 and ok.pending == 1
+    await eventually(lambda: len(gated.started()) == 2)
+    assert ok._running == 2 and ok.pending == 1  # still capped while both decode
+    gated.gate.set()
     await asyncio.gather(*tasks)
+    assert len(gated.calls) == 3
 
 
 async def test_scheduler_keeps_a_slot_for_finals() -> None:
-    engine = FakeEngine(delay=0.2)
+    engine = FakeEngine()
     sched = DecodeScheduler(engine, slots=2, batching=False)
-    interims = [asyncio.ensure_future(sched.decode(np.zeros(1, np.float32), final=False)) for _ in range(3)]
-    await asyncio.sleep(0.02)
+    interims = [sched.submit(audio(1), final=False) for _ in range(3)]
     assert sched._running == 1 and sched.pending == 2  # interims never take the last slot
-    final = asyncio.ensure_future(sched.decode(np.zeros(1, np.float32), final=True))
-    await asyncio.sleep(0.02)
-    assert sched._running == 2 and engine.calls[-1] == (1, True)  # the final starts at once
+    final = sched.submit(audio(1), final=True)
+    assert sched._running == 2  # the final starts at once, beside the running interim
+    await eventually(lambda: sorted(engine.started()) == [(1, False), (1, True)])
+    engine.gate.set()
     await asyncio.gather(final, *interims)
     assert DecodeScheduler(FakeEngine(), slots=2, reserve_final_slot=False).interim_slots == 2
 
 
 async def test_scheduler_skips_cancelled_interims() -> None:
-    engine = FakeEngine(delay=0.1)
+    engine = FakeEngine()
     sched = DecodeScheduler(engine, slots=1, batching=False)
-    first = asyncio.ensure_future(sched.decode(np.zeros(1, np.float32), final=False))
-    await asyncio.sleep(0.01)
-    superseded = asyncio.ensure_future(sched.decode(np.zeros(2, np.float32), final=False))
-    await asyncio.sleep(0.01)
+    first = sched.submit(audio(1), final=False)
+    superseded = sched.submit(audio(2), final=False)
     superseded.cancel()
-    final = await sched.decode(np.zeros(3, np.float32), final=True)
+    final = sched.submit(audio(3), final=True)
+    engine.gate.set()
+    assert (await final).text == "3"
     await first
-    assert final.text == "3" and superseded.cancelled()
+    assert superseded.cancelled()
     assert engine.calls == [(1, False), (1, True)]  # the cancelled interim never ran
 
 
@@ -379,23 +404,23 @@ def test_endpointer_says_ending_after_half_the_window() -> None:
 
 
 async def test_scheduler_withdraws_only_decodes_not_started() -> None:
-    engine = FakeEngine(delay=0.1)
+    engine = FakeEngine()
     sched = DecodeScheduler(engine, slots=1, batching=False)
-    running = sched.submit(np.zeros(1, np.float32), final=False)
-    queued = sched.submit(np.zeros(2, np.float32), final=False)
-    await asyncio.sleep(0.01)
+    running = sched.submit(audio(1), final=False)  # takes the slot at once
+    queued = sched.submit(audio(2), final=False)
     assert not sched.withdraw(running)  # already decoding: its result still arrives
     assert sched.withdraw(queued) and queued.cancelled() and sched.pending == 0
+    engine.gate.set()
     assert (await running).text == "1"
     assert engine.calls == [(1, False)]
 
 
 async def test_scheduler_withdraws_the_right_job_among_many() -> None:
     # Jobs hold numpy audio: finding one by equality compared samples and raised.
-    engine = FakeEngine(delay=0.1)
+    engine = FakeEngine()
     sched = DecodeScheduler(engine, slots=1, batching=False)
-    first = sched.submit(np.zeros(1, np.float32), final=True)
-    queued = [sched.submit(np.zeros(n, np.float32), final=False) for n in (5, 6, 7)]
-    await asyncio.sleep(0.01)
+    first = sched.submit(audio(1), final=True)
+    queued = [sched.submit(audio(n), final=False) for n in (5, 6, 7)]
     assert sched.withdraw(queued[1]) and sched.pending == 2
+    engine.gate.set()
     assert [r.text for r in await asyncio.gather(first, queued[0], queued[2])] == ["1", "5", "7"]

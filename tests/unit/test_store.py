@@ -7,6 +7,7 @@ from pathlib import Path
 import pytest
 
 from bidistream.errors import ConflictError, NotFoundError
+from bidistream.platform.states import EndpointEvent, TransitionError
 from bidistream.platform.store import EndpointRecord, InstanceRow, Record, Store
 
 
@@ -48,17 +49,47 @@ def test_failed_transaction_rolls_back(tmp_path: Path) -> None:
     assert store.get_endpoint("half") is None
 
 
-def test_update_is_compare_and_set(tmp_path: Path) -> None:
+def test_status_moves_only_through_the_table_and_is_compare_and_set(tmp_path: Path) -> None:
     store = Store(tmp_path / "s.sqlite3")
     store.insert_endpoint(_endpoint(status="InService"))
-    updated = store.update_endpoint("ep", status="Updating", expect_status=("InService",), failure_reason="x")
-    assert updated.status == "Updating" and updated.failure_reason == "x"
-    with pytest.raises(ConflictError, match="in-progress"):
-        store.update_endpoint("ep", status="Updating", expect_status=("InService",))
-    cleared = store.update_endpoint("ep", status="InService", clear_failure=True)
-    assert cleared.failure_reason is None
+    updated = store.commit("ep", event=EndpointEvent.UPDATE, failure_reason="x")
+    assert updated is not None and updated.status == "Updating" and updated.failure_reason == "x"
+    # The second of two racing updates finds (Updating, update) missing from the table.
+    with pytest.raises(TransitionError, match=r"\(Updating, update\)"):
+        store.commit("ep", event=EndpointEvent.UPDATE)
+    assert store.get_endpoint("ep").status == "Updating"  # type: ignore[union-attr]
+    cleared = store.commit("ep", event=EndpointEvent.DEPLOYED, clear_failure=True)
+    assert cleared is not None and cleared.status == "InService" and cleared.failure_reason is None
     with pytest.raises(NotFoundError):
-        store.update_endpoint("nope", status="InService")
+        store.commit("nope", event=EndpointEvent.DEPLOYED)
+
+
+def test_a_transition_and_its_instance_rows_are_one_transaction(tmp_path: Path) -> None:
+    store = Store(tmp_path / "s.sqlite3")
+    store.insert_endpoint(_endpoint())
+    starting = InstanceRow("i1", "ep", "v", "starting", "", 0, 0, "/l", 1.0)
+    store.commit("ep", upsert=[starting])
+    assert store.snapshot("ep")[1] == [starting]
+    healthy = InstanceRow("i1", "ep", "v", "healthy", "http://x", 0, 0, "/l", 2.0)
+    seen: list[tuple[str, list[str]]] = []
+
+    def applied() -> None:  # runs after COMMIT, still under the lock: readers see both or neither
+        record, rows = store.snapshot("ep")
+        assert record is not None
+        seen.append((record.status, [r.state for r in rows]))
+
+    store.commit("ep", event=EndpointEvent.DEPLOYED, upsert=[healthy], applied=applied)
+    assert seen == [("InService", ["healthy"])]
+    # A pair missing from the table writes nothing, rows included.
+    with pytest.raises(TransitionError):
+        store.commit("ep", event=EndpointEvent.DEPLOYED, remove=["i1"])
+    assert store.snapshot("ep")[1] == [healthy]
+    # Only live sessions are coalesced, and a late count never resurrects a stopped row.
+    store.set_live_sessions({"i1": 3, "gone": 1}, heartbeat=5.0)
+    assert [r.live_sessions for r in store.list_instances()] == [3]
+    assert store.get_meta("heartbeat") == "5.0"
+    store.commit("ep", remove=["i1"])
+    assert store.list_instances() == []
 
 
 def test_delete_and_live_view(tmp_path: Path) -> None:

@@ -39,7 +39,6 @@ import argparse
 import asyncio
 import json
 import math
-import re
 import secrets
 import sys
 import time
@@ -50,6 +49,7 @@ from enum import StrEnum
 import aiohttp
 from yarl import URL
 
+from bidistream import contract
 from bidistream.errors import InputValidationError
 
 __all__ = [
@@ -86,12 +86,8 @@ CLOSE_TIMEOUT = 1.0
 # Large enough for any probe the checker sends; a container's reply may be bigger.
 MAX_REPLY = 4 * 1024 * 1024
 
-# ModelInvocationPath / ModelQueryString patterns from SageMaker's Smithy model:
+# ModelInvocationPath / ModelQueryString follow SageMaker's patterns (bidistream.contract):
 # a value the real runtime API would reject is not worth checking a container with.
-_PATH_RE = re.compile(r"^[A-Za-z0-9\-._]+(?:/[A-Za-z0-9\-._]+)*$")
-_PATH_MAX = 100
-_QUERY_PAIR_RE = re.compile(r"^[a-zA-Z0-9][A-Za-z0-9_-]*=(?:[A-Za-z0-9._~-]|%[0-9A-Fa-f]{2})+$")
-_QUERY_MAX = 2048
 
 # Status codes meaning "no such route" rather than "the model answered".
 _NOT_ROUTED = frozenset({404, 405, 501})
@@ -122,6 +118,8 @@ class Report:
     url: str
     echo: bool
     results: tuple[CheckResult, ...]
+    # Set when nothing listens at the URL: the other checks are not run, and one line says so.
+    unreachable: str = ""
 
     @property
     def failed(self) -> list[int]:
@@ -175,10 +173,10 @@ def parse_target(url: str) -> tuple[str, str]:
 def validate_path(path: str) -> str:
     """A ModelInvocationPath as SageMaker accepts it; a leading ``/`` is forgiven."""
     clean = path.strip().lstrip("/")
-    if not clean or len(clean) > _PATH_MAX or not _PATH_RE.match(clean):
+    if not contract.is_invocation_path(clean):
         raise InputValidationError(
             f"--path {path!r} is not a valid ModelInvocationPath "
-            f"(letters, digits, - . _ in /-separated segments, at most {_PATH_MAX} chars)"
+            f"(letters, digits, - . _ in /-separated segments, at most {contract.MAX_INVOCATION_PATH} chars)"
         )
     return clean
 
@@ -188,7 +186,7 @@ def validate_query(query: str) -> str:
     clean = query.strip().lstrip("?")
     if not clean:
         return ""
-    if len(clean) > _QUERY_MAX or not all(_QUERY_PAIR_RE.match(pair) for pair in clean.split("&")):
+    if not contract.is_query(clean):
         raise InputValidationError(
             f"--query {query!r} is not a valid ModelQueryString: key=value pairs joined by &, "
             "values of unreserved characters or %XX (SageMaker rejects '+', spaces and empty values)"
@@ -343,7 +341,8 @@ def judge_round_trip(number: int, obs: FrameObservation | None) -> CheckResult:
             number,
             name,
             Status.FAIL,
-            f"{kind} frame changed: sent {len(obs.sent)} B, got {len(obs.received)} B",
+            f"{kind} frame changed: sent {_preview(obs.sent, obs.sent_text)}, "
+            f"got {_preview(obs.received, obs.received_text)} (not an echo model? add --no-echo)",
             values,
         )
     return CheckResult(
@@ -353,6 +352,17 @@ def judge_round_trip(number: int, obs: FrameObservation | None) -> CheckResult:
         f"{len(obs.sent)} B {kind} frame back unchanged in {_ms(obs.elapsed)}",
         values,
     )
+
+
+PREVIEW_BYTES = 40  # how much of a frame a failure line quotes
+
+
+def _preview(data: bytes, as_text: bool) -> str:
+    """A frame as a failure line quotes it: its size and its first bytes, text as text."""
+    head = data[:PREVIEW_BYTES]
+    shown = repr(head.decode("utf-8", "replace")) if as_text else head.hex(" ")
+    more = " …" if len(data) > PREVIEW_BYTES else ""
+    return f"{len(data)} B {shown}{more}"
 
 
 def judge_path_query(obs: PathObservation, *, echo: bool, query: str, probe: bytes) -> CheckResult:
@@ -409,6 +419,8 @@ def judge_concurrent(obs: ConcurrentObservation, *, echo: bool) -> CheckResult:
 
 # ================================================================ rendering
 def render_text(report: Report) -> str:
+    if report.unreachable:
+        return f"bidistream check {report.url}: FAIL: {report.unreachable}"
     mode = "echo-like model" if report.echo else "non-echo model"
     lines = [f"bidistream check {report.url} ({mode})"]
     for r in report.results:
@@ -427,6 +439,7 @@ def render_json(report: Report) -> str:
             "echo": report.echo,
             "passed": report.passed,
             "failed": report.failed,
+            "unreachable": report.unreachable or None,
             "checks": [
                 {
                     "number": r.number,
@@ -695,7 +708,12 @@ async def run_checks(config: CheckConfig) -> Report:
         if config.wait > 0:
             await probe.wait_ready()
         results: list[CheckResult] = []
-        results.append(judge_ping(await probe.http_call("GET", "ping", PING_DEADLINE)))
+        ping = await probe.http_call("GET", "ping", PING_DEADLINE)
+        results.append(judge_ping(ping))
+        if ping.status is None and (ping.error or "").startswith("cannot connect"):
+            # Seven more "cannot connect" lines would say nothing the first did not.
+            why = f"nothing listens at {config.http_base} ({ping.error}); is the container running?"
+            return Report(config.http_base, config.echo, tuple(results), unreachable=why)
         results.append(
             judge_invocations(
                 await probe.http_call("POST", "invocations", INVOKE_DEADLINE, b'{"inputs": "ping"}')

@@ -30,5 +30,7 @@ class ServerLimits:
     invoke_timeout: float = 60.0
     # Largest POST /invocations body (InvokeEndpoint's 6 MB payload limit).
     max_invoke_body: int = 6 * 1000 * 1000
-    # The contract's accept deadline; the server never does work inside the handshake.
+    # The contract's accept deadline (C3): the 101 goes out within this of the upgrade
+    # reaching the handler, or the upgrade is refused with 503 (the router tries another
+    # instance).  Only a model's check_session can spend it: the server does no work there.
     accept_deadline: float = 0.250

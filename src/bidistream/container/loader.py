@@ -11,20 +11,16 @@ import inspect
 
 from bidistream.errors import InputValidationError
 from bidistream.model import Model
-
-BUILTIN_MODELS: dict[str, str] = {
-    "echo": "bidistream.models.echo:EchoModel",
-    "words": "bidistream.models.words:WordsModel",
-    "speech": "bidistream.models.speech:SpeechModel",
-}
+from bidistream.models import registry
 
 
 def resolve_spec(spec: str) -> str:
     """``module:Class`` for a built-in name or a user spec; validates the shape only."""
-    target = BUILTIN_MODELS.get(spec, spec)
+    builtin = registry.by_name(spec)
+    target = builtin.target if builtin is not None else spec
     module, sep, attr = target.partition(":")
     if not sep or not module or not attr:
-        known = ", ".join(sorted(BUILTIN_MODELS))
+        known = ", ".join(sorted(registry.names()))
         raise InputValidationError(
             f"model {spec!r} is neither a built-in ({known}) nor 'package.module:Class'"
         )
@@ -58,3 +54,45 @@ def load_model(spec: str, options: dict[str, str] | None = None) -> Model:
         raise InputValidationError(f"bad options for model {spec!r}: {exc}") from exc
     except ValueError as exc:
         raise InputValidationError(f"bad options for model {spec!r}: {exc}") from exc
+
+
+# CreateModel's PrimaryContainer.Environment reaches an instance as its environment; keys with this
+# prefix are model options, the same ones `bidistream serve --set key=value` takes
+# (BIDISTREAM_OPTION_PROFILE=accurate is --set profile=accurate). Other keys pass through untouched.
+OPTION_ENV_PREFIX = "BIDISTREAM_OPTION_"
+
+
+def options_from_environment(env: dict[str, str]) -> dict[str, str]:
+    """The model options an environment carries, by lower-case option name."""
+    return {
+        key[len(OPTION_ENV_PREFIX) :].lower(): value
+        for key, value in env.items()
+        if key.startswith(OPTION_ENV_PREFIX) and len(key) > len(OPTION_ENV_PREFIX)
+    }
+
+
+def option_names(spec: str) -> list[str]:
+    """The options a model takes: its constructor's keyword parameters."""
+    params = inspect.signature(load_model_class(spec).__init__).parameters
+    return [
+        name
+        for name, p in params.items()
+        if name != "self" and p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)
+    ]
+
+
+def check_options(spec: str, options: dict[str, str], *, source: str = "option") -> None:
+    """Refuse an unknown option by name, and a bad value by the model's own check, before serving.
+
+    Building the model runs only its constructor (weights load later, in ``load()``), so this is
+    cheap enough for CreateModel to call and turn a typo into a ValidationException instead of a
+    Failed endpoint.
+    """
+    known = option_names(spec)
+    unknown = sorted(set(options) - set(known))
+    if unknown:
+        shown = ", ".join(known) or "none"
+        raise InputValidationError(
+            f"unknown {source} {', '.join(map(repr, unknown))} for model {spec!r}; it takes: {shown}"
+        )
+    load_model(spec, options)

@@ -21,43 +21,36 @@ import logging
 import time
 import uuid
 from collections.abc import AsyncIterator
-from dataclasses import dataclass, field
 from typing import Any
 
 from aiohttp import WebSocketError, WSCloseCode, WSMsgType, web
 
 from bidistream.container.limits import ServerLimits
 from bidistream.container.wsguard import MaskCheck, close_code_problem
+from bidistream.contract import close_reason
 from bidistream.errors import (
     BidistreamError,
-    IdleTimeoutError,
     InputValidationError,
     InstanceFullError,
     MessageTooLargeError,
+    MethodNotAllowedError,
     ModelError,
+    ModelLoadError,
     ModelStreamError,
     ModelTimeoutError,
+    NotFoundError,
     ProtocolViolationError,
     ServiceUnavailableError,
-    SessionTimeoutError,
     ShuttingDownError,
     wire_form,
 )
 from bidistream.frames import Frame, FrameKind
 from bidistream.model import DEFAULT_INVOCATION_PATH, Model, Request, Response, Session
-from bidistream.session_state import Event, SessionMachine, State
+from bidistream.session import BidiSession, SessionLimits, State
+from bidistream.session import actions as a
+from bidistream.session import events as e
 
 log = logging.getLogger("bidistream.container")
-
-# A close reason is at most 123 bytes on the wire (RFC 6455 section 5.5).
-MAX_CLOSE_REASON = 123
-
-
-def close_reason(text: str) -> bytes:
-    data = text.encode("utf-8")
-    if len(data) <= MAX_CLOSE_REASON:
-        return data
-    return data[: MAX_CLOSE_REASON - 3].decode("utf-8", "ignore").encode() + b"..."
 
 
 def error_body(error: BidistreamError) -> tuple[bytes, str]:
@@ -67,23 +60,129 @@ def error_body(error: BidistreamError) -> tuple[bytes, str]:
     return json.dumps({"error": error.code, "message": error.message}).encode(), "application/json"
 
 
-def http_error(error: BidistreamError, status: int | None = None) -> web.Response:
+def http_error(error: BidistreamError) -> web.Response:
+    """The model server's answer for ``error``: the status is the table's container column."""
     body, ctype = error_body(error)
     return web.Response(
-        status=status or wire_form(error).http_status, body=body, content_type=ctype, headers=error.headers
+        status=wire_form(error).container_status, body=body, content_type=ctype, headers=error.headers
     )
 
 
-@dataclass(eq=False, slots=True)
+_CLOSED = State.CLOSED
+
+
 class _LiveSession:
-    session: Session
-    ws: web.WebSocketResponse
-    task: asyncio.Task[object]
-    machine: SessionMachine = field(default_factory=SessionMachine)
-    started: float = field(default_factory=time.monotonic)
-    last_activity: float = field(default_factory=time.monotonic)
-    close_error: BidistreamError | None = None
-    timer: asyncio.TimerHandle | None = None
+    """One WebSocket session on the model server: the container's adapter of the session core.
+
+    The "client" is the WebSocket peer (the gateway), the "instance" is the
+    model in this process.  The session decides; this object carries out: a
+    client frame the session sends to the instance lands in ``inbox`` (the
+    model's input iterator yields it), an instance frame it sends to the client
+    lands in ``outbox`` (the output loop awaits its send), timers are loop
+    handles that come back as events.  Ending the instance means cancelling
+    the session's task, so a model stuck in its own code is interrupted too.
+    """
+
+    __slots__ = (
+        "_busy",
+        "_queue",
+        "_timers",
+        "close_error",
+        "core",
+        "ended",
+        "inbox",
+        "input_done",
+        "outbox",
+        "session",
+        "started",
+        "task",
+        "ws",
+    )
+
+    def __init__(
+        self, session: Session, ws: web.WebSocketResponse, task: asyncio.Task[object], limits: ServerLimits
+    ) -> None:
+        self.session = session
+        self.ws = ws
+        self.task = task
+        self.core = BidiSession(
+            SessionLimits(
+                confirm_timeout=None,
+                close_timeout=None,
+                idle_timeout=limits.idle_timeout,
+                max_duration=limits.max_session_duration,
+            )
+        )
+        self.started = time.monotonic()
+        self.inbox: list[Frame] = []
+        self.outbox: list[tuple[bytes, bool]] = []
+        self.input_done = False
+        # Set once the session ended the client's side (None: a normal close).
+        self.ended = False
+        self.close_error: BidistreamError | None = None
+        self._timers: dict[e.Timer, asyncio.TimerHandle] = {}
+        self._busy = False
+        self._queue: list[object] = []
+
+    def feed(self, event: object) -> None:
+        if self._busy:
+            self._queue.append(event)
+            return
+        self._busy = True
+        try:
+            self._run(event)
+            while self._queue:
+                self._run(self._queue.pop(0))
+        finally:
+            self._busy = False
+        if self.core.state is _CLOSED:
+            for handle in self._timers.values():
+                handle.cancel()
+            self._timers.clear()
+
+    def _run(self, event: object) -> None:
+        for act in self.core.handle(event):
+            kind = type(act)
+            if kind is a.SendToInstance:
+                self.inbox.append(
+                    Frame(act.data, FrameKind.TEXT if act.text else FrameKind.BINARY, act.fin)  # type: ignore[attr-defined]
+                )
+            elif kind is a.SendToClient:
+                self.outbox.append((act.data, act.text))  # type: ignore[attr-defined]
+            elif kind is a.ConnectInstance:
+                self._queue.append(e.InstanceConnected())  # the model is right here
+            elif kind is a.CloseInstanceInput:
+                self.input_done = True
+            elif kind is a.EndClient or kind is a.Refuse:
+                self.ended = True
+                self.close_error = act.error  # type: ignore[attr-defined]
+            elif kind is a.CloseInstance or kind is a.DisconnectInstance:
+                self.input_done = True
+                if asyncio.current_task() is not self.task and not self.task.done():
+                    self.task.cancel()
+            elif kind is a.StartTimer:
+                old = self._timers.pop(act.timer, None)  # type: ignore[attr-defined]
+                if old is not None:
+                    old.cancel()
+                self._timers[act.timer] = asyncio.get_running_loop().call_later(  # type: ignore[attr-defined]
+                    act.seconds,  # type: ignore[attr-defined]
+                    self._fire,
+                    act.timer,  # type: ignore[attr-defined]
+                )
+            elif kind is a.CancelTimer:
+                handle = self._timers.pop(act.timer, None)  # type: ignore[attr-defined]
+                if handle is not None:
+                    handle.cancel()
+            # Accept, Acknowledge, reads: aiohttp's own buffer is the backpressure here.
+
+    def _fire(self, timer: e.Timer) -> None:
+        self._timers.pop(timer, None)
+        self.feed(e.TimerFired(timer))
+
+    def cancel_timers(self) -> None:
+        for handle in self._timers.values():
+            handle.cancel()
+        self._timers.clear()
 
 
 class ModelServer:
@@ -168,8 +267,7 @@ class ModelServer:
             async with asyncio.timeout_at(asyncio.get_running_loop().time() + limit):
                 await self._no_sessions.wait()
         for live in list(self._sessions):
-            live.close_error = ShuttingDownError("server shutting down; reconnect to another instance")
-            live.task.cancel()
+            live.feed(e.Failed(ShuttingDownError("server shutting down; reconnect to another instance")))
         with contextlib.suppress(TimeoutError):
             async with asyncio.timeout(CLOSE_HANDSHAKE_TIMEOUT + 1):
                 await self._no_sessions.wait()
@@ -192,21 +290,16 @@ class ModelServer:
             return await self._invoke(request, path)
         if path in self._ws_paths or path in self._http_paths:
             allowed = "GET" if path in self._ws_paths else "POST"
-            return web.json_response(
-                {"error": "MethodNotAllowed", "message": f"/{path} accepts {allowed} only"},
-                status=405,
-                headers={"Allow": allowed},
+            return http_error(
+                MethodNotAllowedError(f"/{path} accepts {allowed} only", headers={"Allow": allowed})
             )
-        return web.json_response(
-            {"error": "NotFound", "message": f"no route for {request.method} /{path} on this model server"},
-            status=404,
-        )
+        return http_error(NotFoundError(f"no route for {request.method} /{path} on this model server"))
 
     def _refusal(self) -> BidistreamError | None:
         if self._draining:
             return ShuttingDownError("server is shutting down; try another instance")
         if self._load_error is not None:
-            return ModelError(f"model failed to load: {self._load_error}")
+            return ModelLoadError(f"model failed to load: {self._load_error}")
         if not self._loaded.is_set():
             return ServiceUnavailableError("model is still loading; retry when /ping answers 200")
         return None
@@ -214,12 +307,12 @@ class ModelServer:
     async def _invoke(self, request: web.Request, path: str) -> web.StreamResponse:
         refusal = self._refusal()
         if refusal is not None:
-            return http_error(refusal, 503)
+            return http_error(refusal)
         try:
             body = await request.read()
         except web.HTTPRequestEntityTooLarge:
             return http_error(
-                MessageTooLargeError(f"request body exceeds {self.limits.max_invoke_body} bytes"), 413
+                MessageTooLargeError(f"request body exceeds {self.limits.max_invoke_body} bytes")
             )
         req = Request(
             body=body,
@@ -234,14 +327,13 @@ class ModelServer:
                 response = await self.model.invoke(req)
         except TimeoutError:
             return http_error(
-                ModelTimeoutError(f"model did not answer within {self.limits.invoke_timeout:g} s"), 504
+                ModelTimeoutError(f"model did not answer within {self.limits.invoke_timeout:g} s")
             )
         except BidistreamError as exc:
-            status = wire_form(exc).http_status
-            return http_error(exc, 500 if status == 424 else status)
+            return http_error(exc)
         except Exception as exc:
             log.exception("invoke failed")
-            return http_error(ModelError(f"model raised {type(exc).__name__}: {exc}"), 500)
+            return http_error(ModelError(f"model raised {type(exc).__name__}: {exc}"))
         return await self._write_response(request, response)
 
     async def _write_response(self, request: web.Request, response: Response) -> web.StreamResponse:
@@ -270,9 +362,13 @@ class ModelServer:
         return stream
 
     async def _websocket(self, request: web.Request, path: str) -> web.StreamResponse:
+        # The accept deadline (contract C3) covers what runs before the 101: all of it is
+        # synchronous, so the clock read below measures this handler's own work (chiefly
+        # the model's check_session), never other sessions' turns of the loop.
+        started = time.monotonic()
         refusal = self._refusal()
         if refusal is not None:
-            return http_error(refusal, 503)
+            return http_error(refusal)
         headers = request.headers
         session = Session(
             id=headers.get("X-Amzn-SageMaker-Request-Id") or uuid.uuid4().hex,
@@ -286,7 +382,19 @@ class ModelServer:
             return http_error(exc)
         except Exception as exc:
             log.exception("check_session failed")
-            return http_error(InputValidationError(f"session refused: {exc}"), 400)
+            return http_error(InputValidationError(f"session refused: {exc}"))
+        late = time.monotonic() - started
+        if late > self.limits.accept_deadline:
+            # Accepting now would answer a gateway that may have given up: refuse instead,
+            # and the router tries another instance.
+            log.warning("session refused: accept took %.0f ms", late * 1000, extra={"session": session.id})
+            return http_error(
+                ServiceUnavailableError(
+                    f"session not accepted within the {self.limits.accept_deadline * 1000:.0f} ms accept "
+                    f"deadline (the handshake took {late * 1000:.0f} ms): a model must not work inside "
+                    "check_session"
+                )
+            )
 
         ws = _CheckedWebSocketResponse(
             max_msg_size=self.limits.max_message_size,
@@ -305,16 +413,14 @@ class ModelServer:
             return ws
         task = asyncio.current_task()
         assert task is not None
-        live = _LiveSession(session, ws, task)
-        live.machine.feed(Event.ACCEPTED)
+        live = _LiveSession(session, ws, task, self.limits)
         self._sessions.add(live)
         self._no_sessions.clear()
-        self._arm_timer(live)
+        live.feed(e.Start())
         try:
             await self._run_session(live)
         finally:
-            if live.timer is not None:
-                live.timer.cancel()
+            live.cancel_timers()
             self._sessions.discard(live)
             if not self._sessions:
                 self._no_sessions.set()
@@ -332,53 +438,67 @@ class ModelServer:
     async def _run_session(self, live: _LiveSession) -> None:
         """Pump the model's output to the socket; the model pulls its input itself.
 
-        Limits, shutdown and the client's disappearance end the session by
-        cancelling this task after recording ``close_error``, so a model stuck
-        in its own code is interrupted too.
+        Limits, shutdown and the client's disappearance are session events;
+        when the session ends the instance side, this task is cancelled (after
+        the session recorded the client's error), so a model stuck in its own
+        code is interrupted too.
         """
         ws = live.ws
+        stream = self.model.stream(self._frames(live), live.session)
         error: BidistreamError | None = None
+        gone = False
         try:
-            async for out in self.model.stream(self._frames(live), live.session):
-                live.last_activity = time.monotonic()
-                await ws.send_frame(
-                    out.data, WSMsgType.TEXT if out.kind is FrameKind.TEXT else WSMsgType.BINARY
-                )
+            async for out in stream:
+                live.feed(e.InstanceFrame(out.data, out.kind is FrameKind.TEXT, True))
+                outbox = live.outbox
+                while outbox:
+                    data, text = outbox.pop(0)
+                    await ws.send_frame(data, WSMsgType.TEXT if text else WSMsgType.BINARY)
         except asyncio.CancelledError:
-            if live.close_error is None:
+            if not live.ended:
                 raise
             live.task.uncancel()
         except ConnectionError:
-            error = ShuttingDownError("client went away")
+            gone = True
+            live.feed(e.ClientGone())
         except BidistreamError as exc:
             log.info("session ended by model", extra={"session": live.session.id, "error": exc.code})
             error = exc
         except Exception as exc:
             log.warning("model raised", extra={"session": live.session.id}, exc_info=exc)
             error = ModelStreamError(f"model error: {type(exc).__name__}: {exc}")
-        error = live.close_error or error
-        live.machine.feed(Event.OUTPUT_ENDED if error is None else Event.FAILED)
+        finally:
+            aclose = getattr(stream, "aclose", None)
+            if aclose is not None:
+                with contextlib.suppress(BaseException):
+                    await aclose()
+        live.feed(e.InstanceClosed(error))
         if not ws.closed:
-            await _close(ws, error)
-        live.machine.feed(Event.CLOSED)
+            if live.ended:
+                await _close(ws, live.close_error)
+            elif gone:
+                await _close(ws, ShuttingDownError("client went away"))
 
     async def _frames(self, live: _LiveSession) -> AsyncIterator[Frame]:
         """The model's input, read straight from the socket.
 
         No queue in between: while the model does not ask for the next frame,
         nothing calls ``receive()``, aiohttp's buffer fills and it pauses the
-        transport.  That is the backpressure, and it costs no task or buffer.
+        transport.  That is the backpressure, and it costs no task or buffer
+        (``inbox`` holds the one frame the session just let through).
         """
         ws = live.ws
-        while True:
+        inbox = live.inbox
+        while not live.input_done:
             msg = await ws.receive()
             kind = msg.type
             if kind is WSMsgType.BINARY:
-                frame = Frame(msg.data, FrameKind.BINARY)
+                live.feed(e.ClientPart(msg.data, False, True))
             elif kind is WSMsgType.TEXT:
-                frame = Frame(msg.data.encode("utf-8"), FrameKind.TEXT)
+                live.feed(e.ClientPart(msg.data.encode("utf-8"), True, True))
             elif kind is WSMsgType.CLOSE and (problem := close_code_problem(msg.data)) is not None:
-                raise ProtocolViolationError(problem)  # the session closes with 1002
+                live.feed(e.ClientFailed(ProtocolViolationError(problem)))  # closes with 1002
+                return
             else:
                 if kind is WSMsgType.ERROR:
                     # aiohttp has already closed with the matching code (1009 for
@@ -387,34 +507,10 @@ class ModelServer:
                         "session input error",
                         extra={"session": live.session.id, "error": str(ws.exception())},
                     )
-                if live.machine.state is State.OPEN:
-                    live.machine.feed(Event.INPUT_ENDED)
+                live.feed(e.ClientEnded())
                 return
-            live.last_activity = time.monotonic()
-            yield frame
-
-    def _arm_timer(self, live: _LiveSession) -> None:
-        """One timer handle per session enforces idle timeout and max duration."""
-        limits = self.limits
-        now = time.monotonic()
-        idle_at = live.last_activity + limits.idle_timeout
-        end_at = live.started + limits.max_session_duration
-        if now >= end_at:
-            live.close_error = SessionTimeoutError(
-                f"max session duration {limits.max_session_duration:g} s reached; reconnect"
-            )
-        elif now >= idle_at:
-            live.close_error = IdleTimeoutError(
-                f"no frames for {limits.idle_timeout:g} s; closing idle session"
-            )
-        else:
-            # time.monotonic() and the loop's clock are the same clock on CPython.
-            live.timer = asyncio.get_running_loop().call_at(
-                min(idle_at, end_at) + 0.001, self._arm_timer, live
-            )
-            return
-        live.timer = None
-        live.task.cancel()
+            while inbox:
+                yield inbox.pop(0)
 
 
 CLOSE_HANDSHAKE_TIMEOUT = 5.0
@@ -473,7 +569,7 @@ class _CheckedReader:
 async def _close(ws: web.WebSocketResponse, error: BidistreamError | None) -> None:
     """Close with the error's code and reason; never wait forever on a peer that does not read."""
     code = WSCloseCode.OK if error is None else wire_form(error).ws_close
-    reason = b"" if error is None else close_reason(error.message)
+    reason = b"" if error is None else close_reason(error.message).encode()
     try:
         async with asyncio.timeout(CLOSE_HANDSHAKE_TIMEOUT):
             await ws.close(code=code, message=reason)

@@ -18,11 +18,11 @@ from typing import TYPE_CHECKING, cast
 import h11
 
 from bidistream.errors import InputValidationError, MessageTooLargeError
-from bidistream.gateway.h2front import BIDI_SUFFIX
 from bidistream.gateway.http import Api, HttpResponse, error_response
+from bidistream.gateway.routes import RouteKind, classify
 
 if TYPE_CHECKING:
-    from bidistream.gateway.server import Gateway
+    from bidistream.gateway.context import DoorContext
 
 __all__ = ["H1Protocol"]
 
@@ -30,9 +30,9 @@ log = logging.getLogger("bidistream.gateway.h1")
 
 
 class H1Protocol(asyncio.Protocol):
-    def __init__(self, gateway: Gateway) -> None:
-        self.gateway = gateway
-        self.conn = h11.Connection(h11.SERVER, max_incomplete_event_size=gateway.limits.max_head)
+    def __init__(self, ctx: DoorContext) -> None:
+        self.ctx = ctx
+        self.conn = h11.Connection(h11.SERVER, max_incomplete_event_size=ctx.limits.max_head)
         self.transport: asyncio.Transport | None = None
         self._request: h11.Request | None = None
         self._body = bytearray()
@@ -41,10 +41,11 @@ class H1Protocol(asyncio.Protocol):
         self._can_write = asyncio.Event()
         self._can_write.set()
         self.closed = False
+        self.reading_paused = False
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = cast(asyncio.Transport, transport)  # uvloop's is no subclass
-        self.gateway.connections.add(self)
+        self.ctx.connections.add(self)
 
     def close_gracefully(self) -> None:
         if self.transport is not None:
@@ -52,7 +53,7 @@ class H1Protocol(asyncio.Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
-        self.gateway.connections.discard(self)
+        self.ctx.connections.discard(self)
         self._can_write.set()
         if self._task is not None and not self._task.done():
             self._task.cancel()
@@ -67,6 +68,22 @@ class H1Protocol(asyncio.Protocol):
         self.conn.receive_data(data)
         self._process()
 
+    def _pause_reading(self) -> None:
+        """A request is being answered: read nothing more until the next cycle.
+
+        h11 buffers whatever arrives meanwhile (pipelined requests) without
+        bound; pausing the transport leaves it in the kernel, where TCP's own
+        window pushes back on the client.
+        """
+        if not self.reading_paused and self.transport is not None and not self.closed:
+            self.reading_paused = True
+            self.transport.pause_reading()
+
+    def _resume_reading(self) -> None:
+        if self.reading_paused and self.transport is not None and not self.closed:
+            self.reading_paused = False
+            self.transport.resume_reading()
+
     def eof_received(self) -> bool | None:
         self.conn.receive_data(b"")
         self._process()
@@ -79,7 +96,10 @@ class H1Protocol(asyncio.Protocol):
             except h11.RemoteProtocolError as exc:
                 self._send_simple(exc.error_status_hint, str(exc))
                 return
-            if event is h11.NEED_DATA or event is h11.PAUSED:
+            if event is h11.NEED_DATA:
+                return
+            if event is h11.PAUSED:
+                self._pause_reading()
                 return
             if isinstance(event, h11.Request):
                 self._request = event
@@ -89,12 +109,13 @@ class H1Protocol(asyncio.Protocol):
                     self._upgrade(event)
                     return
             elif isinstance(event, h11.Data):
-                if len(self._body) + len(event.data) > self.gateway.limits.max_invoke_body:
+                if len(self._body) + len(event.data) > self.ctx.limits.max_invoke_body:
                     self._too_large = True
                 else:
                     self._body += event.data
             elif isinstance(event, h11.EndOfMessage):
                 assert self._request is not None
+                self._pause_reading()
                 self._task = asyncio.get_running_loop().create_task(self._respond(self._request))
                 return
             elif isinstance(event, h11.ConnectionClosed):
@@ -114,8 +135,8 @@ class H1Protocol(asyncio.Protocol):
     def _upgrade(self, req: h11.Request) -> None:
         assert self.transport is not None
         trailing, _ = self.conn.trailing_data
-        self.gateway.connections.discard(self)
-        self.gateway.ws_front.take_over(self.transport, req, bytes(trailing))
+        self.ctx.connections.discard(self)
+        self.ctx.upgrade_ws(self.transport, req, bytes(trailing))
 
     async def _respond(self, req: h11.Request) -> None:
         target = req.target.decode("utf-8", "replace")
@@ -128,10 +149,10 @@ class H1Protocol(asyncio.Protocol):
         method = req.method.decode("ascii")
         if self._too_large:
             resp = error_response(
-                MessageTooLargeError(f"request body exceeds {self.gateway.limits.max_invoke_body} bytes"),
+                MessageTooLargeError(f"request body exceeds {self.ctx.limits.max_invoke_body} bytes"),
                 Api.RUNTIME,
             )
-        elif path.endswith(BIDI_SUFFIX) and path.startswith("/endpoints/"):
+        elif classify(method, path, headers).kind is RouteKind.BIDI:
             resp = error_response(
                 InputValidationError(
                     "InvokeEndpointWithBidirectionalStream needs HTTP/2: the connection negotiated "
@@ -144,7 +165,7 @@ class H1Protocol(asyncio.Protocol):
             host = headers.get("host")
             if host is not None:
                 headers[":authority"] = host
-            resp = await self.gateway.handle_http(method, path, query, headers, bytes(self._body))
+            resp = await self.ctx.handle_http(method, path, query, headers, bytes(self._body))
         try:
             await self._write(resp)
         except (ConnectionError, h11.LocalProtocolError) as exc:
@@ -155,6 +176,7 @@ class H1Protocol(asyncio.Protocol):
         self._task = None
         if self.conn.our_state is h11.DONE and self.conn.their_state is h11.DONE:
             self.conn.start_next_cycle()
+            self._resume_reading()
             self._process()
         elif self.transport is not None:
             self.transport.close()

@@ -58,6 +58,13 @@ class GatewayLimits:
     confirm_timeout: float = 0.25
     # After the client ends its input, how long the instance gets to finish and close.
     close_timeout: float = 30.0
+    # After the gateway sends its own close to the instance (client gone, bad input,
+    # timeouts), how long before the instance transport is cut: the README promises
+    # the instance WebSocket closes within 1 s of a client vanishing.
+    abort_timeout: float = 0.5
+    # After the WebSocket door sends its close, how long the client gets to answer
+    # it before the socket is cut.
+    ws_close_timeout: float = 5.0
     # InvokeEndpoint: 6 MB body (API limit) and 60 s per call.
     max_invoke_body: int = 6 * 1000 * 1000
     invoke_timeout: float = 60.0

@@ -15,6 +15,7 @@ from collections.abc import AsyncIterator, Mapping
 
 import aiohttp
 
+from bidistream.contract import check_name
 from bidistream.errors import (
     BidistreamError,
     InstanceFullError,
@@ -25,8 +26,7 @@ from bidistream.errors import (
 from bidistream.eventstream import encode_model_stream_error, encode_payload_part
 from bidistream.gateway.http import Api, HttpResponse, error_response, new_request_id
 from bidistream.gateway.limits import GatewayLimits
-from bidistream.gateway.validation import check_name
-from bidistream.platform.routing import InstanceTarget, Router
+from bidistream.routing import RoutableInstance, Router
 
 __all__ = ["invoke_endpoint"]
 
@@ -61,7 +61,7 @@ async def _post(
     headers: Mapping[str, str],
     body: bytes,
     limits: GatewayLimits,
-) -> tuple[InstanceTarget, aiohttp.ClientResponse]:
+) -> tuple[RoutableInstance, aiohttp.ClientResponse]:
     last: BidistreamError = ServiceUnavailableError(f"endpoint {endpoint} has no instance to take the call")
     for target in router.candidates(endpoint, variant):
         try:

@@ -6,7 +6,7 @@ API for whoever wires it (platform, CLI, tests)::
     from bidistream.gateway.limits import GatewayLimits
 
     gw = Gateway(
-        router,                     # bidistream.platform.routing.Router
+        router,                     # bidistream.routing.Router
         control_plane=None,         # object with
                                     #   async def handle(target: str, body: bytes,
                                     #                    headers: Mapping[str, str])
@@ -26,6 +26,9 @@ One TLS listener, ALPN decides the protocol per connection: ``h2`` goes to
 :class:`~bidistream.gateway.h2front.H2Protocol` (bidi streams, and any other
 request), ``http/1.1`` (or no ALPN) to
 :class:`~bidistream.gateway.h1front.H1Protocol` (boto3, WebSocket upgrades).
+Each door gets a :class:`~bidistream.gateway.context.DoorContext` (built at
+``start()``), never the ``Gateway`` itself, and asks
+:func:`~bidistream.gateway.routes.classify` which operation a request is.
 Both call :meth:`Gateway.handle_http` for ordinary requests:
 
 * ``POST /`` with ``X-Amz-Target: SageMaker.<Op>`` → ``control_plane.handle``
@@ -40,35 +43,33 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import logging
 import ssl
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Protocol, cast
+from typing import Protocol, cast
 
 import aiohttp
 
 from bidistream.defaults import DEFAULT_DATA_DIR
-from bidistream.errors import BidistreamError, InternalError, NotFoundError
+from bidistream.errors import BidistreamError, InternalError, NotFoundError, UnknownOperationError
 from bidistream.gateway.bridge import PingTicker
+from bidistream.gateway.context import Connection, DoorContext
 from bidistream.gateway.h1front import H1Protocol
 from bidistream.gateway.h2front import H2Protocol
 from bidistream.gateway.http import Api, HttpResponse, error_response, new_request_id
 from bidistream.gateway.limits import GatewayLimits
+from bidistream.gateway.routes import RouteKind, classify
 from bidistream.gateway.runtime import invoke_endpoint
 from bidistream.gateway.static import static_response
 from bidistream.gateway.tls import TLSFiles, ensure_certificates, server_context
-from bidistream.gateway.wsfront import WsFrontDoor
-from bidistream.platform.routing import Router
+from bidistream.gateway.wsfront import take_over as ws_take_over
+from bidistream.routing import Router
 from bidistream.sigv4 import CredentialStore, verify_request
 
 __all__ = ["DEFAULT_DATA_DIR", "ControlPlane", "Gateway"]
 
 log = logging.getLogger("bidistream.gateway")
-
-_INVOKE = "/invocations"
-_STREAM = "/invocations-response-stream"
 
 
 class ControlPlane(Protocol):
@@ -80,14 +81,14 @@ class ControlPlane(Protocol):
 class _AlpnSwitch(asyncio.Protocol):
     """Picks the protocol once TLS is up (asyncio calls connection_made after the handshake)."""
 
-    def __init__(self, gateway: Gateway) -> None:
-        self.gateway = gateway
+    def __init__(self, ctx: DoorContext) -> None:
+        self.ctx = ctx
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         transport = cast(asyncio.Transport, transport)  # uvloop's is no subclass
         ssl_obj = transport.get_extra_info("ssl_object")
         alpn = ssl_obj.selected_alpn_protocol() if ssl_obj is not None else None
-        proto: asyncio.Protocol = H2Protocol(self.gateway) if alpn == "h2" else H1Protocol(self.gateway)
+        proto: asyncio.Protocol = H2Protocol(self.ctx) if alpn == "h2" else H1Protocol(self.ctx)
         transport.set_protocol(proto)
         proto.connection_made(transport)
 
@@ -111,8 +112,7 @@ class Gateway:
         self.limits = limits or GatewayLimits()
         self.credentials = credentials if credentials is not None else CredentialStore.from_spec(None)
         # Every open client connection (HTTP/2, HTTP/1.1, WebSocket), closed on stop().
-        self.connections: set[Any] = set()
-        self.ws_front = WsFrontDoor(self)
+        self.connections: set[Connection] = set()
         self.tls: TLSFiles | None = None
         self.ticker: PingTicker | None = None
         self._server: asyncio.Server | None = None
@@ -132,14 +132,24 @@ class Gateway:
 
     async def start(self) -> None:
         self.tls = ensure_certificates(self.data_dir)
-        ctx: ssl.SSLContext = server_context(self.tls)
+        tls_ctx: ssl.SSLContext = server_context(self.tls)
         self.ticker = PingTicker(self.limits.ping_interval, self.limits.missed_pongs)
+        ctx = DoorContext(
+            limits=self.limits,
+            router=self.router,
+            credentials=self.credentials,
+            ticker=self.ticker,
+            connections=self.connections,
+            handle_http=self.handle_http,
+            # The WS door takes an upgraded transport over with this same context.
+            upgrade_ws=lambda transport, req, trailing: ws_take_over(ctx, transport, req, trailing),
+        )
         self._http = aiohttp.ClientSession(
             connector=aiohttp.TCPConnector(limit=0, ttl_dns_cache=300), auto_decompress=False
         )
         loop = asyncio.get_running_loop()
         self._server = await loop.create_server(
-            lambda: _AlpnSwitch(self), self.host, self.port, ssl=ctx, backlog=4096
+            lambda: _AlpnSwitch(ctx), self.host, self.port, ssl=tls_ctx, backlog=4096
         )
         self.port = self._server.sockets[0].getsockname()[1]
         log.info("gateway listening on %s (CA %s)", self.url, self.ca_path)
@@ -154,8 +164,9 @@ class Gateway:
             # (boto3's pool) may never send it.
             await asyncio.sleep(0.1)
             for conn in list(self.connections):
-                if conn.transport is not None:
-                    conn.transport.abort()
+                transport = conn.transport
+                if transport is not None:
+                    cast(asyncio.Transport, transport).abort()
         if self.ticker is not None:
             await self.ticker.stop()
         if self._http is not None:
@@ -186,22 +197,27 @@ class Gateway:
     async def _route(
         self, method: str, path: str, query: str, headers: dict[str, str], body: bytes
     ) -> HttpResponse:
-        if method == "GET" and path == "/ping":
+        route = classify(method, path, headers)
+        kind = route.kind
+        if kind is RouteKind.PING:
             return HttpResponse(200, [("content-type", "text/plain")], b"ok\n")
-        if (page := static_response(method, path)) is not None:
+        if kind is RouteKind.PAGE and (page := static_response(method, path)) is not None:
             return page  # the browser demo page; browsers load it over h2, so both doors
-        if method == "POST" and path == "/" and "x-amz-target" in headers:
+        if kind is RouteKind.CONTROL:
             return await self._control(headers, body)
-        if method == "POST" and path.startswith("/endpoints/"):
-            stream = path.endswith(_STREAM)
-            if stream or path.endswith(_INVOKE):
-                endpoint = path[len("/endpoints/") : -len(_STREAM if stream else _INVOKE)]
-                if self.credentials.enabled:
-                    self._verify(method, path, query, headers, body)
-                assert self._http is not None
-                return await invoke_endpoint(
-                    self._http, self.router, self.limits, endpoint, headers, body, stream=stream
-                )
+        if kind is RouteKind.INVOKE or kind is RouteKind.INVOKE_STREAM:
+            if self.credentials.enabled:
+                self._verify(method, path, query, headers, body)
+            assert self._http is not None
+            return await invoke_endpoint(
+                self._http,
+                self.router,
+                self.limits,
+                route.endpoint,
+                headers,
+                body,
+                stream=kind is RouteKind.INVOKE_STREAM,
+            )
         raise NotFoundError(f"no operation at {method} {path}")
 
     def _verify(self, method: str, path: str, query: str, headers: dict[str, str], body: bytes) -> None:
@@ -214,17 +230,13 @@ class Gateway:
         target = headers["x-amz-target"]
         op = target.partition(".")[2] or target
         rid = new_request_id()
-        if self.credentials.enabled:
-            try:
+        try:
+            if self.credentials.enabled:
                 self._verify("POST", "/", "", headers, body)
-            except BidistreamError as exc:
-                return _json(400, {"__type": "UnrecognizedClientException", "message": exc.message}, rid)
-        if self.control_plane is None:
-            return _json(
-                400,
-                {"__type": "UnknownOperationException", "message": f"Unknown operation {target}"},
-                rid,
-            )
+            if self.control_plane is None:
+                raise UnknownOperationError(f"Unknown operation {target}")
+        except BidistreamError as exc:
+            return error_response(exc, Api.CONTROL, rid)
         status, out_headers, out_body = await self.control_plane.handle(op, body, headers)
         hdrs = [(k.lower(), v) for k, v in out_headers.items()]
         if not any(k == "x-amzn-requestid" for k, _ in hdrs):
@@ -234,16 +246,3 @@ class Gateway:
         hdrs = [(k, v) for k, v in hdrs if k != "content-length"]
         hdrs.append(("content-length", str(len(out_body))))
         return HttpResponse(status, hdrs, out_body)
-
-
-def _json(status: int, body: dict[str, Any], rid: str) -> HttpResponse:
-    data = json.dumps(body).encode()
-    return HttpResponse(
-        status,
-        [
-            ("content-type", "application/x-amz-json-1.1"),
-            ("x-amzn-requestid", rid),
-            ("content-length", str(len(data))),
-        ],
-        data,
-    )

@@ -109,6 +109,41 @@ def ensure_certificates(data_dir: Path, hosts: tuple[str, ...] = ("localhost", "
     return files
 
 
+TRUST_BUNDLE_NAME = "trust-bundle.pem"
+
+
+def system_ca_file() -> Path | None:
+    """The platform's CA bundle, so exporting ours never drops every public CA from a shell."""
+    paths = ssl.get_default_verify_paths()
+    for candidate in (paths.cafile, paths.openssl_cafile, "/etc/ssl/certs/ca-certificates.crt"):
+        if candidate and Path(candidate).is_file():
+            return Path(candidate)
+    try:
+        import certifi
+    except ImportError:
+        return None
+    return Path(certifi.where())
+
+
+def ensure_trust_bundle(data_dir: Path) -> Path:
+    """A PEM bundle of the system CAs plus the local CA, rewritten when either changes.
+
+    SSL_CERT_FILE replaces the whole trust store of every program in the shell; pointing it at the
+    local CA alone made every other HTTPS call from that shell fail verification.
+    """
+    files = ensure_certificates(data_dir)
+    system = system_ca_file()
+    parts = [system.read_bytes().rstrip(b"\n") + b"\n"] if system else []
+    parts.append(files.ca.read_bytes())
+    data = b"".join(parts)
+    bundle = data_dir / TRUST_BUNDLE_NAME
+    if not bundle.exists() or bundle.read_bytes() != data:
+        tmp = bundle.with_suffix(".tmp")
+        tmp.write_bytes(data)
+        tmp.replace(bundle)
+    return bundle
+
+
 def server_context(files: TLSFiles) -> ssl.SSLContext:
     """TLS 1.2+ offering ALPN ``h2`` first (bidi client) and ``http/1.1`` (boto3, browsers)."""
     ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)

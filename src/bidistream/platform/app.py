@@ -13,6 +13,7 @@ from pathlib import Path
 from bidistream.errors import InputValidationError
 from bidistream.platform.balancer import PlatformRouter
 from bidistream.platform.control_api import ControlApi, ControlLimits
+from bidistream.platform.datadir import DataDirLock, acquire
 from bidistream.platform.manager import EndpointManager, ManagerLimits
 from bidistream.platform.runtimes import Runtime
 from bidistream.platform.store import Store
@@ -29,6 +30,7 @@ class Platform:
     manager: EndpointManager
     control_plane: ControlApi
     data_dir: Path
+    lock: DataDirLock | None = None
 
     @property
     def router(self) -> PlatformRouter:
@@ -41,12 +43,19 @@ class Platform:
             await reap()
         await self.manager.start()
 
+    def announce(self, url: str) -> None:
+        """Record where the gateway listens, so a second gateway on this data dir can say."""
+        if self.lock is not None:
+            self.lock.announce(url)
+
     async def stop(self) -> None:
         """Stop every instance (records stay, so the next start brings them back)."""
         try:
             await self.manager.stop()
         finally:
             self.store.close()
+            if self.lock is not None:
+                self.lock.release()
 
 
 def build_platform(
@@ -60,7 +69,7 @@ def build_platform(
 ) -> Platform:
     """Build (not start) the platform on ``data_dir`` with the ``process`` or ``ray`` runtime."""
     data = Path(data_dir)
-    data.mkdir(parents=True, exist_ok=True)
+    lock = acquire(data)  # before the store is opened: a second gateway must change nothing
     store = Store(data / STORE_FILE)
     chosen: Runtime
     if runtime == "process":
@@ -73,7 +82,8 @@ def build_platform(
         chosen = RayRuntime(address=ray_address, resources=ray_resources, data_dir=data)
     else:
         store.close()
+        lock.release()
         raise InputValidationError(f"unknown runtime {runtime!r}: use 'process' or 'ray'")
     manager = EndpointManager(store, chosen, data, manager_limits)
     control = ControlApi(store, manager, limits=control_limits)
-    return Platform(store, chosen, manager, control, data)
+    return Platform(store, chosen, manager, control, data, lock)

@@ -1,4 +1,4 @@
-"""The platform's :class:`~bidistream.platform.routing.Router`: which instance gets a session.
+"""The platform's :class:`~bidistream.routing.Router`: which instance gets a session.
 
 Sans-I/O: it reads the endpoint manager's in-memory view (variants, their
 current weights and instances with live-session counts) and never waits.
@@ -19,7 +19,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 from bidistream.errors import NotFoundError, ServiceUnavailableError
-from bidistream.platform.routing import InstanceTarget
+from bidistream.routing import RoutableInstance
 
 __all__ = ["PlatformRouter", "RoutableVariant", "SmoothWeighted"]
 
@@ -30,7 +30,7 @@ class RoutableVariant:
 
     name: str
     weight: float
-    targets: list[InstanceTarget]  # healthy instances only
+    instances: list[RoutableInstance]  # healthy ones only
 
 
 @dataclass
@@ -73,7 +73,7 @@ class PlatformRouter:
         self._rr: dict[str, SmoothWeighted] = {}
         self._tiebreak = 0
 
-    def candidates(self, endpoint: str, target_variant: str | None = None) -> list[InstanceTarget]:
+    def candidates(self, endpoint: str, target_variant: str | None = None) -> list[RoutableInstance]:
         variants = self._lookup(endpoint)
         if variants is None:
             raise NotFoundError(f"Endpoint {endpoint} not found.")
@@ -84,39 +84,39 @@ class PlatformRouter:
                 raise NotFoundError(
                     f"Variant {target_variant} not found on endpoint {endpoint} (variants: {names})."
                 )
-            if not pinned.targets:
+            if not pinned.instances:
                 raise ServiceUnavailableError(
                     f"Variant {target_variant} of endpoint {endpoint} has no healthy instance right now."
                 )
-            return self._order(pinned.targets)
-        usable = [v for v in variants if v.targets]
+            return self._order(pinned.instances)
+        usable = [v for v in variants if v.instances]
         if not usable:
             raise ServiceUnavailableError(f"Endpoint {endpoint} has no healthy instance right now.")
         rr = self._rr.setdefault(endpoint, SmoothWeighted())
         chosen = rr.pick([(v.name, v.weight) for v in usable])
         first = next((v for v in usable if v.name == chosen), None)
-        ordered: list[InstanceTarget] = []
+        ordered: list[RoutableInstance] = []
         if first is not None:
-            ordered += self._order(first.targets)
+            ordered += self._order(first.instances)
         rest = sorted((v for v in usable if v is not first), key=lambda v: -v.weight)
         for variant in rest:
-            ordered += self._order(variant.targets)
+            ordered += self._order(variant.instances)
         return ordered
 
-    def _order(self, targets: list[InstanceTarget]) -> list[InstanceTarget]:
+    def _order(self, instances: list[RoutableInstance]) -> list[RoutableInstance]:
         # Fewest live sessions first; equal counts rotate so idle instances share the load.
         self._tiebreak += 1
-        n = len(targets)
-        indexed = [(t.live_sessions, (i - self._tiebreak) % n, t) for i, t in enumerate(targets)]
+        n = len(instances)
+        indexed = [(t.live_sessions, (i - self._tiebreak) % n, t) for i, t in enumerate(instances)]
         indexed.sort(key=lambda item: (item[0], item[1]))
         return [t for _, _, t in indexed]
 
-    def session_started(self, target: InstanceTarget) -> None:
-        target.live_sessions += 1
+    def session_started(self, instance: RoutableInstance) -> None:
+        instance.live_sessions += 1
         if self._on_change is not None:
             self._on_change()
 
-    def session_ended(self, target: InstanceTarget) -> None:
-        target.live_sessions = max(0, target.live_sessions - 1)
+    def session_ended(self, instance: RoutableInstance) -> None:
+        instance.live_sessions = max(0, instance.live_sessions - 1)
         if self._on_change is not None:
             self._on_change()

@@ -30,9 +30,21 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-from bidistream.errors import BidistreamError, ClientError, ConflictError, InputValidationError, NotFoundError
+from bidistream import contract
+from bidistream.errors import (
+    BidistreamError,
+    ConflictError,
+    InputValidationError,
+    InternalError,
+    NotFoundError,
+    ResourceLimitExceeded,
+    SerializationError,
+    UnknownOperationError,
+    wire_form,
+)
 from bidistream.platform.images import parse_image
 from bidistream.platform.manager import VariantPlan, plans_from_doc
+from bidistream.platform.states import EndpointEvent, EndpointStatus, InstanceState, TransitionError
 from bidistream.platform.store import EndpointRecord, Record, Store
 
 log = logging.getLogger("bidistream.platform")
@@ -42,28 +54,10 @@ __all__ = ["ControlApi", "ControlLimits", "Deployer", "ResourceLimitExceeded"]
 JSON_11 = "application/x-amz-json-1.1"
 
 # SageMaker's name rules (botocore's service model), anchored.
-ENTITY_NAME = re.compile(r"[a-zA-Z0-9](-*[a-zA-Z0-9]){0,62}")
-MODEL_NAME = re.compile(r"[a-zA-Z0-9]([\-a-zA-Z0-9]*[a-zA-Z0-9])?")
 ENV_KEY = re.compile(r"[a-zA-Z_][a-zA-Z0-9_]*")
 _CREDENTIAL_REGION = re.compile(r"Credential=[^/]+/\d{8}/([a-z0-9-]+)/")
 
-ENDPOINT_STATUSES = (
-    "OutOfService",
-    "Creating",
-    "Updating",
-    "SystemUpdating",
-    "RollingBack",
-    "InService",
-    "Deleting",
-    "Failed",
-    "UpdateRollbackFailed",
-)
-
-
-class ResourceLimitExceeded(ClientError):
-    """A request would pass a named platform limit (SageMaker's ``ResourceLimitExceeded``)."""
-
-    code = "ResourceLimitExceeded"
+ENDPOINT_STATUSES = tuple(str(s) for s in EndpointStatus)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -86,8 +80,6 @@ class Deployer(Protocol):
     def redeploy(self, name: str, plans: list[VariantPlan]) -> None: ...
 
     def remove(self, name: str) -> None: ...
-
-    def variants_view(self, name: str) -> list[dict[str, Any]] | None: ...
 
 
 def _violation(value: object, where: str, rule: str) -> InputValidationError:
@@ -153,26 +145,20 @@ class ControlApi:
         try:
             handler = self._ops.get(op) if service == "SageMaker" else None
             if handler is None:
-                return _error(400, "UnknownOperationException", f"Unknown operation {target!r}.", request_id)
+                raise UnknownOperationError(f"Unknown operation {target!r}.")
             try:
                 request = json.loads(body or b"{}")
             except (ValueError, UnicodeDecodeError) as exc:
-                return _error(400, "SerializationException", f"Request body is not JSON: {exc}", request_id)
+                raise SerializationError(f"Request body is not JSON: {exc}") from exc
             if not isinstance(request, dict):
-                return _error(
-                    400, "SerializationException", "Request body must be a JSON object.", request_id
-                )
+                raise SerializationError("Request body must be a JSON object.")
             check_types(request)
             result = handler(request, self._region(headers))
-        except ResourceLimitExceeded as exc:
-            return _error(400, "ResourceLimitExceeded", exc.message, request_id)
-        except ClientError as exc:
-            return _error(400, "ValidationException", exc.message, request_id)
         except BidistreamError as exc:
-            return _error(500, "InternalFailure", exc.message, request_id)
+            return _error(exc, request_id)
         except Exception as exc:  # a bug answers 500 instead of killing the connection
             log.exception("control-plane operation %s crashed", op)
-            return _error(500, "InternalFailure", f"{type(exc).__name__}: {exc}", request_id)
+            return _error(InternalError(f"{type(exc).__name__}: {exc}"), request_id)
         payload = json.dumps(result).encode()
         return 200, {"Content-Type": JSON_11, "x-amzn-RequestId": request_id}, payload
 
@@ -192,7 +178,7 @@ class ControlApi:
 
     # -------------------------------------------------------------- models
     def create_model(self, req: dict[str, Any], region: str) -> dict[str, Any]:
-        name = _name(req, "ModelName", MODEL_NAME)
+        name = _name(req, "ModelName", contract.MODEL_NAME)
         containers = req.get("Containers")
         primary = req.get("PrimaryContainer")
         if primary is None and containers:
@@ -211,12 +197,25 @@ class ControlApi:
         image = primary.get("Image")
         if not isinstance(image, str):
             raise _violation(image, f"{where}.image", "Member must not be null (the container's Image)")
-        parse_image(image, f"{where}.image")
+        spec = parse_image(image, f"{where}.image")
         self._check_environment(primary.get("Environment"), f"{where}.environment")
+        if spec.kind == "builtin":
+            self._check_model_options(spec.target, primary.get("Environment") or {}, f"{where}.environment")
         arn = self._arn(region, "model", name)
         doc = {k: req[k] for k in _MODEL_FIELDS if k in req}
         self.store.insert_doc("models", Record(name, arn, self.clock(), doc), kind="model")
         return {"ModelArn": arn}
+
+    def _check_model_options(self, builtin: str, env: dict[str, str], where: str) -> None:
+        """A built-in's options in Environment are checked now, not when the instance fails to start."""
+        from bidistream.container.loader import OPTION_ENV_PREFIX, check_options, options_from_environment
+
+        try:
+            check_options(builtin, options_from_environment(env), source=f"{where} option")
+        except InputValidationError as exc:
+            raise InputValidationError(
+                f"{exc.message} (set them as {OPTION_ENV_PREFIX}<NAME>, e.g. {OPTION_ENV_PREFIX}PROFILE)"
+            ) from exc
 
     def _check_environment(self, env: object, where: str) -> None:
         if env is None:
@@ -240,7 +239,7 @@ class ControlApi:
                 )
 
     def describe_model(self, req: dict[str, Any], region: str) -> dict[str, Any]:
-        name = _name(req, "ModelName", MODEL_NAME)
+        name = _name(req, "ModelName", contract.MODEL_NAME)
         record = self._model(name, region)
         return {
             **record.doc,
@@ -263,7 +262,7 @@ class ControlApi:
         return self._doc("models", name, region)
 
     def delete_model(self, req: dict[str, Any], region: str) -> dict[str, Any]:
-        name = _name(req, "ModelName", MODEL_NAME)
+        name = _name(req, "ModelName", contract.MODEL_NAME)
         if not self.store.delete_doc("models", name):
             raise self._not_found("models", name, region)
         return {}
@@ -281,7 +280,7 @@ class ControlApi:
 
     # ------------------------------------------------------ endpoint configs
     def create_endpoint_config(self, req: dict[str, Any], region: str) -> dict[str, Any]:
-        name = _name(req, "EndpointConfigName", ENTITY_NAME)
+        name = _name(req, "EndpointConfigName", contract.NAME)
         variants = req.get("ProductionVariants")
         if not isinstance(variants, list) or not variants:
             raise _violation(
@@ -300,13 +299,13 @@ class ControlApi:
             where = f"productionVariants.{n}"
             if not isinstance(variant, dict):
                 raise _violation(variant, where, "Member must be a ProductionVariant structure")
-            vname = _name(variant, "VariantName", ENTITY_NAME, where=f"{where}.variantName")
+            vname = _name(variant, "VariantName", contract.NAME, where=f"{where}.variantName")
             if vname in seen:
                 raise InputValidationError(
                     f"Duplicate VariantName {vname!r} in ProductionVariants: variant names must be unique."
                 )
             seen.add(vname)
-            model = _name(variant, "ModelName", MODEL_NAME, where=f"{where}.modelName")
+            model = _name(variant, "ModelName", contract.MODEL_NAME, where=f"{where}.modelName")
             self._model(model, region)
             if "ServerlessConfig" in variant:
                 raise _violation(
@@ -362,7 +361,7 @@ class ControlApi:
         return {"EndpointConfigArn": arn}
 
     def describe_endpoint_config(self, req: dict[str, Any], region: str) -> dict[str, Any]:
-        name = _name(req, "EndpointConfigName", ENTITY_NAME)
+        name = _name(req, "EndpointConfigName", contract.NAME)
         record = self._config(name, region)
         return {
             **record.doc,
@@ -375,7 +374,7 @@ class ControlApi:
         return self._doc("endpoint_configs", name, region)
 
     def delete_endpoint_config(self, req: dict[str, Any], region: str) -> dict[str, Any]:
-        name = _name(req, "EndpointConfigName", ENTITY_NAME)
+        name = _name(req, "EndpointConfigName", contract.NAME)
         if not self.store.delete_doc("endpoint_configs", name):
             raise self._not_found("endpoint_configs", name, region)
         return {}
@@ -413,8 +412,8 @@ class ControlApi:
         return plans
 
     def create_endpoint(self, req: dict[str, Any], region: str) -> dict[str, Any]:
-        name = _name(req, "EndpointName", ENTITY_NAME)
-        config_name = _name(req, "EndpointConfigName", ENTITY_NAME)
+        name = _name(req, "EndpointName", contract.NAME)
+        config_name = _name(req, "EndpointConfigName", contract.NAME)
         arn = self._arn(region, "endpoint", name)
         if self.store.get_endpoint(name) is not None:
             raise ConflictError(f'Cannot create already existing endpoint "{arn}".')
@@ -423,7 +422,9 @@ class ControlApi:
         doc: dict[str, Any] = {"deployment": [p.to_doc() for p in plans]}
         if "Tags" in req:
             doc["Tags"] = req["Tags"]
-        self.store.insert_endpoint(EndpointRecord(name, arn, config_name, "Creating", None, now, now, doc))
+        self.store.insert_endpoint(
+            EndpointRecord(name, arn, config_name, str(EndpointStatus.CREATING), None, now, now, doc)
+        )
         self.deployer.deploy(name, plans)
         return {"EndpointArn": arn}
 
@@ -434,27 +435,34 @@ class ControlApi:
         return record
 
     def describe_endpoint(self, req: dict[str, Any], region: str) -> dict[str, Any]:
-        name = _name(req, "EndpointName", ENTITY_NAME)
-        record = self._endpoint(name, region)
-        variants = self.deployer.variants_view(name)
-        if not variants:
-            variants = [
-                {
-                    "VariantName": p.name,
-                    "DeployedImages": [{"SpecifiedImage": p.image, "ResolvedImage": p.image}],
-                    "CurrentWeight": p.weight,
-                    "DesiredWeight": p.weight,
-                    "CurrentInstanceCount": 0,
-                    "DesiredInstanceCount": p.instance_count,
-                }
-                for p in plans_from_doc(record.doc)
-            ]
+        name = _name(req, "EndpointName", contract.NAME)
+        # The record and its instance rows in one read: the same fact
+        # `bidistream endpoints` prints and the router routes by.
+        record, rows = self.store.snapshot(name)
+        if record is None:
+            raise NotFoundError(f'Could not find endpoint "{self._arn(region, "endpoint", name)}".')
+        healthy: dict[str, int] = {}
+        for row in rows:
+            if row.state == InstanceState.HEALTHY:
+                healthy[row.variant] = healthy.get(row.variant, 0) + 1
         pending = {p.name: p for p in plans_from_doc(record.doc, "pending")}
-        for view in variants:
-            plan = pending.get(view["VariantName"])
-            if plan is not None:
-                view["DesiredWeight"] = plan.weight
-                view["DesiredInstanceCount"] = plan.instance_count
+        variants: list[dict[str, Any]] = []
+        for doc in record.doc.get("deployment") or []:
+            plan = VariantPlan.from_doc(doc)
+            image: dict[str, Any] = {"SpecifiedImage": plan.image, "ResolvedImage": plan.image}
+            if doc.get("DeployedAt") is not None:
+                image["ResolutionTime"] = doc["DeployedAt"]
+            desired = pending.get(plan.name, plan)
+            variants.append(
+                {
+                    "VariantName": plan.name,
+                    "DeployedImages": [image],
+                    "CurrentWeight": plan.weight,
+                    "DesiredWeight": desired.weight,
+                    "CurrentInstanceCount": healthy.get(plan.name, 0),
+                    "DesiredInstanceCount": desired.instance_count,
+                }
+            )
         out: dict[str, Any] = {
             "EndpointName": record.name,
             "EndpointArn": record.arn,
@@ -480,26 +488,29 @@ class ControlApi:
         doc = dict(record.doc)
         doc["pending"] = [p.to_doc() for p in plans]
         doc["previous_config"] = record.config_name  # restored if the update fails
-        self.store.update_endpoint(
-            record.name,
-            status="Updating",
-            config_name=config_name,
-            doc=doc,
-            clear_failure=True,
-            expect_status=("InService",),
-        )
+        try:
+            self.store.commit(
+                record.name, event=EndpointEvent.UPDATE, config_name=config_name, doc=doc, clear_failure=True
+            )
+        except TransitionError as exc:
+            # Another update won the race between our check and this write.
+            now = self.store.get_endpoint(record.name)
+            status = now.status if now is not None else "gone"
+            raise ConflictError(
+                f'Cannot update in-progress endpoint "{record.arn}" (status {status}).'
+            ) from exc
         self.deployer.redeploy(record.name, plans)
 
     def _check_updatable(self, record: EndpointRecord) -> None:
-        if record.status != "InService":
+        if record.status != EndpointStatus.IN_SERVICE:
             raise InputValidationError(
                 f'Cannot update in-progress endpoint "{record.arn}": its status is {record.status}, '
                 "and only an InService endpoint can be updated."
             )
 
     def update_endpoint(self, req: dict[str, Any], region: str) -> dict[str, Any]:
-        name = _name(req, "EndpointName", ENTITY_NAME)
-        config_name = _name(req, "EndpointConfigName", ENTITY_NAME)
+        name = _name(req, "EndpointName", contract.NAME)
+        config_name = _name(req, "EndpointConfigName", contract.NAME)
         record = self._endpoint(name, region)
         self._check_updatable(record)
         plans = self._plans(self._config(config_name, region), region)
@@ -521,7 +532,7 @@ class ControlApi:
         return {"EndpointArn": record.arn}
 
     def update_weights_and_capacities(self, req: dict[str, Any], region: str) -> dict[str, Any]:
-        name = _name(req, "EndpointName", ENTITY_NAME)
+        name = _name(req, "EndpointName", contract.NAME)
         record = self._endpoint(name, region)
         desired = req.get("DesiredWeightsAndCapacities")
         if not isinstance(desired, list) or not desired:
@@ -533,7 +544,7 @@ class ControlApi:
         changes: dict[str, dict[str, Any]] = {}
         for n, item in enumerate(desired, 1):
             where = f"desiredWeightsAndCapacities.{n}"
-            vname = _name(item, "VariantName", ENTITY_NAME, where=f"{where}.variantName")
+            vname = _name(item, "VariantName", contract.NAME, where=f"{where}.variantName")
             if vname not in current:
                 known = ", ".join(current) or "none"
                 raise InputValidationError(
@@ -570,10 +581,10 @@ class ControlApi:
         return {"EndpointArn": record.arn}
 
     def delete_endpoint(self, req: dict[str, Any], region: str) -> dict[str, Any]:
-        name = _name(req, "EndpointName", ENTITY_NAME)
+        name = _name(req, "EndpointName", contract.NAME)
         record = self._endpoint(name, region)
-        if record.status != "Deleting":
-            self.store.update_endpoint(name, status="Deleting")
+        if record.status != EndpointStatus.DELETING:
+            self.store.commit(name, event=EndpointEvent.DELETE)
             self.deployer.remove(name)
         return {}
 
@@ -763,13 +774,16 @@ def _name(req: dict[str, Any], key: str, pattern: re.Pattern[str], where: str | 
         raise _violation(None, where, "Member must not be null")
     if not isinstance(value, str):
         raise _violation(value, where, "Member must be a string")
-    if len(value) > 63:
-        raise _violation(value, where, "Member must have length less than or equal to 63")
+    if len(value) > contract.MAX_NAME:
+        raise _violation(value, where, f"Member must have length less than or equal to {contract.MAX_NAME}")
     if not pattern.fullmatch(value):
         raise _violation(value, where, f"Member must satisfy regular expression pattern: {pattern.pattern}")
     return value
 
 
-def _error(status: int, code: str, message: str, request_id: str) -> tuple[int, dict[str, str], bytes]:
+def _error(error: BidistreamError, request_id: str) -> tuple[int, dict[str, str], bytes]:
+    """The JSON 1.1 error answer; status and ``__type`` are the error table's control-plane columns."""
+    form = wire_form(error)
+    code = form.control_type
     headers = {"Content-Type": JSON_11, "x-amzn-RequestId": request_id, "x-amzn-ErrorType": code}
-    return status, headers, json.dumps({"__type": code, "message": message}).encode()
+    return form.control_status, headers, json.dumps({"__type": code, "message": error.message}).encode()

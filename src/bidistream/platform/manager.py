@@ -6,19 +6,16 @@ an endpoint; each of those runs as one background task per endpoint, so the
 API answers at once (``Creating``, ``Updating``, ``Deleting``) as SageMaker does
 and boto3's waiters see the status move.
 
-Endpoint status (``EndpointStatus``), as a table of who moves it::
-
-    Creating ──all instances answer /ping──► InService
-    Creating ──an instance dies / times out─► Failed      (FailureReason: last log lines)
-    InService ─UpdateEndpoint*─────────────► Updating ──► InService
-    Updating ──new instances fail──────────► InService   (FailureReason says the update failed)
-    any ───────DeleteEndpoint──────────────► Deleting ──► gone
-    (gateway restart) InService/Creating/Updating ─► SystemUpdating ──► InService
-
-Instance states, in the same spirit::
-
-    starting ─/ping 200─► healthy ─crash or N failed pings─► restarting ─► healthy
-    healthy ──scale in──► draining ─no live session or drain limit─► stopped
+Endpoint status and instance state move only through the tables in
+:mod:`bidistream.platform.states`.  Every move is written at once by
+:meth:`EndpointManager._commit`: one store transaction holding the status
+change and every instance row it affects, mirrored into memory (what the
+router reads) before the store lock is released.  So ``DescribeEndpoint``,
+``ListEndpoints``, ``bidistream endpoints`` and the router read one fact: an
+endpoint turns ``InService`` in the same transaction that makes its last
+instance ``healthy``, and an update's cut-over (new instances healthy, old
+ones draining, new deployment, ``InService``) is one transaction too.  Only
+live-session counts are coalesced (``publish_interval``).
 
 Only ``healthy`` instances are routable.  A draining instance finishes its live
 sessions first; when the drain limit runs out it gets SIGTERM, and the model
@@ -32,20 +29,20 @@ import contextlib
 import logging
 import secrets
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from enum import StrEnum
 from pathlib import Path
 from typing import Any
 
 import aiohttp
 
-from bidistream.errors import BidistreamError
+from bidistream.errors import BidistreamError, NotFoundError
 from bidistream.platform.balancer import PlatformRouter, RoutableVariant
 from bidistream.platform.images import ImageSpec, parse_image
-from bidistream.platform.routing import InstanceTarget
 from bidistream.platform.runtimes import InstanceHandle, LaunchSpec, Runtime
+from bidistream.platform.states import EndpointEvent, EndpointStatus, InstanceEvent, InstanceState, next_state
 from bidistream.platform.store import InstanceRow, Store
+from bidistream.routing import RoutableInstance
 
 log = logging.getLogger("bidistream.platform")
 
@@ -80,17 +77,10 @@ class ManagerLimits:
     # Log lines quoted in a FailureReason (SageMaker caps FailureReason at 1024 chars).
     failure_log_lines: int = 12
     failure_reason_max: int = 1024
-    # How often the live view for `bidistream endpoints` is written, at most / at least.
+    # How often live-session counts (the only coalesced part of the live view) are
+    # written, at most; the heartbeat is written at least every heartbeat_interval.
     publish_interval: float = 1.0
     heartbeat_interval: float = 3.0
-
-
-class InstanceState(StrEnum):
-    STARTING = "starting"
-    HEALTHY = "healthy"
-    RESTARTING = "restarting"
-    DRAINING = "draining"
-    STOPPED = "stopped"
 
 
 @dataclass(frozen=True, slots=True)
@@ -148,7 +138,7 @@ class Instance:
     launch: LaunchSpec
     state: InstanceState = InstanceState.STARTING
     handle: InstanceHandle | None = None
-    target: InstanceTarget | None = None
+    routable: RoutableInstance | None = None
     restarts: int = 0
     supervisor: asyncio.Task[None] | None = None
 
@@ -170,6 +160,14 @@ class _Endpoint:
     variants: dict[str, _Variant] = field(default_factory=dict)
     task: asyncio.Task[None] | None = None
     draining: list[Instance] = field(default_factory=list)
+    # Instances an update started that are not cut over yet (in the live view as
+    # ``starting``, not routable); stopped with the rest if the gateway stops.
+    pending: list[Instance] = field(default_factory=list)
+
+    def forget_all(self) -> None:
+        self.variants.clear()
+        self.pending.clear()
+        self.draining.clear()
 
 
 class InstanceFailed(Exception):
@@ -205,15 +203,19 @@ class EndpointManager:
     async def start(self) -> None:
         """Open the health-check client and bring back what the store says should run."""
         self._http = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=self.limits.ping_timeout))
+        self.store.replace_instances([])  # nothing runs yet: rows from a previous gateway are stale
         self._publisher = asyncio.create_task(self._publish_loop(), name="platform-publish")
-        self.store.replace_instances([])
         for record in self.store.list_endpoints():
-            if record.status == "Deleting":
+            if record.status == EndpointStatus.DELETING:
                 self.remove(record.name)
-            elif record.status in ("InService", "Creating", "Updating", "SystemUpdating"):
+            elif record.status in (
+                EndpointStatus.IN_SERVICE,
+                EndpointStatus.CREATING,
+                EndpointStatus.UPDATING,
+                EndpointStatus.SYSTEM_UPDATING,
+            ):
                 plans = record.doc.get("pending") or record.doc.get("deployment") or []
-                resumed = "Creating" if record.status == "Creating" else "SystemUpdating"
-                self.store.update_endpoint(record.name, status=resumed, modified=record.modified)
+                self._commit(record.name, event=EndpointEvent.RESUME, modified=record.modified)
                 restored = [VariantPlan.from_doc(p) for p in plans]
                 self._run(record.name, self._create(record.name, restored, keep_modified=True))
 
@@ -224,15 +226,19 @@ class EndpointManager:
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
-        everything = [i for e in self._endpoints.values() for i in self._all_instances(e)]
-        await asyncio.gather(*(self._stop_instance(i, self.limits.stop_grace) for i in everything))
+        await asyncio.gather(
+            *(
+                self._stop_many(e.name, self._all_instances(e), self.limits.stop_grace)
+                for e in list(self._endpoints.values())
+            )
+        )
         self._endpoints.clear()
         if self._publisher is not None:
             self._publisher.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._publisher
-        self._publish_now()
         with contextlib.suppress(Exception):
+            self.store.replace_instances([])
             self.store.set_meta("heartbeat", "0")  # stopped: nothing runs any more
         if self._http is not None:
             await self._http.close()
@@ -254,31 +260,6 @@ class EndpointManager:
             previous.cancel()
         endpoint.task = asyncio.create_task(self._delete(name, previous), name=f"delete-{name}")
 
-    def variants_view(self, name: str) -> list[dict[str, Any]] | None:
-        """ProductionVariants for DescribeEndpoint from what runs now (None if nothing runs)."""
-        endpoint = self._endpoints.get(name)
-        if endpoint is None:
-            return None
-        out: list[dict[str, Any]] = []
-        for variant in endpoint.variants.values():
-            out.append(
-                {
-                    "VariantName": variant.plan.name,
-                    "DeployedImages": [
-                        {
-                            "SpecifiedImage": variant.plan.image,
-                            "ResolvedImage": variant.plan.image,
-                            "ResolutionTime": variant.deployed_at,
-                        }
-                    ],
-                    "CurrentWeight": variant.plan.weight,
-                    "DesiredWeight": variant.plan.weight,
-                    "CurrentInstanceCount": len(variant.healthy()),
-                    "DesiredInstanceCount": variant.plan.instance_count,
-                }
-            )
-        return out
-
     def instances(self, name: str) -> list[Instance]:
         endpoint = self._endpoints.get(name)
         return [] if endpoint is None else self._all_instances(endpoint)
@@ -290,9 +271,83 @@ class EndpointManager:
             record = self.store.get_endpoint(name)
             return None if record is None else []
         return [
-            RoutableVariant(v.plan.name, v.plan.weight, [i.target for i in v.healthy() if i.target])
+            RoutableVariant(v.plan.name, v.plan.weight, [i.routable for i in v.healthy() if i.routable])
             for v in endpoint.variants.values()
         ]
+
+    # ------------------------------------------------------------ one truth
+    def _row(self, instance: Instance, state: InstanceState) -> InstanceRow:
+        return InstanceRow(
+            instance_id=instance.instance_id,
+            endpoint=instance.endpoint,
+            variant=instance.variant,
+            state=str(state),
+            base_url=instance.handle.base_url if instance.handle else "",
+            live_sessions=instance.routable.live_sessions if instance.routable else 0,
+            restarts=instance.restarts,
+            log_path=str(instance.launch.log_path),
+            updated=time.time(),
+        )
+
+    def _commit(
+        self,
+        name: str,
+        *,
+        event: EndpointEvent | None = None,
+        moves: Sequence[tuple[Instance, InstanceEvent]] = (),
+        added: Sequence[Instance] = (),
+        apply: Callable[[], object] | None = None,
+        **fields: Any,
+    ) -> None:
+        """Write one state change and every row it moves in one transaction, then mirror it.
+
+        ``moves`` are instance transitions (checked against the instance table
+        before anything is written); ``added`` are new instances (``starting``
+        rows); ``event`` moves the endpoint status.  ``apply`` and the new
+        instance states are applied to memory while the store lock is held, so
+        the router (memory) and every store reader change at the same instant.
+        If the endpoint's record is gone (deleted meanwhile) the instance rows
+        are still written and mirrored.
+        """
+        planned = [(instance, next_state(instance.state, ev)) for instance, ev in moves]
+        upsert = [self._row(i, state) for i, state in planned if state is not InstanceState.STOPPED]
+        upsert += [self._row(i, InstanceState.STARTING) for i in added]
+        remove = [i.instance_id for i, state in planned if state is InstanceState.STOPPED]
+
+        def mirror() -> None:
+            for instance, state in planned:
+                instance.state = state
+                if state is InstanceState.STOPPED:
+                    instance.routable = None
+                    task = instance.supervisor
+                    if task is not None and task is not asyncio.current_task():
+                        task.cancel()
+            if apply is not None:
+                apply()
+
+        try:
+            record = self.store.commit(
+                name, event=event, upsert=upsert, remove=remove, applied=mirror, **fields
+            )
+        except NotFoundError:
+            # The endpoint was deleted meanwhile: its instances still move.
+            self.store.commit(name, upsert=upsert, remove=remove, applied=mirror)
+            return
+        self._dirty.set()
+        if event is not None and record is not None:
+            log.info("endpoint status", extra={"endpoint": name, "status": record.status})
+            if self._on_status is not None:
+                self._on_status(name, record.status)
+
+    def _deployment_doc(self, endpoint: _Endpoint, doc: dict[str, Any]) -> dict[str, Any]:
+        """The record's document with what now runs as its deployment (pending update folded in)."""
+        out = dict(doc)
+        out.pop("pending", None)
+        out.pop("previous_config", None)
+        out["deployment"] = [
+            {**v.plan.to_doc(), "DeployedAt": v.deployed_at} for v in endpoint.variants.values()
+        ]
+        return out
 
     # ----------------------------------------------------------------- flows
     def _run(self, name: str, coro: Any) -> None:
@@ -306,12 +361,34 @@ class EndpointManager:
         # A restart is not a user's modification: LastModifiedTime stays what it was.
         record = self.store.get_endpoint(name)
         modified = record.modified if keep_modified and record is not None else None
+        doc = record.doc if record is not None else {}
         endpoint = self._endpoints[name]
+
+        async def bring_up(variant: _Variant) -> None:
+            instance = await self._start_new(endpoint, variant)
+            others = [i for i in self._all_instances(endpoint) if i is not instance]
+            wanted = sum(v.plan.instance_count for v in endpoint.variants.values())
+            last = len(others) + 1 == wanted and all(i.state is InstanceState.HEALTHY for i in others)
+            # The last instance to answer /ping turns the endpoint InService in the
+            # same transaction that makes it healthy.
+            if last:
+                self._commit(
+                    name,
+                    event=EndpointEvent.DEPLOYED,
+                    moves=[(instance, InstanceEvent.READY)],
+                    clear_failure=True,
+                    modified=modified,
+                    doc=self._deployment_doc(endpoint, doc),
+                )
+            else:
+                self._commit(name, moves=[(instance, InstanceEvent.READY)])
+            instance.supervisor = asyncio.create_task(self._supervise(instance, variant))
+
         try:
             for plan in plans:
                 endpoint.variants[plan.name] = _Variant(plan, parse_image(plan.image))
             starts = [
-                self._start_new(endpoint, variant)
+                bring_up(variant)
                 for variant in endpoint.variants.values()
                 for _ in range(variant.plan.instance_count)
             ]
@@ -320,26 +397,27 @@ class EndpointManager:
             if failures:
                 raise failures[0]
         except InstanceFailed as exc:
-            await self._stop_all(endpoint)
-            self._set_status(name, "Failed", failure=exc.reason, modified=modified)
-            return
+            reason = exc.reason
         except BidistreamError as exc:
-            await self._stop_all(endpoint)
-            self._set_status(name, "Failed", failure=self._clip(exc.message), modified=modified)
-            return
+            reason = self._clip(exc.message)
         except Exception as exc:  # a bug must not leave the endpoint Creating forever
             log.exception("endpoint creation crashed", extra={"endpoint": name})
-            await self._stop_all(endpoint)
-            self._set_status(
-                name, "Failed", failure=self._clip(f"internal error: {exc!r}"), modified=modified
-            )
+            reason = self._clip(f"internal error: {exc!r}")
+        else:
             return
-        self._set_status(name, "InService", clear_failure=True, modified=modified)
+        await self._stop_many(
+            name,
+            self._all_instances(endpoint),
+            self.limits.stop_grace,
+            event=EndpointEvent.DEPLOY_FAILED,
+            failure_reason=reason,
+            modified=modified,
+            apply=endpoint.forget_all,
+        )
 
     async def _update(self, name: str, plans: list[VariantPlan]) -> None:
         endpoint = self._endpoints.setdefault(name, _Endpoint(name))
         new_variants: dict[str, _Variant] = {}
-        started: list[Instance] = []
         retired: list[Instance] = []
         try:
             for plan in plans:
@@ -348,54 +426,70 @@ class EndpointManager:
                     variant = _Variant(plan, old.image, list(old.instances), old.deployed_at)
                     extra = plan.instance_count - len(variant.instances)
                     for _ in range(max(0, extra)):
-                        started.append(await self._start_new(endpoint, variant, attach=False))
+                        await self._start_new(endpoint, variant, pending=True)
                     if extra < 0:
                         # Retire the least busy instances first, so drains end soonest.
                         by_load = sorted(
-                            variant.instances, key=lambda i: i.target.live_sessions if i.target else 0
+                            variant.instances, key=lambda i: i.routable.live_sessions if i.routable else 0
                         )
                         retired += by_load[:-extra]
                         variant.instances = [i for i in variant.instances if i not in retired]
                 else:
                     variant = _Variant(plan, parse_image(plan.image))
                     for _ in range(plan.instance_count):
-                        started.append(await self._start_new(endpoint, variant, attach=False))
+                        await self._start_new(endpoint, variant, pending=True)
                     if old is not None:
                         retired += old.instances
                 new_variants[plan.name] = variant
         except Exception as exc:  # includes InstanceFailed and BidistreamError
             reason = exc.reason if isinstance(exc, InstanceFailed) else str(exc)
-            await asyncio.gather(*(self._stop_instance(i, self.limits.stop_grace) for i in started))
-            self._finish_update(name, None)
-            self._set_status(name, "InService", failure=self._clip(f"Update failed: {reason}"))
+            record = self.store.get_endpoint(name)
+            rollback: dict[str, Any] = {}
+            if record is not None:
+                doc = dict(record.doc)
+                doc.pop("pending", None)
+                previous = doc.pop("previous_config", None)
+                rollback = {"doc": doc, "config_name": previous or record.config_name}
+            await self._stop_many(
+                name,
+                list(endpoint.pending),
+                self.limits.stop_grace,
+                event=EndpointEvent.UPDATE_FAILED,
+                failure_reason=self._clip(f"Update failed: {reason}"),
+                apply=endpoint.pending.clear,
+                **rollback,
+            )
             return
         for old_name, old in endpoint.variants.items():
             if old_name not in new_variants:
                 retired += old.instances
+        retired = [i for i in retired if i.state is not InstanceState.STOPPED]
+        started = list(endpoint.pending)
         for variant in new_variants.values():
             variant.instances = [i for i in variant.instances if i not in retired]
+        record = self.store.get_endpoint(name)
+
+        def cut_over() -> None:
+            endpoint.variants = new_variants
+            endpoint.pending.clear()
+            endpoint.draining.extend(retired)
+
+        # One transaction: new instances healthy, old ones draining, the new deployment, InService.
+        staged = _Endpoint(name, variants=new_variants)
+        self._commit(
+            name,
+            event=EndpointEvent.DEPLOYED,
+            moves=[(i, InstanceEvent.READY) for i in started] + [(i, InstanceEvent.RETIRE) for i in retired],
+            clear_failure=True,
+            doc=self._deployment_doc(staged, record.doc if record is not None else {}),
+            apply=cut_over,
+        )
+        for variant in new_variants.values():
             for instance in variant.instances:
                 if instance in started:
                     instance.supervisor = asyncio.create_task(self._supervise(instance, variant))
-        endpoint.variants = new_variants
         for instance in retired:
             self._drain(endpoint, instance)
-        self._finish_update(name, plans)
-        self._set_status(name, "InService", clear_failure=True)
-
-    def _finish_update(self, name: str, plans: list[VariantPlan] | None) -> None:
-        """Make ``plans`` the deployment, or (None) roll the record back to what still runs."""
-        record = self.store.get_endpoint(name)
-        if record is None:
-            return
-        doc = dict(record.doc)
-        doc.pop("pending", None)
-        previous = doc.pop("previous_config", None)
-        if plans is not None:
-            doc["deployment"] = [p.to_doc() for p in plans]
-            self.store.update_endpoint(name, doc=doc)
-        else:
-            self.store.update_endpoint(name, doc=doc, config_name=previous or record.config_name)
 
     async def _delete(self, name: str, previous: asyncio.Task[None] | None) -> None:
         if previous is not None:
@@ -403,14 +497,22 @@ class EndpointManager:
                 await previous
         endpoint = self._endpoints.get(name)
         if endpoint is not None:
-            await self._stop_all(endpoint)
+            await self._stop_many(
+                name,
+                self._all_instances(endpoint),
+                self.limits.stop_grace,
+                apply=endpoint.forget_all,
+            )
         self._endpoints.pop(name, None)
         self.store.delete_endpoint(name)
         self._dirty.set()
         log.info("endpoint deleted", extra={"endpoint": name})
 
     # -------------------------------------------------------------- instances
-    async def _start_new(self, endpoint: _Endpoint, variant: _Variant, attach: bool = True) -> Instance:
+    async def _start_new(self, endpoint: _Endpoint, variant: _Variant, pending: bool = False) -> Instance:
+        """Launch one instance and wait for /ping; it stays ``starting`` until the caller commits READY.
+
+        ``pending`` instances belong to an update that is not cut over yet."""
         suffix = secrets.token_hex(3)
         instance_id = f"{endpoint.name}-{variant.plan.name}-{suffix}"
         launch = LaunchSpec(
@@ -423,23 +525,35 @@ class EndpointManager:
             environment=variant.plan.environment,
         )
         instance = Instance(instance_id, endpoint.name, variant.plan.name, launch)
-        variant.instances.append(instance)
-        self._dirty.set()
+
+        def add() -> None:
+            variant.instances.append(instance)
+            if pending:
+                endpoint.pending.append(instance)
+
+        self._commit(endpoint.name, added=[instance], apply=add)
         try:
             await self._boot(instance, self._startup_timeout(variant))
         except BaseException:
-            await self._stop_instance(instance, 1.0)
+
+            def forget() -> None:
+                with contextlib.suppress(ValueError):
+                    variant.instances.remove(instance)
+                with contextlib.suppress(ValueError):
+                    endpoint.pending.remove(instance)
+
+            await self._stop_many(endpoint.name, [instance], 1.0, apply=forget)
             raise
-        if attach:
-            instance.supervisor = asyncio.create_task(self._supervise(instance, variant))
         return instance
 
     def _startup_timeout(self, variant: _Variant) -> float:
         return float(variant.plan.startup_timeout or self.limits.startup_timeout)
 
     async def _boot(self, instance: Instance, timeout: float) -> None:
-        """Launch and wait for ``/ping`` 200; raise InstanceFailed with the log tail."""
-        instance.state = InstanceState.STARTING
+        """Launch and wait for ``/ping`` 200; raise InstanceFailed with the log tail.
+
+        Leaves the state alone: the caller commits READY (alone, or with the
+        endpoint's status change)."""
         try:
             handle = await self.runtime.launch(instance.launch)
         except BidistreamError as exc:
@@ -463,13 +577,11 @@ class EndpointManager:
                     )
                 )
             await asyncio.sleep(0.1)
-        instance.target = InstanceTarget(
+        instance.routable = RoutableInstance(
             instance.endpoint, instance.variant, instance.instance_id, handle.base_url
         )
-        instance.state = InstanceState.HEALTHY
-        self._dirty.set()
         log.info(
-            "instance healthy",
+            "instance answers /ping",
             extra={"endpoint": instance.endpoint, "instance": instance.instance_id, "url": handle.base_url},
         )
 
@@ -523,54 +635,76 @@ class EndpointManager:
                 if failures < self.limits.unhealthy_after:
                     continue
                 why = f"failed {failures} health checks in a row"
+            if instance.state is not InstanceState.HEALTHY:
+                return  # retired or stopped while we pinged
             log.warning(
                 "instance unhealthy; restarting",
                 extra={"endpoint": instance.endpoint, "instance": instance.instance_id, "why": why},
             )
-            instance.state = InstanceState.RESTARTING
-            self._dirty.set()
-            await self._stop_instance(instance, 1.0, final=False)
+            self._commit(instance.endpoint, moves=[(instance, InstanceEvent.UNHEALTHY)])
+            await self._stop_handle(instance, 1.0)
             while instance.state is InstanceState.RESTARTING:
                 try:
                     await self._boot(instance, self._startup_timeout(variant))
                 except InstanceFailed as exc:
                     log.warning("restart failed", extra={"instance": instance.instance_id, "why": exc.reason})
-                    await self._stop_instance(instance, 1.0, final=False)
-                    instance.state = InstanceState.RESTARTING
+                    await self._stop_handle(instance, 1.0)
                     await asyncio.sleep(backoff)
                     backoff = min(backoff * 2, self.limits.restart_backoff_max)
                     continue
+                if instance.state is not InstanceState.RESTARTING:
+                    await self._stop_handle(instance, 1.0)  # retired meanwhile: its drain owns it
+                    return
                 instance.restarts += 1
+                self._commit(instance.endpoint, moves=[(instance, InstanceEvent.READY)])
                 backoff = self.limits.restart_backoff
                 failures = 0
 
     def _drain(self, endpoint: _Endpoint, instance: Instance) -> None:
-        instance.state = InstanceState.DRAINING
-        endpoint.draining.append(instance)
-        self._dirty.set()
+        """Wait for a retired (already ``draining``) instance's live sessions, then stop it."""
 
         async def drain() -> None:
             deadline = time.monotonic() + self.limits.drain_timeout
-            while instance.target is not None and instance.target.live_sessions > 0:
+            while instance.routable is not None and instance.routable.live_sessions > 0:
                 if time.monotonic() >= deadline or (instance.handle and instance.handle.exited()):
                     break
                 await asyncio.sleep(0.1)
-            await self._stop_instance(instance, self.limits.stop_grace)
-            with contextlib.suppress(ValueError):
-                endpoint.draining.remove(instance)
-            self._dirty.set()
+
+            def forget() -> None:
+                with contextlib.suppress(ValueError):
+                    endpoint.draining.remove(instance)
+
+            await self._stop_many(endpoint.name, [instance], self.limits.stop_grace, apply=forget)
 
         task = asyncio.create_task(drain(), name=f"drain-{instance.instance_id}")
         self._background.add(task)
         task.add_done_callback(self._background.discard)
 
-    async def _stop_instance(self, instance: Instance, grace: float, final: bool = True) -> None:
-        if final:
-            instance.state = InstanceState.STOPPED
-            task = instance.supervisor
-            if task is not None and task is not asyncio.current_task():
-                task.cancel()
-        instance.target = None if final else instance.target
+    async def _stop_many(
+        self,
+        name: str,
+        instances: Sequence[Instance],
+        grace: float,
+        *,
+        event: EndpointEvent | None = None,
+        apply: Callable[[], object] | None = None,
+        **fields: Any,
+    ) -> None:
+        """Commit ``stopped`` for every instance (and ``event``) in one transaction, then stop them.
+
+        The rows leave the live view and the router at the same instant; the
+        processes get ``grace`` to finish their sessions afterwards."""
+        live = [i for i in instances if i.state is not InstanceState.STOPPED]
+        self._commit(
+            name,
+            event=event,
+            moves=[(i, InstanceEvent.STOP) for i in live],
+            apply=apply,
+            **fields,
+        )
+        await asyncio.gather(*(self._stop_handle(i, grace) for i in instances))
+
+    async def _stop_handle(self, instance: Instance, grace: float) -> None:
         if instance.handle is not None:
             try:
                 await instance.handle.stop(grace)
@@ -578,40 +712,16 @@ class EndpointManager:
                 log.warning(
                     "stopping instance failed", extra={"instance": instance.instance_id, "error": exc}
                 )
-        self._dirty.set()
-
-    async def _stop_all(self, endpoint: _Endpoint) -> None:
-        instances = self._all_instances(endpoint)
-        await asyncio.gather(*(self._stop_instance(i, self.limits.stop_grace) for i in instances))
-        endpoint.variants.clear()
-        endpoint.draining.clear()
 
     @staticmethod
     def _all_instances(endpoint: _Endpoint) -> list[Instance]:
         out = [i for v in endpoint.variants.values() for i in v.instances]
+        out += [i for i in endpoint.pending if i not in out]
         return out + [i for i in endpoint.draining if i not in out]
-
-    def _set_status(
-        self,
-        name: str,
-        status: str,
-        failure: str | None = None,
-        clear_failure: bool = False,
-        modified: float | None = None,
-    ) -> None:
-        try:
-            self.store.update_endpoint(
-                name, status=status, failure_reason=failure, clear_failure=clear_failure, modified=modified
-            )
-        except BidistreamError:
-            return  # deleted meanwhile
-        log.info("endpoint status", extra={"endpoint": name, "status": status})
-        if self._on_status is not None:
-            self._on_status(name, status)
-        self._dirty.set()
 
     # ------------------------------------------------------------ live view
     async def _publish_loop(self) -> None:
+        """Coalesce live-session counts (the only hot part of the live view) and beat the heartbeat."""
         while True:
             # Wake on a change, or at least every few seconds so the heartbeat
             # tells `bidistream endpoints` that a gateway is alive.
@@ -622,27 +732,16 @@ class EndpointManager:
             await asyncio.sleep(self.limits.publish_interval)
 
     def _publish_now(self) -> None:
-        now = time.time()
-        rows = [
-            InstanceRow(
-                instance_id=i.instance_id,
-                endpoint=i.endpoint,
-                variant=i.variant,
-                state=str(i.state),
-                base_url=i.handle.base_url if i.handle else "",
-                live_sessions=i.target.live_sessions if i.target else 0,
-                restarts=i.restarts,
-                log_path=str(i.launch.log_path),
-                updated=now,
-            )
+        counts = {
+            i.instance_id: i.routable.live_sessions if i.routable else 0
             for e in self._endpoints.values()
             for i in self._all_instances(e)
-        ]
+            if i.state is not InstanceState.STOPPED
+        }
         try:
-            self.store.replace_instances(rows)
-            self.store.set_meta("heartbeat", f"{now}")
-        except Exception as exc:  # the live view is best effort; the endpoints keep running
-            log.warning("cannot publish the live view", extra={"error": exc})
+            self.store.set_live_sessions(counts, time.time())
+        except Exception as exc:  # the counters are best effort; the endpoints keep running
+            log.warning("cannot publish live sessions", extra={"error": exc})
 
 
 def plans_from_doc(doc: dict[str, Any], key: str = "deployment") -> list[VariantPlan]:

@@ -7,9 +7,14 @@ half-written row.  Records are stored as a few indexed columns plus one JSON
 document; the JSON holds exactly the request fields SageMaker echoes back in
 Describe*, so the store never needs a migration to carry a new field.
 
-The ``instances`` table is a live snapshot written by the running gateway for
-``bidistream endpoints`` (which may run in another process); it is rewritten
-at start and is not part of the durable state.
+The ``instances`` table is the live view of what runs, read by
+``DescribeEndpoint``, ``bidistream endpoints`` (which may run in another
+process) and checked against the router.  :meth:`Store.commit` writes an
+endpoint's status transition and the instance rows it moves in one
+transaction, at the moment they happen, so no reader ever sees an endpoint
+``InService`` beside instances still ``starting``.  Only the hot per-session
+counter (``live_sessions``) is coalesced, by :meth:`Store.set_live_sessions`.
+The table is emptied at start (nothing runs yet) and is not durable state.
 
 The ``instance_processes`` table is durable on purpose: the process id and
 kernel start time of every instance process the gateway started, written when
@@ -24,13 +29,14 @@ import json
 import sqlite3
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from bidistream.errors import ConflictError, NotFoundError
+from bidistream.platform.states import EndpointEvent, next_status
 
 __all__ = ["EndpointRecord", "InstanceRow", "ProcessRow", "Record", "Store"]
 
@@ -240,52 +246,97 @@ class Store:
         self,
         name: str,
         *,
-        status: str | None = None,
         failure_reason: str | None = None,
         clear_failure: bool = False,
         config_name: str | None = None,
         doc: dict[str, Any] | None = None,
         modified: float | None = None,
-        expect_status: tuple[str, ...] | None = None,
     ) -> EndpointRecord:
-        """Change some columns of one endpoint in one transaction.
+        """Change some columns of one endpoint in one transaction (never its status:
+        a status moves only through :meth:`commit` and the transition table)."""
+        record = self.commit(
+            name,
+            failure_reason=failure_reason,
+            clear_failure=clear_failure,
+            config_name=config_name,
+            doc=doc,
+            modified=modified,
+        )
+        assert record is not None
+        return record
 
-        ``expect_status`` makes the write conditional (compare-and-set), so two
-        racing UpdateEndpoint calls cannot both win.  ``failure_reason`` is only
-        written when given; ``clear_failure`` erases it.
+    def commit(
+        self,
+        name: str,
+        *,
+        event: EndpointEvent | None = None,
+        upsert: Sequence[InstanceRow] = (),
+        remove: Sequence[str] = (),
+        failure_reason: str | None = None,
+        clear_failure: bool = False,
+        config_name: str | None = None,
+        doc: dict[str, Any] | None = None,
+        modified: float | None = None,
+        applied: Callable[[], None] | None = None,
+    ) -> EndpointRecord | None:
+        """One state change of endpoint ``name``, with every row it affects, in one transaction.
+
+        ``event`` moves the status through the endpoint table, read and written
+        inside the transaction (so two racing UpdateEndpoint calls cannot both
+        win: the loser's pair is missing and raises TransitionError).
+        ``upsert`` writes instance rows (their new state), ``remove`` drops rows
+        of instances that stopped.  ``failure_reason`` is only written when
+        given; ``clear_failure`` erases it.  Endpoint columns are only touched
+        (and LastModifiedTime only moves) when one of them changes.
+
+        ``applied`` runs after COMMIT while the store lock is still held: the
+        manager mirrors the change in memory there, so a reader holding the
+        lock never sees the store and the in-memory router disagree.  Returns
+        the endpoint record as written, or None when only instance rows were
+        written for an endpoint that no longer exists.
         """
-        with self.transaction() as conn:
-            row = conn.execute("SELECT * FROM endpoints WHERE name = ?", (name,)).fetchone()
-            if row is None:
-                raise NotFoundError(f"Could not find endpoint {name!r}.")
-            current = _endpoint(row)
-            if expect_status is not None and current.status not in expect_status:
-                raise ConflictError(
-                    f'Cannot update in-progress endpoint "{current.arn}" (status {current.status}).'
-                )
-            if status is not None:
-                current.status = status
-            if clear_failure:
-                current.failure_reason = None
-            if failure_reason is not None:
-                current.failure_reason = failure_reason
-            if config_name is not None:
-                current.config_name = config_name
-            if doc is not None:
-                current.doc = doc
-            current.modified = modified if modified is not None else time.time()
-            conn.execute(
-                "UPDATE endpoints SET status = ?, failure_reason = ?, config_name = ?, doc = ?, "
-                "modified = ? WHERE name = ?",
-                (
-                    current.status,
-                    current.failure_reason,
-                    current.config_name,
-                    json.dumps(current.doc),
-                    current.modified,
-                    name,
-                ),
-            )
+        touches_endpoint = event is not None or any(
+            (failure_reason is not None, clear_failure, config_name is not None, doc is not None)
+        )
+        with self._lock:
+            with self.transaction() as conn:
+                row = conn.execute("SELECT * FROM endpoints WHERE name = ?", (name,)).fetchone()
+                current = None if row is None else _endpoint(row)
+                if current is None and touches_endpoint:
+                    raise NotFoundError(f"Could not find endpoint {name!r}.")
+                if current is not None and touches_endpoint:
+                    if event is not None:
+                        current.status = str(next_status(current.status, event))
+                    if clear_failure:
+                        current.failure_reason = None
+                    if failure_reason is not None:
+                        current.failure_reason = failure_reason
+                    if config_name is not None:
+                        current.config_name = config_name
+                    if doc is not None:
+                        current.doc = doc
+                    current.modified = modified if modified is not None else time.time()
+                    conn.execute(
+                        "UPDATE endpoints SET status = ?, failure_reason = ?, config_name = ?, doc = ?, "
+                        "modified = ? WHERE name = ?",
+                        (
+                            current.status,
+                            current.failure_reason,
+                            current.config_name,
+                            json.dumps(current.doc),
+                            current.modified,
+                            name,
+                        ),
+                    )
+                if remove:
+                    conn.executemany("DELETE FROM instances WHERE instance_id = ?", [(i,) for i in remove])
+                if upsert:
+                    conn.executemany(
+                        "INSERT OR REPLACE INTO instances VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                        [_instance_values(r) for r in upsert],
+                    )
+            if applied is not None:
+                applied()
             return current
 
     def delete_endpoint(self, name: str) -> bool:
@@ -299,26 +350,51 @@ class Store:
             conn.execute("DELETE FROM instances")
             conn.executemany(
                 "INSERT INTO instances VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                [
-                    (
-                        r.instance_id,
-                        r.endpoint,
-                        r.variant,
-                        r.state,
-                        r.base_url,
-                        r.live_sessions,
-                        r.restarts,
-                        r.log_path,
-                        r.updated,
-                    )
-                    for r in rows
-                ],
+                [_instance_values(r) for r in rows],
             )
 
-    def list_instances(self) -> list[InstanceRow]:
+    def set_live_sessions(self, counts: Mapping[str, int], heartbeat: float) -> None:
+        """The coalesced hot counters: live sessions per instance, plus the gateway's heartbeat.
+
+        Only rows that exist are touched, so a late count never resurrects a
+        stopped instance."""
+        with self.transaction() as conn:
+            conn.executemany(
+                "UPDATE instances SET live_sessions = ? WHERE instance_id = ?",
+                [(n, instance_id) for instance_id, n in counts.items()],
+            )
+            conn.execute(
+                "INSERT OR REPLACE INTO meta (key, value) VALUES ('heartbeat', ?)", (f"{heartbeat}",)
+            )
+
+    def list_instances(self, endpoint: str | None = None) -> list[InstanceRow]:
         with self._lock:
-            rows = self._conn.execute("SELECT * FROM instances ORDER BY endpoint, variant, instance_id")
+            if endpoint is None:
+                rows = self._conn.execute("SELECT * FROM instances ORDER BY endpoint, variant, instance_id")
+            else:
+                rows = self._conn.execute(
+                    "SELECT * FROM instances WHERE endpoint = ? ORDER BY variant, instance_id", (endpoint,)
+                )
             return [InstanceRow(**dict(r)) for r in rows.fetchall()]
+
+    def snapshot(self, name: str) -> tuple[EndpointRecord | None, list[InstanceRow]]:
+        """One endpoint and its instance rows, read in one transaction (one instant)."""
+        with self._lock:
+            self._conn.execute("BEGIN")
+            try:
+                return self.get_endpoint(name), self.list_instances(name)
+            finally:
+                self._conn.execute("COMMIT")
+
+    def snapshot_all(self) -> tuple[list[EndpointRecord], list[InstanceRow]]:
+        """Every endpoint and every instance row, read in one transaction, even from
+        another process while a gateway writes (WAL gives the reader one instant)."""
+        with self._lock:
+            self._conn.execute("BEGIN")
+            try:
+                return self.list_endpoints(), self.list_instances()
+            finally:
+                self._conn.execute("COMMIT")
 
     # ------------------------------------------------------- instance processes
     def record_process(self, row: ProcessRow) -> None:
@@ -357,6 +433,20 @@ class Store:
         with self._lock:
             row = self._conn.execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()
         return None if row is None else str(row["value"])
+
+
+def _instance_values(r: InstanceRow) -> tuple[object, ...]:
+    return (
+        r.instance_id,
+        r.endpoint,
+        r.variant,
+        r.state,
+        r.base_url,
+        r.live_sessions,
+        r.restarts,
+        r.log_path,
+        r.updated,
+    )
 
 
 def _endpoint(row: sqlite3.Row) -> EndpointRecord:

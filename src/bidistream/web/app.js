@@ -23,7 +23,7 @@ const CLOSE_MEANINGS = {
   1007: "a frame was not valid (for example text that is not UTF-8)",
   1008: "the request was refused: unknown endpoint, invalid path or query, or a policy limit",
   1009: "a frame was larger than the gateway accepts",
-  1011: "the model failed or timed out",
+  1011: "the model refused the session or failed while streaming (its reason is below)",
   1013: "no capacity right now: try again in a moment",
 };
 
@@ -64,18 +64,41 @@ function hex(bytes) {
   return Array.from(bytes, (b) => b.toString(16).padStart(2, "0")).join(" ");
 }
 
+// When the log was last cleared, and when the last frame went out: each entry shows its time on the
+// page's clock and, for frames that come back, how long after the last frame sent they arrived.
+let logEpoch = performance.now();
+let lastSentAt = null;
+
+function clock(at) {
+  return `${((at - logEpoch) / 1000).toFixed(3)} s`;
+}
+
 /** Append one line to the frame log: dir is in/out/info/error, kind text/binary/close/... */
 function logFrame(dir, kind, content) {
+  const now = performance.now();
   const log = $("log");
   const li = document.createElement("li");
   li.dataset.dir = dir;
   li.dataset.kind = kind;
   const arrow = { in: "←", out: "→", info: "·", error: "!" }[dir];
+  if (dir === "out") lastSentAt = now;
+  const at = document.createElement("span");
+  at.className = "at";
+  at.textContent = clock(now);
+  li.append(at);
   for (const [cls, text] of [["dir", arrow + " "], ["kind", kind], ["content", " " + content]]) {
     const span = document.createElement("span");
     span.className = cls;
     span.textContent = text; // textContent, never innerHTML: frames are untrusted
     li.append(span);
+  }
+  if (dir === "in" && lastSentAt !== null) {
+    const latency = document.createElement("span");
+    latency.className = "latency";
+    const ms = now - lastSentAt;
+    li.dataset.latencyMs = ms.toFixed(1);
+    latency.textContent = ` (+${ms.toFixed(0)} ms after the last frame sent)`;
+    li.append(latency);
   }
   log.append(li);
   while (log.childElementCount > MAX_LOG) log.firstElementChild.remove();
@@ -114,7 +137,7 @@ function openSocket(url, { onOpen, onText, onClose }) {
     const normal = code === 1000 || code === 1005;
     let text = explainClose(code, reason);
     if (!opened && code === 1006) {
-      text = `Could not open ${url} (code 1006): the gateway is unreachable, or this browser does not trust its certificate.`;
+      text = `Could not open ${url} (code 1006): the gateway refused the request (check the endpoint, path and query), is unreachable, or this browser does not trust its certificate.`;
     }
     logFrame(normal ? "info" : "error", "close", `${code}${reason ? " " + reason : ""}`);
     if (!normal) showError(text);
@@ -176,7 +199,69 @@ function disconnectText() {
   }
 }
 
+// ------------------------------------------------------------------ endpoints from the control plane
+/**
+ * Ask the gateway's control plane (SageMaker ListEndpoints, JSON 1.1 on this origin) which endpoints
+ * exist and their status. A gateway that checks credentials refuses an unsigned call: the page then
+ * says so and the endpoint fields stay free text.
+ */
+async function refreshEndpoints() {
+  setStatus("endpoints-status", "connecting", "asking the control plane…");
+  let answer;
+  try {
+    const response = await fetch("/", {
+      method: "POST",
+      headers: { "X-Amz-Target": "SageMaker.ListEndpoints", "Content-Type": "application/x-amz-json-1.1" },
+      body: JSON.stringify({ MaxResults: 100 }),
+    });
+    answer = await response.json().catch(() => ({}));
+    if (!response.ok) {
+      const why = answer.message || answer.Message || `HTTP ${response.status}`;
+      setStatus("endpoints-status", "error", `the control plane did not list endpoints (${why}); type a name below`);
+      return;
+    }
+  } catch (err) {
+    setStatus("endpoints-status", "error", `the control plane is unreachable (${err.message}); type a name below`);
+    return;
+  }
+  const endpoints = answer.Endpoints || [];
+  const list = $("endpoints");
+  const options = $("endpoint-list");
+  list.replaceChildren();
+  options.replaceChildren();
+  for (const ep of endpoints) {
+    const li = document.createElement("li");
+    li.dataset.endpoint = ep.EndpointName;
+    const name = document.createElement("code");
+    name.textContent = ep.EndpointName;
+    const state = document.createElement("span");
+    state.className = "state";
+    state.dataset.status = ep.EndpointStatus;
+    state.textContent = ` ${ep.EndpointStatus}`;
+    li.append(name, state);
+    list.append(li);
+    const option = document.createElement("option");
+    option.value = ep.EndpointName;
+    option.label = ep.EndpointStatus;
+    options.append(option);
+  }
+  const n = endpoints.length;
+  setStatus("endpoints-status", "open", n ? `${n} endpoint${n === 1 ? "" : "s"}` : "no endpoints yet (create one with boto3)");
+}
+
 // ------------------------------------------------------------------ microphone mode
+/** The Deepgram query the microphone session opens with, from the options the user ticked. */
+export function speechQuery() {
+  const flag = (id) => ($(id).checked ? "true" : "false");
+  return [
+    "encoding=linear16",
+    `sample_rate=${TARGET_RATE}`,
+    `interim_results=${flag("opt-interim")}`,
+    `punctuate=${flag("opt-punctuate")}`,
+    `smart_format=${flag("opt-smart-format")}`,
+  ].join("&");
+}
+
 let mic = null; // { ws, stream, ctx, node, source, stopped }
 
 function micErrorText(err) {
@@ -299,7 +384,7 @@ async function startMic() {
     setStatus("mic-status", "closed", "off");
     return;
   }
-  const query = `encoding=linear16&sample_rate=${TARGET_RATE}&interim_results=true`;
+  const query = speechQuery();
   const url = frontDoorUrl(endpoint, "v1/listen", query);
   setStatus("mic-status", "connecting", "connecting…");
   const send = (chunk) => {
@@ -363,7 +448,14 @@ function main() {
   $("send-form").addEventListener("submit", sendText);
   $("mic-start").addEventListener("click", startMic);
   $("mic-stop").addEventListener("click", stopMic);
-  $("clear-log").addEventListener("click", () => $("log").replaceChildren());
+  $("clear-log").addEventListener("click", () => {
+    $("log").replaceChildren();
+    logEpoch = performance.now();
+    lastSentAt = null;
+  });
+  $("refresh-endpoints").addEventListener("click", refreshEndpoints);
+  $("mic-form").addEventListener("submit", (event) => event.preventDefault());
+  refreshEndpoints();
   if (!navigator.mediaDevices || !window.AudioContext) {
     $("mic-start").disabled = true;
     setStatus("mic-status", "error", "unavailable in this browser (or the page is not on https)");

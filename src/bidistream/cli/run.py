@@ -10,27 +10,19 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from bidistream.defaults import DEFAULT_DATA_DIR
+from bidistream.cli.gateway import add_gateway_arguments, start_gateway
+from bidistream.cli.options import add_data_dir
 from bidistream.errors import BidistreamError
-from bidistream.gateway.commands import add_gateway_arguments, start_gateway
+from bidistream.models import registry
 
 if TYPE_CHECKING:
     from bidistream.gateway.server import Gateway
     from bidistream.platform.app import Platform
 
-# Built-in endpoints `run` creates when missing: endpoint name → image (speech
-# only once its model ships in this build).
-BUILTIN_ENDPOINTS: dict[str, str] = {
-    "echo": "bidistream/echo",
-    "words": "bidistream/words",
-    "speech": "bidistream/speech",
-}
-
 
 def default_builtins() -> str:
-    from bidistream.platform.images import builtin_available
-
-    return ",".join(name for name in BUILTIN_ENDPOINTS if builtin_available(name))
+    """Every built-in of the registry that ships in this build (speech needs its extra)."""
+    return ",".join(m.name for m in registry.BUILTINS if m.available())
 
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -52,10 +44,10 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     endpoints = sub.add_parser(
         "endpoints",
         help="list endpoints, variants, instances, live sessions and status",
-        description="Read the data dir's store and print one row per instance (a running gateway "
-        "refreshes live sessions every second).",
+        description="Read the data dir's store and print one row per instance: status and states are "
+        "written the moment they change; live-session counts are refreshed every second.",
     )
-    endpoints.add_argument("--data-dir", type=Path, default=DEFAULT_DATA_DIR)
+    add_data_dir(endpoints)
     endpoints.add_argument("--json", action="store_true", help="print JSON instead of a table")
     endpoints.set_defaults(handler=_endpoints)
 
@@ -64,10 +56,11 @@ def _run(args: argparse.Namespace) -> int:
     wanted = default_builtins() if args.builtins is None else args.builtins
     names: dict[str, str] = {}
     for name in filter(None, (n.strip() for n in wanted.split(","))):
-        if name not in BUILTIN_ENDPOINTS:
-            print(f"bidistream run: unknown built-in {name!r}: choose from {', '.join(BUILTIN_ENDPOINTS)}")
+        builtin = registry.by_name(name)
+        if builtin is None:
+            print(f"bidistream run: unknown built-in {name!r}: choose from {', '.join(registry.names())}")
             return 2
-        names[name] = BUILTIN_ENDPOINTS[name]
+        names[name] = builtin.image  # endpoint, model and config are named after the built-in
 
     async def ready(platform: Platform, gateway: Gateway, stop: asyncio.Event) -> None:
         await ensure_builtin_endpoints(platform, names)
@@ -138,7 +131,7 @@ endpoints: {", ".join(names) or "(none created)"}
   in a browser:   {url}/web/  (trust {ca_path} first)
 
 1) the official bidi client (aws-sdk-sagemaker-runtime-http2):
-   export SSL_CERT_FILE={ca_path} AWS_ACCESS_KEY_ID=local AWS_SECRET_ACCESS_KEY=local
+   eval "$(bidistream env --data-dir {data_dir})"   # URLs, CA bundle, region, placeholder credentials
    config = await AsyncSageMakerRuntimeHTTP2Config.resolve(endpoint_uri="{url}", region="us-east-1",
        aws_credentials_identity_resolver=EnvironmentCredentialsResolver(), transport=AWSCRTHTTPClient())
    stream = await client.invoke_endpoint_with_bidirectional_stream(
@@ -184,9 +177,9 @@ def endpoint_rows(store: object) -> list[dict[str, object]]:
     from bidistream.platform.store import Store
 
     assert isinstance(store, Store)
-    instances = store.list_instances()
+    records, instances = store.snapshot_all()  # one instant, even while a gateway writes
     rows: list[dict[str, object]] = []
-    for record in store.list_endpoints():
+    for record in records:
         for plan in plans_from_doc(record.doc):
             mine = [i for i in instances if i.endpoint == record.name and i.variant == plan.name]
             base = {

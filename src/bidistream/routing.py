@@ -3,7 +3,12 @@
 The gateway asks a :class:`Router` where a session or invocation should go and
 tells it when sessions start and end; it never knows whether endpoints were
 declared on the command line (:class:`StaticRouter`) or created through the
-control plane (the platform's endpoint manager implements the same protocol).
+control plane (the platform's ``PlatformRouter`` implements the same protocol).
+
+It lives outside both layers so that neither imports the other: the gateway
+depends on this protocol, the platform implements it, and only ``cli/`` wires
+one to the other.  :class:`RoutableInstance` is *the* name of an instance as
+the front door sees it, in every layer.
 """
 
 from __future__ import annotations
@@ -14,12 +19,12 @@ from typing import Protocol
 
 from bidistream.errors import NotFoundError
 
-__all__ = ["InstanceTarget", "LayeredRouter", "Router", "StaticRouter"]
+__all__ = ["LayeredRouter", "RoutableInstance", "Router", "StaticRouter"]
 
 
 @dataclass(eq=False, slots=True)
-class InstanceTarget:
-    """One instance a session can be sent to.
+class RoutableInstance:
+    """One instance a session or invocation can be sent to.
 
     ``base_url`` is the instance's model server, e.g. ``http://127.0.0.1:8080``;
     the gateway appends ``/invocations-bidirectional-stream`` (or the
@@ -35,7 +40,7 @@ class InstanceTarget:
 
 
 class Router(Protocol):
-    def candidates(self, endpoint: str, target_variant: str | None = None) -> list[InstanceTarget]:
+    def candidates(self, endpoint: str, target_variant: str | None = None) -> list[RoutableInstance]:
         """Instances to try for one new session or invocation, best first.
 
         Raises NotFoundError for an unknown endpoint or variant and
@@ -44,9 +49,9 @@ class Router(Protocol):
         """
         ...
 
-    def session_started(self, target: InstanceTarget) -> None: ...
+    def session_started(self, instance: RoutableInstance) -> None: ...
 
-    def session_ended(self, target: InstanceTarget) -> None: ...
+    def session_ended(self, instance: RoutableInstance) -> None: ...
 
 
 @dataclass
@@ -55,28 +60,28 @@ class StaticRouter:
 
     urls: Mapping[str, str]
     variant: str = "AllTraffic"
-    _targets: dict[str, InstanceTarget] = field(default_factory=dict, init=False)
+    _instances: dict[str, RoutableInstance] = field(default_factory=dict, init=False)
 
     def __post_init__(self) -> None:
         for name, url in self.urls.items():
-            self._targets[name] = InstanceTarget(name, self.variant, f"{name}-1", url.rstrip("/"))
+            self._instances[name] = RoutableInstance(name, self.variant, f"{name}-1", url.rstrip("/"))
 
-    def candidates(self, endpoint: str, target_variant: str | None = None) -> list[InstanceTarget]:
-        target = self._targets.get(endpoint)
-        if target is None:
+    def candidates(self, endpoint: str, target_variant: str | None = None) -> list[RoutableInstance]:
+        instance = self._instances.get(endpoint)
+        if instance is None:
             raise NotFoundError(
                 f"Endpoint {endpoint} not found. Declare it with --endpoint {endpoint}=URL "
                 "or create it through the control plane."
             )
-        if target_variant is not None and target_variant != target.variant:
+        if target_variant is not None and target_variant != instance.variant:
             raise NotFoundError(f"Variant {target_variant} not found on endpoint {endpoint}.")
-        return [target]
+        return [instance]
 
-    def session_started(self, target: InstanceTarget) -> None:
-        target.live_sessions += 1
+    def session_started(self, instance: RoutableInstance) -> None:
+        instance.live_sessions += 1
 
-    def session_ended(self, target: InstanceTarget) -> None:
-        target.live_sessions = max(0, target.live_sessions - 1)
+    def session_ended(self, instance: RoutableInstance) -> None:
+        instance.live_sessions = max(0, instance.live_sessions - 1)
 
 
 @dataclass
@@ -90,17 +95,17 @@ class LayeredRouter:
     static: StaticRouter
     managed: Router
 
-    def candidates(self, endpoint: str, target_variant: str | None = None) -> list[InstanceTarget]:
+    def candidates(self, endpoint: str, target_variant: str | None = None) -> list[RoutableInstance]:
         if endpoint in self.static.urls:
             return self.static.candidates(endpoint, target_variant)
         return self.managed.candidates(endpoint, target_variant)
 
-    def session_started(self, target: InstanceTarget) -> None:
-        self._owner(target).session_started(target)
+    def session_started(self, instance: RoutableInstance) -> None:
+        self._owner(instance).session_started(instance)
 
-    def session_ended(self, target: InstanceTarget) -> None:
-        self._owner(target).session_ended(target)
+    def session_ended(self, instance: RoutableInstance) -> None:
+        self._owner(instance).session_ended(instance)
 
-    def _owner(self, target: InstanceTarget) -> Router:
-        # The same test candidates() routes by, so a target always returns to its router.
-        return self.static if target.endpoint in self.static.urls else self.managed
+    def _owner(self, instance: RoutableInstance) -> Router:
+        # The same test candidates() routes by, so an instance always returns to its router.
+        return self.static if instance.endpoint in self.static.urls else self.managed

@@ -11,7 +11,9 @@ import signal
 import sys
 
 from bidistream import logs
+from bidistream.cli.options import add_listen, add_logging
 from bidistream.container.limits import ServerLimits
+from bidistream.container.loader import options_from_environment
 from bidistream.defaults import MODEL_SERVER_PORT as DEFAULT_PORT
 from bidistream.errors import BidistreamError
 from bidistream.runloop import run as run_loop
@@ -48,19 +50,54 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         "/invocations and the bidirectional-stream WebSocket.",
     )
     serve.add_argument("model", metavar="MODEL")
-    serve.add_argument("--host", default="127.0.0.1")
-    serve.add_argument("--port", type=int, default=None, help="default: $SAGEMAKER_BIND_TO_PORT or 8080")
+    add_listen(serve, None, "default: $SAGEMAKER_BIND_TO_PORT or 8080")
     serve.add_argument(
         "--set", dest="options", action="append", default=[], metavar="KEY=VALUE", help="model option"
     )
     defaults = ServerLimits()
-    serve.add_argument("--max-message-size", type=int, default=defaults.max_message_size)
-    serve.add_argument("--max-sessions", type=int, default=defaults.max_sessions)
-    serve.add_argument("--max-session-duration", type=float, default=defaults.max_session_duration)
-    serve.add_argument("--idle-timeout", type=float, default=defaults.idle_timeout)
-    serve.add_argument("--drain-timeout", type=float, default=defaults.drain_timeout)
-    serve.add_argument("--log-level", default="info")
-    serve.add_argument("--log-json", action="store_true")
+    serve.add_argument(
+        "--max-message-size",
+        type=int,
+        default=defaults.max_message_size,
+        metavar="BYTES",
+        help="largest WebSocket message or request body, in bytes (default: %(default)s)",
+    )
+    serve.add_argument(
+        "--max-sessions",
+        type=int,
+        default=defaults.max_sessions,
+        metavar="N",
+        help="live sessions this instance takes before refusing with 1013 (default: %(default)s)",
+    )
+    serve.add_argument(
+        "--max-session-duration",
+        type=float,
+        default=defaults.max_session_duration,
+        metavar="SECONDS",
+        help="a session is closed after this long (default: %(default)s s)",
+    )
+    serve.add_argument(
+        "--idle-timeout",
+        type=float,
+        default=defaults.idle_timeout,
+        metavar="SECONDS",
+        help="a session with no frame either way for this long is closed (default: %(default)s s)",
+    )
+    serve.add_argument(
+        "--drain-timeout",
+        type=float,
+        default=defaults.drain_timeout,
+        metavar="SECONDS",
+        help="on SIGTERM, how long live sessions may finish before they are closed (default: %(default)s s)",
+    )
+    serve.add_argument(
+        "--accept-deadline",
+        type=float,
+        default=defaults.accept_deadline,
+        metavar="SECONDS",
+        help="time to answer a WebSocket upgrade, else refuse it with 503 (default: %(default)s s)",
+    )
+    add_logging(serve)
     serve.set_defaults(handler=_serve)
 
     check = sub.add_parser(
@@ -90,10 +127,17 @@ def _serve(args: argparse.Namespace) -> int:
         max_session_duration=args.max_session_duration,
         idle_timeout=args.idle_timeout,
         drain_timeout=args.drain_timeout,
+        accept_deadline=args.accept_deadline,
     )
     try:
         return run_loop(
-            serve_forever(args.model, _options(args.options), args.host, resolve_port(args.port), limits)
+            serve_forever(
+                args.model,
+                options_from_environment(dict(os.environ)) | _options(args.options),  # --set wins
+                args.host,
+                resolve_port(args.port),
+                limits,
+            )
         )
     except BidistreamError as exc:
         print(f"bidistream serve: {exc}", file=sys.stderr)
