@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import datetime
 import json
 import os
@@ -62,7 +63,7 @@ MAX_OPEN_TRIES = 100
 class Tally:
     """One door's outcome."""
 
-    sessions: int = 0
+    sessions: int = 0  # opened (a killed one is followed by another for the rest)
     completed: int = 0
     ended_by_kill: int = 0
     aborted: int = 0
@@ -74,6 +75,7 @@ class Tally:
     reordered: int = 0
     corrupted: int = 0
     end_codes: dict[str, int] = field(default_factory=dict)
+    anomalies: list[str] = field(default_factory=list)  # the first few, to look at
 
     def ended(self, how: str) -> None:
         self.end_codes[how] = self.end_codes.get(how, 0) + 1
@@ -112,8 +114,10 @@ class Checker:
             self.tally.corrupted += 1
         elif seq < self.next:
             self.tally.duplicated += 1
+            self.tally.anomalies.append(f"session {self.sid}: frame {seq} again after {self.next - 1}")
         elif seq > self.next:
             self.tally.reordered += 1
+            self.tally.anomalies.append(f"session {self.sid}: frame {seq} arrived while {self.next} was due")
             self.next = seq + 1
         else:
             self.next += 1
@@ -149,6 +153,8 @@ class _H2Stream:
         self.window = window
         self.abort_at = abort_at
         self.decoder = EventStreamDecoder()
+        self.out = bytearray()  # event bytes waiting for the gateway's window
+        self.end = False  # END_STREAM after ``out``
         self.status: str | None = None
         self.error: str | None = None
         self.done = asyncio.Event()
@@ -199,8 +205,25 @@ class H2Conn(asyncio.Protocol):
         return sid
 
     def _send_next(self, sid: int, st: _H2Stream) -> None:
-        data = _envelope(st.check.take())
-        self.conn.send_data(sid, data, end_stream=st.check.sent == st.check.frames)
+        st.out += _envelope(st.check.take())
+        st.end = st.check.sent == st.check.frames
+        self._pump(sid, st)
+
+    def _pump(self, sid: int, st: _H2Stream) -> None:
+        """Send what the gateway's flow-control window allows (a client must, and the soak checks that)."""
+        conn = self.conn
+        try:
+            while st.out:
+                n = min(len(st.out), conn.local_flow_control_window(sid), conn.max_outbound_frame_size)
+                if n <= 0:
+                    return
+                conn.send_data(sid, bytes(st.out[:n]))
+                del st.out[:n]
+            if st.end:
+                st.end = False
+                conn.end_stream(sid)
+        except h2.exceptions.ProtocolError:
+            st.out.clear()
 
     def data_received(self, data: bytes) -> None:
         try:
@@ -210,6 +233,12 @@ class H2Conn(asyncio.Protocol):
                 self.transport.abort()
             return
         for ev in events:
+            if isinstance(ev, h2.events.WindowUpdated | h2.events.RemoteSettingsChanged) and not getattr(
+                ev, "stream_id", 0
+            ):
+                for osid, ost in list(self.streams.items()):
+                    self._pump(osid, ost)
+                continue
             sid: int = getattr(ev, "stream_id", 0) or 0
             st = self.streams.get(sid)
             if st is None:
@@ -218,8 +247,11 @@ class H2Conn(asyncio.Protocol):
                 st.status = dict(ev.headers).get(b":status", b"").decode()
             elif isinstance(ev, h2.events.DataReceived):
                 self.conn.acknowledge_received_data(ev.flow_controlled_length, sid)
-                if st.status == "200":  # a refusal's body is JSON, not events
+                # A refusal's body is JSON, not events; an abandoned stream's tail is not looked at.
+                if st.status == "200" and not st.done.is_set():
                     self._on_events(sid, st, st.decoder.feed(ev.data))
+            elif isinstance(ev, h2.events.WindowUpdated):
+                self._pump(sid, st)
             elif isinstance(ev, h2.events.StreamEnded | h2.events.StreamReset):
                 if isinstance(ev, h2.events.StreamReset):
                     st.error = st.error or f"reset {ev.error_code}"
@@ -235,44 +267,74 @@ class H2Conn(asyncio.Protocol):
             st.check.echoed(msg.payload)
             if st.abort_at is not None and st.check.next >= st.abort_at and not st.done.is_set():
                 st.error = "aborted"
-                self.conn.reset_stream(sid, 8)
+                st.out.clear()
+                with contextlib.suppress(h2.exceptions.ProtocolError):
+                    self.conn.reset_stream(sid, 8)
                 st.done.set()
                 return
             if st.check.sent < st.check.frames:
                 self._send_next(sid, st)
 
 
-async def h2_session(conn: H2Conn, check: Checker, tally: Tally, window: int, abort_at: int | None) -> None:
+async def h2_session(conn: H2Conn, check: Checker, tally: Tally, window: int, abort_at: int | None) -> str:
     for _ in range(MAX_OPEN_TRIES):
         st = _H2Stream(check, window, abort_at)
         if conn.lost.is_set():
             raise ConnectionError("h2 connection lost")
-        conn.open(st)
+        sid = conn.open(st)
         await st.done.wait()
+        conn.streams.pop(sid, None)
+        stream = conn.conn.streams.get(sid)
+        if stream is not None and not stream.closed:  # ended early: our half too
+            with contextlib.suppress(h2.exceptions.ProtocolError):
+                conn.conn.reset_stream(sid, 8)
+            conn.flush()
         if st.status == "200" or (st.status is None and st.error):
             break
         tally.refused_opens += 1  # 503 while the instance is down: try again
         tally.frames_sent -= check.sent
         check.sent = check.next = 0
         await asyncio.sleep(OPEN_RETRY_S)
-    _close_out(check, tally, st.error, st.status)
+    return _close_out(check, tally, st.error, st.status)
 
 
-def _close_out(check: Checker, tally: Tally, error: str | None, status: str | None) -> None:
+MAX_SESSIONS_PER_SLOT = 50
+
+
+async def slot(run_one: Any, tally: Tally, index: int, frames: int, rng: random.Random) -> None:
+    """One client's share: sessions back to back until ``frames`` frames came back.
+
+    A session an instance kill ends is checked (an exact prefix) and the client
+    opens the next one for the rest, as a real client reconnects; a client
+    abort ends the share.
+    """
+    remaining = frames
+    for attempt in range(MAX_SESSIONS_PER_SLOT):
+        check = Checker(tally, index * 1000 + attempt, remaining, rng)
+        tally.sessions += 1
+        outcome = await run_one(check)
+        remaining -= check.next
+        if outcome != "killed" or remaining <= 0:
+            return
+
+
+def _close_out(check: Checker, tally: Tally, error: str | None, status: str | None) -> str:
+    tally.ended(error or f"status {status}")
     if error == "aborted":
         tally.aborted += 1
         check.finish(False)
-    elif error is None and status in ("200", None) and check.next == check.frames:
+        return "aborted"
+    if error is None and status in ("200", None) and check.next == check.frames:
         tally.completed += 1
         check.finish(True)
-    else:
-        tally.ended_by_kill += 1
-        check.finish(False)
-    tally.ended(error or f"status {status}")
+        return "completed"
+    tally.ended_by_kill += 1
+    check.finish(False)
+    return "killed"
 
 
 async def run_h2(port: int, ca: Path, sessions: int, frames: int, window: int, aborts: set[int]) -> Tally:
-    tally = Tally(sessions=sessions)
+    tally = Tally()
     ctx = ssl.create_default_context(cafile=str(ca))
     ctx.set_alpn_protocols(["h2"])
     loop = asyncio.get_running_loop()
@@ -281,12 +343,13 @@ async def run_h2(port: int, ca: Path, sessions: int, frames: int, window: int, a
         _, proto = await loop.create_connection(H2Conn, "127.0.0.1", port, ssl=ctx)
         conns.append(proto)
     rng = random.Random(1)
-    jobs = []
-    for i in range(sessions):
-        check = Checker(tally, i, frames, rng)
-        abort_at = frames // 2 if i in aborts else None
-        jobs.append(h2_session(conns[i // STREAMS_PER_CONNECTION], check, tally, window, abort_at))
-    await asyncio.gather(*jobs)
+
+    def one(i: int) -> Any:
+        conn = conns[i // STREAMS_PER_CONNECTION]
+        abort = i in aborts
+        return lambda check: h2_session(conn, check, tally, window, check.frames // 2 if abort else None)
+
+    await asyncio.gather(*(slot(one(i), tally, i, frames, rng) for i in range(sessions)))
     for c in conns:
         if c.transport is not None:
             c.transport.close()
@@ -296,7 +359,7 @@ async def run_h2(port: int, ca: Path, sessions: int, frames: int, window: int, a
 # ---------------------------------------------------------------- WebSocket door
 async def ws_session(
     url: str, ctx: ssl.SSLContext, check: Checker, tally: Tally, window: int, abort: bool
-) -> None:
+) -> str:
     error: str | None = None
     for _ in range(MAX_OPEN_TRIES):
         try:
@@ -330,20 +393,19 @@ async def ws_session(
         except (InvalidStatus, OSError):
             tally.refused_opens += 1
             await asyncio.sleep(OPEN_RETRY_S)
-    _close_out(check, tally, error, None)
+    return _close_out(check, tally, error, None)
 
 
 async def run_ws(port: int, ca: Path, sessions: int, frames: int, window: int, aborts: set[int]) -> Tally:
-    tally = Tally(sessions=sessions)
+    tally = Tally()
     ctx = ssl.create_default_context(cafile=str(ca))
     url = f"wss://127.0.0.1:{port}/endpoints/echo/ws"
     rng = random.Random(2)
-    await asyncio.gather(
-        *(
-            ws_session(url, ctx, Checker(tally, i, frames, rng), tally, window, i in aborts)
-            for i in range(sessions)
-        )
-    )
+
+    def one(i: int) -> Any:
+        return lambda check: ws_session(url, ctx, check, tally, window, i in aborts)
+
+    await asyncio.gather(*(slot(one(i), tally, i, frames, rng) for i in range(sessions)))
     return tally
 
 
@@ -416,7 +478,8 @@ async def killer(instance: Instance, kills: int, every: float, stop: asyncio.Eve
 
 async def sampler(pid: int, peak: list[int], stop: asyncio.Event) -> None:
     while not stop.is_set():
-        peak[0] = max(peak[0], rss_kib(pid))
+        with contextlib.suppress(OSError):
+            peak[0] = max(peak[0], rss_kib(pid))
         try:
             await asyncio.wait_for(stop.wait(), 0.2)
         except TimeoutError:
