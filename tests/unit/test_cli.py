@@ -11,7 +11,17 @@ from bidistream.cli import build_parser, main
 
 def test_every_command_is_registered_in_help_order() -> None:
     sub = next(a for a in build_parser()._actions if a.dest == "command")
-    assert list(sub.choices) == ["serve", "check", "gateway", "env", "invoke", "run", "endpoints"]  # type: ignore[union-attr]
+    assert list(sub.choices) == [
+        "serve",
+        "check",
+        "gateway",
+        "env",
+        "invoke",
+        "run",
+        "endpoints",
+        "logs",
+        "top",
+    ]  # type: ignore[union-attr]
 
 
 @pytest.mark.parametrize("command", ["gateway", "run", "env", "invoke", "endpoints"])

@@ -183,7 +183,11 @@ class WsSession(asyncio.Protocol):
                 self.transport.write(chunk)
                 answered = True
         if not answered:
-            self.transport.write(_BAD_UPGRADE)
+            body = f"Failed to open a WebSocket connection: {self.ws.handshake_exc}.\n".encode()
+            self.transport.write(
+                b"HTTP/1.1 400 Bad Request\r\nContent-Type: text/plain; charset=utf-8\r\n"
+                b"Connection: close\r\nContent-Length: " + str(len(body)).encode() + b"\r\n\r\n" + body
+            )
         self.closed = True
         self.transport.close()
 
@@ -310,9 +314,3 @@ class WsSession(asyncio.Protocol):
                 # The protocol's end-of-stream marker: the close handshake is done.
                 self.transport.close()
                 return
-
-
-_BAD_UPGRADE = (
-    b"HTTP/1.1 400 Bad Request\r\ncontent-type: text/plain\r\ncontent-length: 33\r\n"
-    b"connection: close\r\n\r\nmalformed WebSocket upgrade head\n"
-)

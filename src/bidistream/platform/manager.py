@@ -36,7 +36,8 @@ from typing import Any
 
 import aiohttp
 
-from bidistream.errors import BidistreamError, NotFoundError
+from bidistream import metrics
+from bidistream.errors import BidistreamError, EndpointNotReadyError, NotFoundError
 from bidistream.platform.balancer import PlatformRouter, RoutableVariant
 from bidistream.platform.images import ImageSpec, parse_image
 from bidistream.platform.runtimes import InstanceHandle, LaunchSpec, Runtime
@@ -267,13 +268,27 @@ class EndpointManager:
     # --------------------------------------------------------------- routing
     def _routable(self, name: str) -> list[RoutableVariant] | None:
         endpoint = self._endpoints.get(name)
-        if endpoint is None:
-            record = self.store.get_endpoint(name)
-            return None if record is None else []
-        return [
-            RoutableVariant(v.plan.name, v.plan.weight, [i.routable for i in v.healthy() if i.routable])
-            for v in endpoint.variants.values()
-        ]
+        variants = (
+            []
+            if endpoint is None
+            else [
+                RoutableVariant(v.plan.name, v.plan.weight, [i.routable for i in v.healthy() if i.routable])
+                for v in endpoint.variants.values()
+            ]
+        )
+        if any(v.instances for v in variants):
+            return variants
+        # Nothing routable (the cold path): a missing endpoint, one still starting, or a Failed one.
+        record = self.store.get_endpoint(name)
+        if record is None:
+            return None
+        if record.status == EndpointStatus.FAILED:
+            # Permanent until the user acts: say why, and not with a status boto3 retries.
+            raise EndpointNotReadyError(
+                f"Endpoint {name} is Failed and takes no requests: {record.failure_reason or 'no reason'}"
+                " (fix it with UpdateEndpoint, or delete and create it again)"
+            )
+        return variants
 
     # ------------------------------------------------------------ one truth
     def _row(self, instance: Instance, state: InstanceState) -> InstanceRow:
@@ -315,8 +330,11 @@ class EndpointManager:
         remove = [i.instance_id for i, state in planned if state is InstanceState.STOPPED]
 
         def mirror() -> None:
+            for instance in added:
+                _state_metric(instance, InstanceState.STARTING)
             for instance, state in planned:
                 instance.state = state
+                _state_metric(instance, state)
                 if state is InstanceState.STOPPED:
                     instance.routable = None
                     task = instance.supervisor
@@ -578,7 +596,11 @@ class EndpointManager:
                 )
             await asyncio.sleep(0.1)
         instance.routable = RoutableInstance(
-            instance.endpoint, instance.variant, instance.instance_id, handle.base_url
+            instance.endpoint,
+            instance.variant,
+            instance.instance_id,
+            handle.base_url,
+            log_path=str(instance.launch.log_path),
         )
         log.info(
             "instance answers /ping",
@@ -656,6 +678,9 @@ class EndpointManager:
                     await self._stop_handle(instance, 1.0)  # retired meanwhile: its drain owns it
                     return
                 instance.restarts += 1
+                metrics.INSTANCE_RESTARTS.labels(
+                    instance.endpoint, instance.variant, instance.instance_id
+                ).inc()
                 self._commit(instance.endpoint, moves=[(instance, InstanceEvent.READY)])
                 backoff = self.limits.restart_backoff
                 failures = 0
@@ -742,6 +767,19 @@ class EndpointManager:
             self.store.set_live_sessions(counts, time.time())
         except Exception as exc:  # the counters are best effort; the endpoints keep running
             log.warning("cannot publish live sessions", extra={"error": exc})
+
+
+_STATES = [str(s) for s in InstanceState]
+
+
+def _state_metric(instance: Instance, state: InstanceState) -> None:
+    """bidistream_instance_state mirrors the committed state; a stopped instance leaves the metric."""
+    where = (instance.endpoint, instance.variant, instance.instance_id)
+    if state is InstanceState.STOPPED:
+        metrics.forget_instance(*where, _STATES)
+    else:
+        metrics.set_instance_state(*where, str(state), _STATES)
+        metrics.INSTANCE_DRAINING.labels(*where).set(1 if state is InstanceState.DRAINING else 0)
 
 
 def plans_from_doc(doc: dict[str, Any], key: str = "deployment") -> list[VariantPlan]:
