@@ -60,5 +60,11 @@ bench-speech: $(TEST_STAMP) sysdeps
 	$(PY) -m benchmarks.speech
 	$(PY) -m benchmarks.speech_apis
 
+# Integrity and leak soak (not CI): 100 sessions x 10,000 frames per door, instance kills and
+# client aborts mixed in.  SOAK_ARGS="--sessions 20 --frames 1000 --kill-every 3" for a short run.
+SOAK_ARGS ?=
+bench-soak: $(TEST_STAMP)
+	$(PY) -m benchmarks.soak $(SOAK_ARGS)
+
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

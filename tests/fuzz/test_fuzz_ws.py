@@ -102,7 +102,9 @@ def env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Env]:
         async def neighbours() -> None:
             for name, t in e.targets.items():
                 scheme = "wss" if t.tls else "ws"
-                e.neighbours[name] = await connect(f"{scheme}://127.0.0.1:{t.port}{t.path}", ssl=t.tls)
+                ws = e.neighbours[name] = await connect(f"{scheme}://127.0.0.1:{t.port}{t.path}", ssl=t.tls)
+                await ws.send("warm")  # one round trip: the gateway's instance session is up
+                assert await ws.recv() == "warm"
 
         lt.run(neighbours())
         e.baseline = lt.run(_measure(e))

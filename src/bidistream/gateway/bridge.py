@@ -573,6 +573,7 @@ class Relay:
         link = InstanceLink(self, target)
         self.link = link
         owned: list[socket.socket] = []
+        connecting: list[socket.socket] = []  # created, not yet handed to a transport
 
         async def own_socket(parsed: object) -> socket.socket:
             # We create (and so can always shut) the socket: a cancelled handshake
@@ -583,9 +584,11 @@ class Relay:
             family, kind, proto, _, addr = infos[0]
             sock = socket.socket(family, kind, proto)
             owned.append(sock)
+            connecting.append(sock)
             sock.setblocking(False)
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             await loop.sock_connect(sock, addr)
+            connecting.remove(sock)  # the transport made from it closes it
             return sock
 
         began = time.monotonic()
@@ -613,6 +616,10 @@ class Relay:
                     sock.shutdown(socket.SHUT_RDWR)
             if link.transport is not None:
                 link.transport.disconnect(graceful=False)
+            for sock in connecting:
+                # Cancelled before any transport took it: shut is not closed, and the
+                # traceback would keep the socket (and its fd) until a cyclic GC.
+                sock.close()
             raise
         log.debug("instance %s connected in %.1f ms", url, (time.monotonic() - began) * 1000)
 
