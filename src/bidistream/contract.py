@@ -30,6 +30,7 @@ __all__ = [
     "MAX_INVOCATION_PATH",
     "MAX_NAME",
     "MAX_QUERY",
+    "MODEL_NAME",
     "NAME",
     "QUERY_KEY",
     "QUERY_VALUE",
@@ -53,9 +54,11 @@ WS_SEGMENT: Final = "ws"  # the gateway's own WebSocket front door: /endpoints/{
 CONTAINER_BIDI_PATH: Final = "/invocations-bidirectional-stream"  # what the container serves
 
 # ---------------------------------------------------------------------- patterns (Smithy model)
-# EndpointName, TargetVariant, and the control plane's entity names.
-NAME: Final = re.compile(r"[a-zA-Z0-9](-*[a-zA-Z0-9])*")
+# EndpointName, TargetVariant, and the control plane's EndpointConfigName and VariantName.
+NAME: Final = re.compile(r"[a-zA-Z0-9](-*[a-zA-Z0-9]){0,62}")
 MAX_NAME: Final = 63
+# The control plane's ModelName.
+MODEL_NAME: Final = re.compile(r"[a-zA-Z0-9]([\-a-zA-Z0-9]*[a-zA-Z0-9])?")
 # ModelInvocationPath: segments of unreserved characters joined by '/', no leading '/'.
 INVOCATION_PATH: Final = re.compile(r"[A-Za-z0-9\-._]+(?:/[A-Za-z0-9\-._]+)*")
 MAX_INVOCATION_PATH: Final = 100
@@ -95,18 +98,24 @@ def is_query(value: str, *, lenient: bool = False) -> bool:
     return all(_strict_pair(p) for p in value.split("&"))
 
 
-def check_name(value: str, what: str) -> str:
+# The ``shown`` argument of the checks: the form the user typed, when ``value`` is how a
+# URL carried it (percent-encoded); an error quotes what the user sent, not its encoding.
+
+
+def check_name(value: str, what: str, *, shown: str | None = None) -> str:
     if not is_name(value):
         raise InputValidationError(
-            f"{what} {value!r} is invalid: at most {MAX_NAME} characters matching [a-zA-Z0-9](-*[a-zA-Z0-9])*"
+            f"{what} {shown if shown is not None else value!r} is invalid: at most {MAX_NAME} characters "
+            f"matching {NAME.pattern}"
         )
     return value
 
 
-def check_invocation_path(value: str) -> str:
+def check_invocation_path(value: str, *, shown: str | None = None) -> str:
     if not is_invocation_path(value):
         raise InputValidationError(
-            f"ModelInvocationPath {value!r} is invalid: at most {MAX_INVOCATION_PATH} characters of "
+            f"ModelInvocationPath {shown if shown is not None else value!r} is invalid: at most "
+            f"{MAX_INVOCATION_PATH} characters of "
             "[A-Za-z0-9-._] segments joined by '/', without a leading or trailing '/' or '.'/'..' segments"
         )
     return value
@@ -131,17 +140,24 @@ _ELLIPSIS: Final = "…"
 def close_reason(text: str, limit: int = MAX_CLOSE_REASON) -> str:
     """``text`` as a close reason: valid UTF-8 of at most ``limit`` bytes.
 
-    A longer text is cut at a character boundary, preferably at the last space
-    before the limit, and ends with "…" so the reader sees it was cut.  Callers
-    quote what the user sent (the decoded text), never a percent-encoded form,
-    so the reason reads as the request did.
+    A longer text is cut at a character boundary and never inside a word (it
+    backs off to the last non-word character, unless that would lose more than
+    half), and ends with "…" so the reader sees it was cut.  Callers quote what
+    the user sent (the decoded text), never a percent-encoded form, so the
+    reason reads as the request did.
     """
-    data = text.encode("utf-8", "replace")
+    data = text.encode("utf-8", "replace")  # a lone surrogate becomes '?'
+    clean = data.decode("utf-8")
     if len(data) <= limit:
-        return text.encode("utf-8", "replace").decode("utf-8")
+        return clean
     room = limit - len(_ELLIPSIS.encode())
     cut = data[:room].decode("utf-8", "ignore")  # drops a split multi-byte character
-    word = cut.rfind(" ")
-    if word > len(cut) // 2:  # a word boundary that keeps most of the text
-        cut = cut[:word]
+    rest = clean[len(cut) :]
+    if cut and rest and cut[-1].isalnum() and rest[0].isalnum():
+        boundary = _LAST_NON_WORD.search(cut)
+        if boundary is not None and boundary.start() >= len(cut) // 2:
+            cut = cut[: boundary.start() + 1]
     return cut.rstrip() + _ELLIPSIS
+
+
+_LAST_NON_WORD: Final = re.compile(r"[^\w](?=\w*$)")

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from bidistream.client import Client
-from bidistream.errors import InputValidationError, ModelError, ModelStreamError
+from bidistream.errors import ModelError, ModelStreamError, NotFoundError
 from bidistream.frames import FrameKind
 from bidistream.models.echo import EchoModel
 from tests.clients.test_aws_errors import CrashingModel, RefusingModel
@@ -47,7 +47,8 @@ async def test_session_send_and_iterate(stack: Stack) -> None:
 
 async def test_errors_are_ours(stack: Stack) -> None:
     async with Client(stack.gateway.url, ca_file=str(stack.gateway.ca_path)) as client:
-        with pytest.raises(InputValidationError, match="not found"):
+        # NotFound arrives as the most specific class (it used to be a bare InputValidationError).
+        with pytest.raises(NotFoundError, match="not found"):
             async with client.session("missing"):
                 pass
         with pytest.raises(ModelError) as info:

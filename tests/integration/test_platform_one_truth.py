@@ -26,7 +26,7 @@ from bidistream.errors import NotFoundError, ServiceUnavailableError
 from bidistream.platform.app import Platform
 from tests.support.waiting import eventually, scaled
 
-from .platform_helpers import call, create_endpoint, started, wait_status
+from .platform_helpers import call, create_endpoint, started
 
 BIN = Path(sys.executable).parent / "bidistream"
 
@@ -128,8 +128,9 @@ async def test_describe_list_cli_and_router_never_disagree(tmp_path: Path) -> No
     watcher = Watcher(platform, "truth", tmp_path)
     watching = asyncio.create_task(watcher.run(stop))
     try:
+        # Each step waits until the watcher itself saw the state, so it cannot miss one.
         create_endpoint(platform, "truth", variants=[("A", 2, 1.0), ("B", 1, 1.0)])
-        await wait_status(platform, "truth", "InService")
+        await eventually(lambda: watcher.seen[-1].status == "InService", timeout=30)
         call(
             platform,
             "UpdateEndpointWeightsAndCapacities",
@@ -137,13 +138,12 @@ async def test_describe_list_cli_and_router_never_disagree(tmp_path: Path) -> No
             DesiredWeightsAndCapacities=[{"VariantName": "A", "DesiredInstanceCount": 3}],
         )
         await eventually(lambda: watcher.seen[-1].status == "Updating", timeout=10)
-        await wait_status(platform, "truth", "InService")
+        await eventually(lambda: watcher.seen[-1].status == "InService", timeout=30)
         call(platform, "CreateModel", ModelName="words-model", PrimaryContainer={"Image": "bidistream/words"})
         variant = {"VariantName": "B", "ModelName": "words-model", "InitialInstanceCount": 2}
         call(platform, "CreateEndpointConfig", EndpointConfigName="words-cfg", ProductionVariants=[variant])
         call(platform, "UpdateEndpoint", EndpointName="truth", EndpointConfigName="words-cfg")
-        await wait_status(platform, "truth", "InService")
-        await eventually(lambda: watcher.seen[-1].healthy == (("B", 2),), timeout=20)
+        await eventually(lambda: watcher.seen[-1] == View("InService", (("B", 2),)), timeout=30)
         call(platform, "DeleteEndpoint", EndpointName="truth")
         await eventually(lambda: watcher.seen[-1].status is None, timeout=30)
     finally:
@@ -156,5 +156,6 @@ async def test_describe_list_cli_and_router_never_disagree(tmp_path: Path) -> No
         assert status in statuses, statuses
     # Creating went from no healthy instance to all three, through the in-between instants.
     creating = [v.healthy for v in watcher.seen if v.status == "Creating"]
-    assert creating[0] == () and watcher.seen[statuses.index("InService")].healthy == (("A", 2), ("B", 1))
+    assert creating[0] == (), watcher.seen
+    assert watcher.seen[statuses.index("InService")].healthy == (("A", 2), ("B", 1)), watcher.seen
     assert watcher.cli_checks >= 3

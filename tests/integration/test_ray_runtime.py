@@ -130,3 +130,85 @@ async def test_two_instances_on_a_local_ray_cluster(
     finally:
         await gateway.stop()
         await platform.stop()
+
+
+def test_gateway_command_on_ray_with_a_resources_file_stops_quietly(ray_cluster: str, tmp_path: Path) -> None:
+    """`bidistream gateway --runtime ray --ray-resources FILE.json`, stopped by SIGTERM, says nothing odd.
+
+    Ray's core worker used to print a `*** SIGTERM received` stack dump per signal, and ray.init off
+    the main thread warned that it could not install a SIGTERM handler (issue 15.16).
+    """
+    from tests.boto import boto_client
+    from tests.conftest import BIN, child_env, free_port, wait_for_port
+
+    resources = tmp_path / "resources.json"
+    resources.write_text('{"ml.m5.large": {"num_cpus": 0.5}}')
+    port, data_dir = free_port(), tmp_path / "data"
+    err = (tmp_path / "gateway.err").open("w+")
+    gateway_cmd = [str(BIN / "bidistream"), "gateway", "--runtime", "ray"]
+    gateway_cmd += ["--port", str(port), "--data-dir", str(data_dir)]
+    proc = subprocess.Popen(
+        [
+            str(BIN / "bidistream"),
+            "gateway",
+            "--runtime",
+            "ray",
+            "--ray-address",
+            ray_cluster,
+            "--ray-resources",
+            str(resources),
+            "--port",
+            str(port),
+            "--data-dir",
+            str(data_dir),
+        ],
+        env=child_env(RAY_USAGE_STATS_ENABLED="0"),
+        stdout=subprocess.DEVNULL,
+        stderr=err,
+    )
+    try:
+        wait_for_port(port, timeout=scaled(30), proc=proc)
+        sm = boto_client("sagemaker", f"https://127.0.0.1:{port}", data_dir / "ca.pem")
+        create_endpoint(sm, "on-ray", "bidistream/echo")
+        assert sm.describe_endpoint(EndpointName="on-ray")["EndpointStatus"] == "InService"
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(timeout=scaled(30))
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+    err.seek(0)
+    stderr = err.read()
+    err.close()
+    assert proc.returncode == 0, stderr
+    assert "SIGTERM received" not in stderr and "SIGTERM handler is not set" not in stderr, stderr
+
+
+def test_bad_ray_resources_file_is_refused_in_one_line(tmp_path: Path) -> None:
+    from tests.conftest import BIN, child_env, free_port
+
+    bad = tmp_path / "bad.json"
+    bad.write_text('{"ml.m5.large": {"num_cpu": 1}}')
+    cmd = [str(BIN / "bidistream"), "gateway", "--runtime", "ray"]
+    cmd += ["--port", str(free_port()), "--data-dir", str(tmp_path / "d")]
+    result = subprocess.run(
+        [
+            str(BIN / "bidistream"),
+            "gateway",
+            "--runtime",
+            "ray",
+            "--ray-resources",
+            str(bad),
+            "--port",
+            str(free_port()),
+            "--data-dir",
+            str(tmp_path / "d"),
+        ],
+        env=child_env(),
+        capture_output=True,
+        text=True,
+        timeout=scaled(30),
+    )
+    assert result.returncode == 2
+    assert "unknown key(s) num_cpu" in result.stderr and "Traceback" not in result.stderr

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from bidistream.errors import AuthError
+from bidistream.errors import AuthError, InputValidationError
 from bidistream.eventstream import unwrap
 from bidistream.sigv4 import CredentialStore, EventChain, canonical_request, verify_request
 
@@ -83,5 +83,5 @@ def test_skew_is_enforced_by_default() -> None:
 def test_store_from_spec() -> None:
     assert CredentialStore.from_spec("A:B,C:D", use_env=False).secrets == {"A": "B", "C": "D"}
     assert not CredentialStore.from_spec(None, use_env=False).enabled
-    with pytest.raises(ValueError):
+    with pytest.raises(InputValidationError):
         CredentialStore.from_spec("nocolon", use_env=False)

@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import json
 import logging
 import os
 import shlex
@@ -63,6 +64,47 @@ def credential_spec(value: str | None) -> str | None:
     return ",".join(p for p in pairs if p)
 
 
+RAY_RESOURCE_KEYS = frozenset({"num_cpus", "num_gpus", "memory"})
+
+
+def ray_resources(path: str | None) -> dict[str, dict[str, float]] | None:
+    """``--ray-resources FILE.json``: InstanceType → Ray resource options, checked before Ray starts."""
+    if path is None:
+        return None
+    where = Path(path).expanduser()
+    try:
+        doc = json.loads(where.read_text())
+    except OSError as exc:
+        raise InputValidationError(f"cannot read --ray-resources {where}: {exc.strerror}") from exc
+    except json.JSONDecodeError as exc:
+        raise InputValidationError(
+            f"--ray-resources {where} is not JSON: {exc.msg} (line {exc.lineno})"
+        ) from exc
+    if not isinstance(doc, dict):
+        raise InputValidationError(f"--ray-resources {where} must map instance types to resources")
+    out: dict[str, dict[str, float]] = {}
+    for instance_type, spec in doc.items():
+        if not isinstance(spec, dict) or not spec:
+            raise InputValidationError(
+                f'--ray-resources {where}: {instance_type!r} needs e.g. {{"num_cpus": 2}}'
+            )
+        bad = sorted(set(spec) - RAY_RESOURCE_KEYS)
+        if bad:
+            raise InputValidationError(
+                f"--ray-resources {where}: {instance_type!r} has unknown key(s) {', '.join(bad)}; "
+                f"use {', '.join(sorted(RAY_RESOURCE_KEYS))}"
+            )
+        values: dict[str, float] = {}
+        for key, value in spec.items():
+            if isinstance(value, bool) or not isinstance(value, int | float) or value < 0:
+                raise InputValidationError(
+                    f"--ray-resources {where}: {instance_type}.{key} must be a number >= 0, got {value!r}"
+                )
+            values[key] = float(value)
+        out[instance_type] = values
+    return out
+
+
 def add_gateway_arguments(parser: argparse.ArgumentParser) -> None:
     """The options of every command that runs the gateway (`gateway` and `run`)."""
     from bidistream.gateway.limits import GatewayLimits
@@ -80,11 +122,33 @@ def add_gateway_arguments(parser: argparse.ArgumentParser) -> None:
         "--ray-address", default=None, metavar="HOST:PORT", help="Ray cluster (--runtime ray)"
     )
     parser.add_argument(
+        "--ray-resources",
+        default=None,
+        metavar="FILE.json",
+        help='per-InstanceType Ray resources, e.g. {"ml.g5.xlarge": {"num_cpus": 4, "num_gpus": 1}} '
+        "(--runtime ray; overrides the built-in table)",
+    )
+    parser.add_argument(
         "--credentials",
         default=None,
         metavar="AKID:SECRET|@FILE",
-        help="turn SigV4 checks on with these key pairs (comma-separated); @FILE reads them from a file so "
-        "the secret stays off the command line; default: $BIDISTREAM_CREDENTIALS",
+        help="turn SigV4 checks on with these key pairs (comma-separated) on every route, and the WebSocket "
+        "door (presigned URL or signed upgrade); @FILE reads them from a file so the secret stays off the "
+        "command line; default: $BIDISTREAM_CREDENTIALS",
+    )
+    parser.add_argument(
+        "--api-key",
+        dest="api_keys",
+        action="append",
+        default=[],
+        metavar="KEY",
+        help="a key the WebSocket door accepts (Authorization: Bearer|Token KEY, or subprotocols "
+        "'token, KEY'); also from $BIDISTREAM_API_KEYS (comma-separated)",
+    )
+    parser.add_argument(
+        "--region",
+        default=DEFAULT_REGION,
+        help="the region this gateway answers as: SigV4 scopes must name it (default: %(default)s)",
     )
     parser.add_argument("--lenient-query", action="store_true", help="accept '+' etc. in ModelQueryString")
     parser.add_argument(
@@ -190,7 +254,17 @@ async def serve_gateway(args: argparse.Namespace, command: str, on_ready: OnRead
     )
     data_dir: Path = args.data_dir
     static = _endpoints(args.endpoint)
-    platform = build_platform(data_dir, runtime=args.runtime, ray_address=args.ray_address)
+    # Parsed before the platform takes the data dir: a bad spec leaves nothing to clean up.
+    api_keys = [*args.api_keys, *os.environ.get("BIDISTREAM_API_KEYS", "").split(",")]
+    credentials = CredentialStore.from_spec(
+        credential_spec(args.credentials), region=args.region, api_keys=api_keys
+    )
+    platform = build_platform(
+        data_dir,
+        runtime=args.runtime,
+        ray_address=args.ray_address,
+        ray_resources=ray_resources(args.ray_resources),
+    )
     router = LayeredRouter(StaticRouter(static), platform.router) if static else platform.router
     gateway = Gateway(
         router,
@@ -199,7 +273,7 @@ async def serve_gateway(args: argparse.Namespace, command: str, on_ready: OnRead
         port=args.port,
         data_dir=data_dir,
         limits=limits,
-        credentials=CredentialStore.from_spec(credential_spec(args.credentials)),
+        credentials=credentials,
     )
     await platform.start()
     try:

@@ -13,30 +13,22 @@ from typing import TYPE_CHECKING
 from bidistream.cli.gateway import add_gateway_arguments, start_gateway
 from bidistream.cli.options import add_data_dir
 from bidistream.errors import BidistreamError
+from bidistream.models import registry
 
 if TYPE_CHECKING:
     from bidistream.gateway.server import Gateway
     from bidistream.platform.app import Platform
 
-# Built-in endpoints `run` creates when missing: endpoint name → image (speech
-# only once its model ships in this build).
-BUILTIN_ENDPOINTS: dict[str, str] = {
-    "echo": "bidistream/echo",
-    "words": "bidistream/words",
-    "speech": "bidistream/speech",
-}
-
 
 def default_builtins() -> str:
-    from bidistream.platform.images import builtin_available
-
-    return ",".join(name for name in BUILTIN_ENDPOINTS if builtin_available(name))
+    """Every built-in of the registry that ships in this build (speech needs its extra)."""
+    return ",".join(m.name for m in registry.BUILTINS if m.available())
 
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     run = sub.add_parser(
         "run",
-        help="start the gateway with the built-in endpoints (echo, words)",
+        help=f"start the gateway with the built-in endpoints ({', '.join(registry.names())})",
         description="Start the gateway (TLS, HTTP/2 + HTTP/1.1) with the process runtime, create the "
         "built-in endpoints through the control plane if they are missing, and print how to invoke them.",
     )
@@ -64,10 +56,11 @@ def _run(args: argparse.Namespace) -> int:
     wanted = default_builtins() if args.builtins is None else args.builtins
     names: dict[str, str] = {}
     for name in filter(None, (n.strip() for n in wanted.split(","))):
-        if name not in BUILTIN_ENDPOINTS:
-            print(f"bidistream run: unknown built-in {name!r}: choose from {', '.join(BUILTIN_ENDPOINTS)}")
+        builtin = registry.by_name(name)
+        if builtin is None:
+            print(f"bidistream run: unknown built-in {name!r}: choose from {', '.join(registry.names())}")
             return 2
-        names[name] = BUILTIN_ENDPOINTS[name]
+        names[name] = builtin.image  # endpoint, model and config are named after the built-in
 
     async def ready(platform: Platform, gateway: Gateway, stop: asyncio.Event) -> None:
         await ensure_builtin_endpoints(platform, names)

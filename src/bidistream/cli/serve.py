@@ -9,14 +9,21 @@ import importlib
 import os
 import signal
 import sys
+from typing import TYPE_CHECKING
 
 from bidistream import logs
+from bidistream.cli import serve_v2
 from bidistream.cli.options import add_listen, add_logging
 from bidistream.container.limits import ServerLimits
 from bidistream.container.loader import options_from_environment
 from bidistream.defaults import MODEL_SERVER_PORT as DEFAULT_PORT
 from bidistream.errors import BidistreamError
+from bidistream.models import registry
 from bidistream.runloop import run as run_loop
+
+if TYPE_CHECKING:
+    from bidistream.container.server import ModelServer
+    from bidistream.model import Model
 
 
 def _options(pairs: list[str]) -> dict[str, str]:
@@ -46,8 +53,9 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     serve = sub.add_parser(
         "serve",
         help="run a model server (the SageMaker container contract)",
-        description="Serve MODEL (echo, words, speech or package.module:Class) on /ping, "
-        "/invocations and the bidirectional-stream WebSocket.",
+        description=f"Serve MODEL ({', '.join(registry.names())}, package.module:Class, or an MLServer "
+        "model repository folder) on /ping, /invocations, the bidirectional-stream WebSocket, V2 REST/SSE "
+        "and V2 gRPC.",
     )
     serve.add_argument("model", metavar="MODEL")
     add_listen(serve, None, "default: $SAGEMAKER_BIND_TO_PORT or 8080")
@@ -90,7 +98,15 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         metavar="SECONDS",
         help="on SIGTERM, how long live sessions may finish before they are closed (default: %(default)s s)",
     )
+    serve.add_argument(
+        "--accept-deadline",
+        type=float,
+        default=defaults.accept_deadline,
+        metavar="SECONDS",
+        help="time to answer a WebSocket upgrade, else refuse it with 503 (default: %(default)s s)",
+    )
     add_logging(serve)
+    serve_v2.add_arguments(serve)
     serve.set_defaults(handler=_serve)
 
     check = sub.add_parser(
@@ -120,15 +136,18 @@ def _serve(args: argparse.Namespace) -> int:
         max_session_duration=args.max_session_duration,
         idle_timeout=args.idle_timeout,
         drain_timeout=args.drain_timeout,
+        accept_deadline=args.accept_deadline,
     )
     try:
+        v2 = serve_v2.resolve(args)
         return run_loop(
             serve_forever(
                 args.model,
                 options_from_environment(dict(os.environ)) | _options(args.options),  # --set wins
                 args.host,
-                resolve_port(args.port),
+                args.port,
                 limits,
+                v2,
             )
         )
     except BidistreamError as exc:
@@ -137,18 +156,33 @@ def _serve(args: argparse.Namespace) -> int:
 
 
 async def serve_forever(
-    spec: str, options: dict[str, str], host: str, port: int, limits: ServerLimits
+    spec: str,
+    options: dict[str, str],
+    host: str | None,
+    port: int | None,
+    limits: ServerLimits,
+    v2: serve_v2.V2Serving | None = None,
 ) -> int:
-    from bidistream.container.loader import load_model
     from bidistream.container.server import ModelServer
 
-    model = load_model(spec, options)
-    server = ModelServer(model, host=host, port=port, limits=limits)
+    v2 = v2 or serve_v2.V2Serving(host, port)
+    model = await serve_v2.load(spec, options, v2)
+    host, port = v2.host or serve_v2.DEFAULT_HOST, v2.port if v2.port is not None else resolve_port(None)
+    server = ModelServer(model, host=host, port=port, limits=limits, **v2.server_kwargs())
+    v2.configure(server)
+    workers = serve_v2.spawn_workers(v2)
+    try:
+        return await _run_server(server, spec, model, host, port)
+    finally:
+        await asyncio.to_thread(serve_v2.stop_workers, workers)
+
+
+async def _run_server(server: ModelServer, spec: str, model: Model, host: str, port: int) -> int:
     try:
         await server.start()
     except OSError as exc:
         print(
-            f"bidistream serve: cannot listen on {host}:{port}: {exc.strerror}. "
+            f"bidistream serve: cannot listen on {host}:{port}: {exc.strerror or exc}. "
             "Pick another --port or stop what uses it.",
             file=sys.stderr,
         )
@@ -166,6 +200,7 @@ async def serve_forever(
     for path in ("invocations-bidirectional-stream", *model.invocation_paths):
         print(f"  WS   {ws_base}/{path}", flush=True)
     print(f"  try: python -m websockets {ws_base}/invocations-bidirectional-stream", flush=True)
+    serve_v2.banner(server, base)
     waiter = asyncio.create_task(stop.wait())
     loader = asyncio.create_task(server.wait_loaded())
     done, _ = await asyncio.wait({waiter, loader}, return_when=asyncio.FIRST_COMPLETED)

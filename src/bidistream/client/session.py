@@ -24,17 +24,22 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import re
 from collections.abc import AsyncIterator
 from types import TracebackType
-from typing import Any
+from typing import Any, NoReturn
 
 from bidistream.errors import (
+    AuthError,
     BidistreamError,
     InputValidationError,
     InternalError,
     ModelError,
     ModelStreamError,
     ServiceUnavailableError,
+    UnauthenticatedError,
+    error_for_code,
+    wire_form,
 )
 from bidistream.frames import Frame, FrameKind
 
@@ -42,29 +47,100 @@ __all__ = ["Client", "ClientSession", "translate_error"]
 
 ENDPOINT_ENV = "AWS_ENDPOINT_URL_SAGEMAKER_RUNTIME_HTTP2"
 
+# An unmodeled error names its HTTP status in the message ("... - status: 403 - id: ...").
+_STATUS = re.compile(r"- status: (\d{3})\b")
+_UNMODELED_STATUS: dict[int, type[BidistreamError]] = {401: UnauthenticatedError, 403: AuthError}
 
-def translate_error(exc: BaseException) -> BidistreamError:
-    """The official client's exception as the most specific error of ours."""
+
+def _specific(base: type[BidistreamError], code: str | None, said_as: str) -> type[BidistreamError]:
+    """The class our server meant by ``ErrorCode``, if the error table says it the way it arrived
+    (``said_as``: the modeled error type or in-stream event); else ``base``."""
+    cls = error_for_code(code)
+    if cls is None:
+        return base
+    form = wire_form(cls)
+    return cls if said_as in (form.amzn_error_type, form.stream_event) else base
+
+
+def translate_error(exc: BaseException) -> BidistreamError | None:
+    """The official client's exception as the most specific error of ours; None if it is not one.
+
+    The modeled exceptions carry our ``ErrorCode`` (``NotFound``, ``InstanceFull``…), so the
+    class is the one the server raised, as long as it is a kind of the modeled one.  An
+    unmodeled answer (a ``CallError``) is translated only for the statuses that have a
+    meaning of their own (401, 403).  Anything else — a bug, a cancelled task, a transport
+    failure we do not recognise — is not ours to rename: the caller re-raises it.
+    """
     from aws_sdk_sagemaker_runtime_http2 import models as m
+    from smithy_core.exceptions import CallError, SmithyError
 
+    if isinstance(exc, BidistreamError):
+        return exc
     msg = str(getattr(exc, "message", None) or exc)
-    if isinstance(exc, m.InputValidationError):
-        return InputValidationError(msg)
+    code = getattr(exc, "error_code", None)
     if isinstance(exc, m.ModelError):
-        return ModelError(
-            msg,
-            original_status=exc.original_status_code,
-            original_message=exc.original_message,
-        )
+        cls = _specific(ModelError, code, "ModelError")
+        if issubclass(cls, ModelError):
+            return cls(
+                msg,
+                code=code,
+                original_status=exc.original_status_code,
+                original_message=exc.original_message,
+            )
+        return cls(msg, code=code)
     if isinstance(exc, m.ModelStreamError):
-        return ModelStreamError(msg, code=exc.error_code)
+        if code is not None and code.isdigit():  # a container's close code, relayed by the gateway
+            return ModelStreamError(msg, code=code, close_code=int(code))
+        return _specific(ModelStreamError, code, "ModelStreamError")(msg, code=code)
+    if isinstance(exc, m.InputValidationError):
+        # Our server says NotFound, Conflict, MessageTooLarge... under the modeled 400 name.
+        return _specific(InputValidationError, code, "InputValidationError")(msg, code=code)
     if isinstance(exc, m.ServiceUnavailableError):
-        return ServiceUnavailableError(msg)
+        return _specific(ServiceUnavailableError, code, "ServiceUnavailableError")(msg, code=code)
     if isinstance(exc, m.InternalStreamFailure | m.InternalServerError):
         return InternalError(msg)
+    if isinstance(exc, CallError):
+        found = _STATUS.search(msg)
+        status_cls = _UNMODELED_STATUS.get(int(found.group(1))) if found else None
+        if status_cls is not None:
+            return status_cls(msg)
+        return None
     if isinstance(exc, TimeoutError):
         return ServiceUnavailableError(f"no answer from the endpoint in time: {exc}")
-    return ServiceUnavailableError(f"{type(exc).__name__}: {msg}")
+    if isinstance(exc, SmithyError) and _UNREACHABLE.search(msg):
+        # awscrt's socket and TLS failures: nothing (or the wrong thing) answers at the URL.
+        return ServiceUnavailableError(f"cannot reach the gateway: {msg}")
+    return None
+
+
+_UNREACHABLE = re.compile(r"AWS_IO_SOCKET_|AWS_IO_DNS_|AWS_IO_TLS_|CONNECTION_REFUSED")
+
+
+def _raise_translated(exc: BaseException) -> NoReturn:
+    err = translate_error(exc)
+    if err is None or err is exc:
+        raise exc
+    raise err from exc
+
+
+def _crt_transport(ca_file: str | None) -> Any:
+    """The awscrt transport, trusting ``ca_file`` when given (and only for this client).
+
+    smithy-http's ``AWSCRTHTTPClient`` builds its TLS context from default options and
+    offers no setting for a trust store, so the context is replaced here, once; setting
+    ``SSL_CERT_FILE`` instead would change every TLS client of the process.
+    """
+    from awscrt import io as crt_io
+    from smithy_http.aio.crt import AWSCRTHTTPClient
+
+    transport = AWSCRTHTTPClient()
+    if ca_file:
+        if not hasattr(transport, "_tls_ctx"):
+            raise InternalError("this smithy-http version has no TLS context to give the CA to")
+        options = crt_io.TlsContextOptions()
+        options.override_default_trust_store_from_path(ca_filepath=ca_file)
+        transport._tls_ctx = crt_io.ClientTlsContext(options)
+    return transport
 
 
 class Client:
@@ -85,9 +161,7 @@ class Client:
             region or os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION") or "us-east-1"
         )
         self.timeout = timeout
-        if ca_file:
-            # awscrt reads the trust store from the environment when its TLS context is built.
-            os.environ["SSL_CERT_FILE"] = ca_file
+        self.ca_file = ca_file
         self._access_key = access_key or os.environ.get("AWS_ACCESS_KEY_ID") or "bidistream"
         self._secret_key = secret_key or os.environ.get("AWS_SECRET_ACCESS_KEY") or "bidistream"
         self._client: Any = None
@@ -98,7 +172,6 @@ class Client:
             from aws_sdk_sagemaker_runtime_http2.config import AsyncSageMakerRuntimeHTTP2Config
             from smithy_aws_core.identity.components import AWSCredentialsIdentity
             from smithy_aws_core.identity.static import StaticCredentialsResolver
-            from smithy_http.aio.crt import AWSCRTHTTPClient
 
             config = await AsyncSageMakerRuntimeHTTP2Config.resolve(
                 endpoint_uri=self.endpoint_url,
@@ -110,7 +183,7 @@ class Client:
                         session_token=os.environ.get("AWS_SESSION_TOKEN"),
                     )
                 ),
-                transport=AWSCRTHTTPClient(),
+                transport=_crt_transport(self.ca_file),
             )
             self._client = AsyncSageMakerRuntimeHTTP2Client(config=config)
         return self._client
@@ -178,10 +251,8 @@ class ClientSession:
             )
             # Errors before streaming surface here, and only here (not from send/close).
             output, self._receiver = await asyncio.wait_for(self._stream.await_output(), t)
-        except BidistreamError:
-            raise
         except Exception as exc:
-            raise translate_error(exc) from exc
+            _raise_translated(exc)
         self.invoked_variant = output.invoked_production_variant
         return self
 
@@ -199,7 +270,7 @@ class ClientSession:
                 self._stream.input_stream.send(RequestStreamEventPayloadPart(value=part)), self.client.timeout
             )
         except Exception as exc:
-            raise translate_error(exc) from exc
+            _raise_translated(exc)
 
     async def close_input(self) -> None:
         """End the input; responses still arrive until the model closes."""
@@ -218,7 +289,7 @@ class ClientSession:
             try:
                 ev = await self._receiver.receive()
             except Exception as exc:
-                raise translate_error(exc) from exc
+                _raise_translated(exc)
             if ev is None:
                 return None
             if isinstance(ev, ResponseStreamEventPayloadPart):

@@ -39,7 +39,6 @@ import argparse
 import asyncio
 import json
 import math
-import re
 import secrets
 import sys
 import time
@@ -50,6 +49,7 @@ from enum import StrEnum
 import aiohttp
 from yarl import URL
 
+from bidistream import contract
 from bidistream.errors import InputValidationError
 
 __all__ = [
@@ -86,12 +86,8 @@ CLOSE_TIMEOUT = 1.0
 # Large enough for any probe the checker sends; a container's reply may be bigger.
 MAX_REPLY = 4 * 1024 * 1024
 
-# ModelInvocationPath / ModelQueryString patterns from SageMaker's Smithy model:
+# ModelInvocationPath / ModelQueryString follow SageMaker's patterns (bidistream.contract):
 # a value the real runtime API would reject is not worth checking a container with.
-_PATH_RE = re.compile(r"^[A-Za-z0-9\-._]+(?:/[A-Za-z0-9\-._]+)*$")
-_PATH_MAX = 100
-_QUERY_PAIR_RE = re.compile(r"^[a-zA-Z0-9][A-Za-z0-9_-]*=(?:[A-Za-z0-9._~-]|%[0-9A-Fa-f]{2})+$")
-_QUERY_MAX = 2048
 
 # Status codes meaning "no such route" rather than "the model answered".
 _NOT_ROUTED = frozenset({404, 405, 501})
@@ -177,10 +173,10 @@ def parse_target(url: str) -> tuple[str, str]:
 def validate_path(path: str) -> str:
     """A ModelInvocationPath as SageMaker accepts it; a leading ``/`` is forgiven."""
     clean = path.strip().lstrip("/")
-    if not clean or len(clean) > _PATH_MAX or not _PATH_RE.match(clean):
+    if not contract.is_invocation_path(clean):
         raise InputValidationError(
             f"--path {path!r} is not a valid ModelInvocationPath "
-            f"(letters, digits, - . _ in /-separated segments, at most {_PATH_MAX} chars)"
+            f"(letters, digits, - . _ in /-separated segments, at most {contract.MAX_INVOCATION_PATH} chars)"
         )
     return clean
 
@@ -190,7 +186,7 @@ def validate_query(query: str) -> str:
     clean = query.strip().lstrip("?")
     if not clean:
         return ""
-    if len(clean) > _QUERY_MAX or not all(_QUERY_PAIR_RE.match(pair) for pair in clean.split("&")):
+    if not contract.is_query(clean):
         raise InputValidationError(
             f"--query {query!r} is not a valid ModelQueryString: key=value pairs joined by &, "
             "values of unreserved characters or %XX (SageMaker rejects '+', spaces and empty values)"

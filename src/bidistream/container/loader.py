@@ -11,20 +11,16 @@ import inspect
 
 from bidistream.errors import InputValidationError
 from bidistream.model import Model
-
-BUILTIN_MODELS: dict[str, str] = {
-    "echo": "bidistream.models.echo:EchoModel",
-    "words": "bidistream.models.words:WordsModel",
-    "speech": "bidistream.models.speech:SpeechModel",
-}
+from bidistream.models import registry
 
 
 def resolve_spec(spec: str) -> str:
     """``module:Class`` for a built-in name or a user spec; validates the shape only."""
-    target = BUILTIN_MODELS.get(spec, spec)
+    builtin = registry.by_name(spec)
+    target = builtin.target if builtin is not None else spec
     module, sep, attr = target.partition(":")
     if not sep or not module or not attr:
-        known = ", ".join(sorted(BUILTIN_MODELS))
+        known = ", ".join(sorted(registry.names()))
         raise InputValidationError(
             f"model {spec!r} is neither a built-in ({known}) nor 'package.module:Class'"
         )

@@ -22,18 +22,26 @@ import time
 import uuid
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
+from typing import Any
 
-from aiohttp import WSCloseCode, WSMsgType, web
+from aiohttp import WebSocketError, WSCloseCode, WSMsgType, web
 
+from bidistream.container import v2_http
 from bidistream.container.limits import ServerLimits
+from bidistream.container.wsguard import MaskCheck, close_code_problem
+from bidistream.contract import close_reason
 from bidistream.errors import (
     BidistreamError,
     InputValidationError,
     InstanceFullError,
     MessageTooLargeError,
+    MethodNotAllowedError,
     ModelError,
+    ModelLoadError,
     ModelStreamError,
     ModelTimeoutError,
+    NotFoundError,
+    ProtocolViolationError,
     ServiceUnavailableError,
     ShuttingDownError,
     wire_form,
@@ -43,14 +51,8 @@ from bidistream.model import DEFAULT_INVOCATION_PATH, Model, Request, Response, 
 from bidistream.session import BidiSession, SessionLimits, State
 from bidistream.session import actions as a
 from bidistream.session import events as e
-from bidistream.session.reason import close_reason as _cut_reason
 
 log = logging.getLogger("bidistream.container")
-
-
-def close_reason(text: str) -> bytes:
-    """A close reason that fits a close frame and stays valid UTF-8 (RFC 6455 §5.5)."""
-    return _cut_reason(text).encode("utf-8")
 
 
 def error_body(error: BidistreamError) -> tuple[bytes, str]:
@@ -60,10 +62,11 @@ def error_body(error: BidistreamError) -> tuple[bytes, str]:
     return json.dumps({"error": error.code, "message": error.message}).encode(), "application/json"
 
 
-def http_error(error: BidistreamError, status: int | None = None) -> web.Response:
+def http_error(error: BidistreamError) -> web.Response:
+    """The model server's answer for ``error``: the status is the table's container column."""
     body, ctype = error_body(error)
     return web.Response(
-        status=status or wire_form(error).http_status, body=body, content_type=ctype, headers=error.headers
+        status=wire_form(error).container_status, body=body, content_type=ctype, headers=error.headers
     )
 
 
@@ -232,8 +235,16 @@ class ModelServer:
         host: str = "127.0.0.1",
         port: int = 8080,
         limits: ServerLimits | None = None,
+        grpc_port: int | None = None,
+        triton_grpc_port: int | None = None,
+        reuse_port: bool = False,
     ) -> None:
         self.model = model
+        # V2 gRPC ports (None: no gRPC server); 0 picks a free port, read back after start.
+        self.grpc_port = grpc_port
+        self.triton_grpc_port = triton_grpc_port
+        # SO_REUSEPORT, so N worker processes share the ports (``serve --workers N``).
+        self.reuse_port = reuse_port
         self.host = host
         self._requested_port = port
         self.limits = limits or ServerLimits()
@@ -254,6 +265,11 @@ class ModelServer:
     def build_app(self) -> web.Application:
         app = web.Application(client_max_size=self.limits.max_invoke_body)
         app.router.add_get("/ping", self._ping)
+        for path in self.model.ready_paths:
+            app.router.add_get("/" + path.strip("/"), self._ping)
+        for path in self.model.live_paths:
+            app.router.add_get("/" + path.strip("/"), self._live)
+        v2_http.mount(app, self)
         app.router.add_route("*", "/{path:.*}", self._dispatch)
         return app
 
@@ -261,7 +277,9 @@ class ModelServer:
         """Bind the port, then load the model in the background (``/ping`` says 503 until done)."""
         self._runner = web.AppRunner(self.build_app(), access_log=None, handle_signals=False)
         await self._runner.setup()
-        self._site = web.TCPSite(self._runner, self.host, self._requested_port, backlog=1024)
+        self._site = web.TCPSite(
+            self._runner, self.host, self._requested_port, backlog=1024, reuse_port=self.reuse_port or None
+        )
         await self._site.start()
         sockets = getattr(self._site._server, "sockets", None)
         if sockets:
@@ -319,6 +337,10 @@ class ModelServer:
             return web.Response(status=200)
         return web.Response(status=503)
 
+    async def _live(self, request: web.Request) -> web.Response:
+        """Liveness: the process answers, whether or not the model has loaded."""
+        return web.json_response({"object": "health.response", "message": "live"})
+
     async def _dispatch(self, request: web.Request) -> web.StreamResponse:
         path = request.path.strip("/")
         if request.method == "GET" and path in self._ws_paths:
@@ -327,21 +349,16 @@ class ModelServer:
             return await self._invoke(request, path)
         if path in self._ws_paths or path in self._http_paths:
             allowed = "GET" if path in self._ws_paths else "POST"
-            return web.json_response(
-                {"error": "MethodNotAllowed", "message": f"/{path} accepts {allowed} only"},
-                status=405,
-                headers={"Allow": allowed},
+            return http_error(
+                MethodNotAllowedError(f"/{path} accepts {allowed} only", headers={"Allow": allowed})
             )
-        return web.json_response(
-            {"error": "NotFound", "message": f"no route for {request.method} /{path} on this model server"},
-            status=404,
-        )
+        return http_error(NotFoundError(f"no route for {request.method} /{path} on this model server"))
 
     def _refusal(self) -> BidistreamError | None:
         if self._draining:
             return ShuttingDownError("server is shutting down; try another instance")
         if self._load_error is not None:
-            return ModelError(f"model failed to load: {self._load_error}")
+            return ModelLoadError(f"model failed to load: {self._load_error}")
         if not self._loaded.is_set():
             return ServiceUnavailableError("model is still loading; retry when /ping answers 200")
         return None
@@ -349,12 +366,12 @@ class ModelServer:
     async def _invoke(self, request: web.Request, path: str) -> web.StreamResponse:
         refusal = self._refusal()
         if refusal is not None:
-            return http_error(refusal, 503)
+            return http_error(refusal)
         try:
             body = await request.read()
         except web.HTTPRequestEntityTooLarge:
             return http_error(
-                MessageTooLargeError(f"request body exceeds {self.limits.max_invoke_body} bytes"), 413
+                MessageTooLargeError(f"request body exceeds {self.limits.max_invoke_body} bytes")
             )
         req = Request(
             body=body,
@@ -369,14 +386,13 @@ class ModelServer:
                 response = await self.model.invoke(req)
         except TimeoutError:
             return http_error(
-                ModelTimeoutError(f"model did not answer within {self.limits.invoke_timeout:g} s"), 504
+                ModelTimeoutError(f"model did not answer within {self.limits.invoke_timeout:g} s")
             )
         except BidistreamError as exc:
-            status = wire_form(exc).http_status
-            return http_error(exc, 500 if status == 424 else status)
+            return http_error(exc)
         except Exception as exc:
             log.exception("invoke failed")
-            return http_error(ModelError(f"model raised {type(exc).__name__}: {exc}"), 500)
+            return http_error(ModelError(f"model raised {type(exc).__name__}: {exc}"))
         return await self._write_response(request, response)
 
     async def _write_response(self, request: web.Request, response: Response) -> web.StreamResponse:
@@ -405,9 +421,13 @@ class ModelServer:
         return stream
 
     async def _websocket(self, request: web.Request, path: str) -> web.StreamResponse:
+        # The accept deadline (contract C3) covers what runs before the 101: all of it is
+        # synchronous, so the clock read below measures this handler's own work (chiefly
+        # the model's check_session), never other sessions' turns of the loop.
+        started = time.monotonic()
         refusal = self._refusal()
         if refusal is not None:
-            return http_error(refusal, 503)
+            return http_error(refusal)
         headers = request.headers
         session = Session(
             id=headers.get("X-Amzn-SageMaker-Request-Id") or uuid.uuid4().hex,
@@ -421,9 +441,21 @@ class ModelServer:
             return http_error(exc)
         except Exception as exc:
             log.exception("check_session failed")
-            return http_error(InputValidationError(f"session refused: {exc}"), 400)
+            return http_error(InputValidationError(f"session refused: {exc}"))
+        late = time.monotonic() - started
+        if late > self.limits.accept_deadline:
+            # Accepting now would answer a gateway that may have given up: refuse instead,
+            # and the router tries another instance.
+            log.warning("session refused: accept took %.0f ms", late * 1000, extra={"session": session.id})
+            return http_error(
+                ServiceUnavailableError(
+                    f"session not accepted within the {self.limits.accept_deadline * 1000:.0f} ms accept "
+                    f"deadline (the handshake took {late * 1000:.0f} ms): a model must not work inside "
+                    "check_session"
+                )
+            )
 
-        ws = web.WebSocketResponse(
+        ws = _CheckedWebSocketResponse(
             max_msg_size=self.limits.max_message_size,
             autoping=True,
             protocols=self.model.subprotocols,
@@ -525,6 +557,8 @@ class ModelServer:
                 frame = live.frame_in(msg.data, False)
             elif kind is WSMsgType.TEXT:
                 frame = live.frame_in(msg.data.encode("utf-8"), True)
+            elif kind is WSMsgType.CLOSE and (problem := close_code_problem(msg.data)) is not None:
+                raise ProtocolViolationError(problem)  # the session closes with 1002
             else:
                 if kind is WSMsgType.ERROR:
                     # aiohttp has already closed with the matching code (1009 for
@@ -544,10 +578,60 @@ class ModelServer:
 CLOSE_HANDSHAKE_TIMEOUT = 5.0
 
 
+class _CheckedWebSocketResponse(web.WebSocketResponse):
+    """aiohttp's WebSocket response with its reader behind a :class:`MaskCheck`.
+
+    aiohttp reads unmasked client frames; RFC 6455 §5.1 says close.  The check
+    goes in where aiohttp installs its reader (``_post_start``), so bytes that
+    came with the upgrade request are checked too.
+    """
+
+    def _post_start(self, request: web.BaseRequest, protocol: str | None, writer: Any) -> None:
+        handler: Any = request.protocol
+        tail = bytes(handler._message_tail)  # fed to aiohttp's reader by super()
+        super()._post_start(request, protocol, writer)
+        checked = _CheckedReader(handler._payload_parser, self)
+        if tail:
+            checked.check(tail)
+        handler._payload_parser = checked
+
+
+class _CheckedReader:
+    """Feeds aiohttp's reader only bytes whose frame headers pass the mask check."""
+
+    __slots__ = ("_check", "_inner", "_ws")
+
+    def __init__(self, inner: Any, ws: web.WebSocketResponse) -> None:
+        self._inner = inner
+        self._ws = ws
+        self._check: MaskCheck | None = MaskCheck()
+
+    def check(self, data: bytes) -> bool:
+        """False (and the session's next receive() ends it with 1002) if ``data`` breaks the rule."""
+        if self._check is None:
+            return False
+        problem = self._check.feed(data)
+        if problem is None:
+            return True
+        self._check = None
+        # What aiohttp's own reader does on a protocol error: receive() closes with the code.
+        self._ws._reader.set_exception(WebSocketError(WSCloseCode.PROTOCOL_ERROR, problem))  # type: ignore[union-attr]
+        return False
+
+    def feed_data(self, data: bytes) -> tuple[bool, bytes]:
+        if not self.check(data):
+            return True, b""
+        result: tuple[bool, bytes] = self._inner.feed_data(data)
+        return result
+
+    def feed_eof(self) -> None:
+        self._inner.feed_eof()
+
+
 async def _close(ws: web.WebSocketResponse, error: BidistreamError | None) -> None:
     """Close with the error's code and reason; never wait forever on a peer that does not read."""
     code = WSCloseCode.OK if error is None else wire_form(error).ws_close
-    reason = b"" if error is None else close_reason(error.message)
+    reason = b"" if error is None else close_reason(error.message).encode()
     try:
         async with asyncio.timeout(CLOSE_HANDSHAKE_TIMEOUT):
             await ws.close(code=code, message=reason)

@@ -44,6 +44,7 @@ import h2.settings
 import h2.stream
 import hyperframe.frame
 
+from bidistream.contract import check_invocation_path, check_name, check_query
 from bidistream.errors import (
     BidistreamError,
     InputValidationError,
@@ -58,9 +59,9 @@ from bidistream.eventstream import (
     unwrap,
 )
 from bidistream.gateway.bridge import Relay
+from bidistream.gateway.h2limits import BodyBudget, FrameGuard, Violation, request_header_problem
 from bidistream.gateway.http import Api, HttpResponse, error_response, new_request_id
 from bidistream.gateway.routes import RouteKind, classify
-from bidistream.gateway.validation import check_invocation_path, check_name, check_query
 from bidistream.session.events import (
     ClientBlocked,
     ClientBytes,
@@ -144,7 +145,22 @@ class H2Protocol(asyncio.Protocol):
         self.closed = False
         # True while a read's events are handled: its flush at the end sends everything.
         self.reading = False
-        self._loop = asyncio.get_running_loop()
+        self._loop = loop = asyncio.get_running_loop()
+        lim = self.limits
+        # Connection-level accounting (h2limits): frame sizes, control-frame rates,
+        # stalled frames, buffered request bodies.
+        self.guard = FrameGuard(
+            max_frame_size=self.conn.max_inbound_frame_size,
+            control_frames_per_second=lim.control_frames_per_second,
+            control_frame_burst=lim.control_frame_burst,
+            window_updates_per_second=lim.window_updates_per_second,
+            window_update_burst=lim.window_update_burst,
+            frame_timeout=lim.frame_timeout,
+            now=loop.time(),
+        )
+        self.bodies = BodyBudget(lim.max_connection_bodies)
+        self._stall_timer: asyncio.TimerHandle | None = None
+        self._shut_down = False
         # The client preface goes to h2 as is; after it, frames are cut here (see _cut).
         self._preface_left = _PREFACE_LEN
         self._in = bytearray()
@@ -162,13 +178,23 @@ class H2Protocol(asyncio.Protocol):
         conn.increment_flow_control_window(2**31 - 1 - 65535)
         self.ctx.connections.add(self)
         self.transport.write(conn.data_to_send())
+        self._arm_stall_timer()
 
     def data_received(self, data: bytes) -> None:
         """One read: frames cut here, DATA of open bidi streams relayed directly, the rest through h2.
 
-        Connection-level checks (limits on frame rates, lengths, bodies) hook in
-        here, before any frame is handled.
+        Connection-level limits (h2limits' FrameGuard: frame sizes, control-frame
+        rates, stalls) see every byte first.
         """
+        if self._shut_down:
+            return
+        guard = self.guard
+        violation = guard.feed(data, self._loop.time())
+        if violation is not None:
+            self._violated(violation)
+            return
+        if self._stall_timer is None and guard.incomplete:
+            self._arm_stall_timer()
         fed: list[_Stream] = []
         self.reading = True
         try:
@@ -351,6 +377,9 @@ class H2Protocol(asyncio.Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
+        if self._stall_timer is not None:
+            self._stall_timer.cancel()
+            self._stall_timer = None
         self.ctx.connections.discard(self)
         self._end_all_streams()
 
@@ -363,6 +392,32 @@ class H2Protocol(asyncio.Protocol):
         self.write_paused = False
         for st in list(self.streams.values()):
             st.on_transport_resumed()
+
+    # ------------------------------------------------------------------ connection limits
+    def _arm_stall_timer(self) -> None:
+        deadline = self.guard.deadline()
+        if deadline is not None and not self.closed:
+            self._stall_timer = self._loop.call_at(deadline, self._stall_check)
+
+    def _stall_check(self) -> None:
+        self._stall_timer = None
+        violation = self.guard.check(self._loop.time())
+        if violation is not None:
+            self._violated(violation)
+        else:
+            self._arm_stall_timer()  # a later frame is pending: its own deadline
+
+    def _violated(self, violation: Violation) -> None:
+        """End the connection for a limit: GOAWAY with the code, then close (abort if it lingers)."""
+        log.info("HTTP/2 connection closed: %s", violation.message)
+        self._shut_down = True
+        with contextlib.suppress(h2.exceptions.ProtocolError):
+            self.conn.close_connection(error_code=violation.code, additional_data=violation.message.encode())
+        self.flush()
+        transport = self.transport
+        if transport is not None:
+            transport.close()
+            self._loop.call_later(self.limits.close_grace, transport.abort)
 
     # ------------------------------------------------------------------ writing
     def flush(self) -> None:
@@ -390,6 +445,13 @@ class H2Protocol(asyncio.Protocol):
 
     # ------------------------------------------------------------------ routing
     def _on_request(self, sid: int, raw_headers: list[tuple[bytes, bytes]], ended: bool) -> None:
+        problem = request_header_problem(raw_headers)
+        if problem is not None:
+            # RFC 9113 §8.1.1: a malformed request is a stream error; neighbours live on.
+            log.info("stream %s: malformed request: %s", sid, problem)
+            with contextlib.suppress(h2.exceptions.ProtocolError):
+                self.conn.reset_stream(sid, h2.errors.ErrorCodes.PROTOCOL_ERROR)
+            return
         headers: dict[str, str] = {}
         for k, v in raw_headers:
             key = k.decode("ascii", "replace").lower()
@@ -401,8 +463,9 @@ class H2Protocol(asyncio.Protocol):
         # does not apply a larger SETTINGS_INITIAL_WINDOW_SIZE to a stream it has
         # already opened, and stalls at 64 KiB.  The stream may already be closed
         # by a RST_STREAM later in this same read: then there is no window to open.
+        # InvokeEndpoint bodies keep the default window: BodyBudget acknowledges them.
         extra = self.limits.stream_window - 65535
-        if extra > 0 and not ended:
+        if extra > 0 and not ended and type(st) is BidiStream:
             with contextlib.suppress(h2.exceptions.StreamClosedError, h2.exceptions.ProtocolError):
                 self.conn.increment_flow_control_window(extra, sid)
         st.start()
@@ -419,6 +482,12 @@ class H2Protocol(asyncio.Protocol):
         return RequestStream(self, sid, method, path, query, headers)
 
     # ------------------------------------------------------------------ helpers for streams
+    def ack(self, sid: int, n: int) -> None:
+        """Hand ``n`` flow-controlled bytes of ``sid`` back (for a closed stream, the connection's share)."""
+        if n:
+            with contextlib.suppress(h2.exceptions.StreamClosedError, h2.exceptions.ProtocolError):
+                self.conn.acknowledge_received_data(n, sid)
+
     def send_headers(self, sid: int, status: int, headers: list[tuple[str, str]], end: bool = False) -> None:
         self.conn.send_headers(sid, [(":status", str(status)), *headers], end_stream=end)
 
@@ -778,14 +847,30 @@ class RequestStream(_Stream):
         self.task: asyncio.Task[None] | None = None
         self.too_large = False
         self._drained: asyncio.Event | None = None
+        self._budgeted = False  # counted in the connection's BodyBudget (from the first DATA on)
 
     def on_data(self, data: bytes, fc_len: int) -> None:
-        with contextlib.suppress(h2.exceptions.StreamClosedError, h2.exceptions.ProtocolError):
-            self.proto.conn.acknowledge_received_data(fc_len, self.sid)
-        if len(self.body) + len(data) > self.proto.limits.max_invoke_body:
+        proto = self.proto
+        if not self._budgeted and not self.body and not self.too_large:
+            cap = proto.limits.max_invoke_body
+            declared = self.headers.get("content-length", "")
+            proto.bodies.open(self.sid, min(int(declared), cap) if declared.isdigit() else cap)
+            self._budgeted = True
+        if self.too_large or len(self.body) + len(data) > proto.limits.max_invoke_body:
             self.too_large = True
+            self.body = bytearray()
+            self._release()
+            proto.ack(self.sid, fc_len)  # dropped, not kept: nothing to hold back
             return
         self.body += data
+        proto.ack(self.sid, proto.bodies.hold(self.sid, fc_len) if self._budgeted else fc_len)
+
+    def _release(self) -> None:
+        """The body is consumed (or dropped): give its reservation back, admit who waited."""
+        if self._budgeted:
+            self._budgeted = False
+            for sid, n in self.proto.bodies.release(self.sid):
+                self.proto.ack(sid, n)
 
     def on_end(self) -> None:
         self.task = asyncio.get_running_loop().create_task(self._run())
@@ -798,7 +883,12 @@ class RequestStream(_Stream):
                 Api.RUNTIME,
             )
         else:
-            resp = await gw.handle_http(self.method, self.path, self.query, self.headers, bytes(self.body))
+            body, self.body = bytes(self.body), bytearray()
+            try:
+                resp = await gw.handle_http(self.method, self.path, self.query, self.headers, body)
+            finally:
+                self._release()
+                self.proto.flush()
         await self.write_response(resp)
 
     async def write_response(self, resp: HttpResponse) -> None:
@@ -845,6 +935,7 @@ class RequestStream(_Stream):
 
     def on_reset(self) -> None:
         self.sender.ended = True
+        self._release()
         if self._drained is not None:
             self._drained.set()
         if self.task is not None and not self.task.done():

@@ -24,6 +24,7 @@ __all__ = ["Api", "HttpResponse", "error_response", "new_request_id"]
 class Api(Enum):
     BIDI = "bidi"  # aws-sdk-sagemaker-runtime-http2
     RUNTIME = "runtime"  # boto3 sagemaker-runtime
+    CONTROL = "control"  # boto3 sagemaker (JSON 1.1): the gateway's own refusals before the control API
 
 
 # The table's names are the bidi client's; boto3's runtime client spells some differently.
@@ -68,6 +69,18 @@ def error_body(error: BidistreamError, api: Api) -> dict[str, object]:
 
 def error_response(error: BidistreamError, api: Api, request_id: str | None = None) -> HttpResponse:
     form = wire_form(error)
+    if api is Api.CONTROL:
+        data = json.dumps({"__type": form.control_type, "message": error.message}).encode()
+        return HttpResponse(
+            form.control_status,
+            [
+                ("content-type", "application/x-amz-json-1.1"),
+                ("x-amzn-errortype", form.control_type),
+                ("x-amzn-requestid", request_id or new_request_id()),
+                ("content-length", str(len(data))),
+            ],
+            data,
+        )
     payload = json.dumps(error_body(error, api)).encode()
     return HttpResponse(
         form.http_status,

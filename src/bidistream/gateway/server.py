@@ -43,17 +43,16 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import logging
 import ssl
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Protocol, cast
+from typing import Protocol, cast
 
 import aiohttp
 
 from bidistream.defaults import DEFAULT_DATA_DIR
-from bidistream.errors import BidistreamError, InternalError, NotFoundError
+from bidistream.errors import BidistreamError, InternalError, NotFoundError, UnknownOperationError
 from bidistream.gateway.bridge import PingTicker
 from bidistream.gateway.context import Connection, DoorContext
 from bidistream.gateway.h1front import H1Protocol
@@ -231,17 +230,13 @@ class Gateway:
         target = headers["x-amz-target"]
         op = target.partition(".")[2] or target
         rid = new_request_id()
-        if self.credentials.enabled:
-            try:
+        try:
+            if self.credentials.enabled:
                 self._verify("POST", "/", "", headers, body)
-            except BidistreamError as exc:
-                return _json(400, {"__type": "UnrecognizedClientException", "message": exc.message}, rid)
-        if self.control_plane is None:
-            return _json(
-                400,
-                {"__type": "UnknownOperationException", "message": f"Unknown operation {target}"},
-                rid,
-            )
+            if self.control_plane is None:
+                raise UnknownOperationError(f"Unknown operation {target}")
+        except BidistreamError as exc:
+            return error_response(exc, Api.CONTROL, rid)
         status, out_headers, out_body = await self.control_plane.handle(op, body, headers)
         hdrs = [(k.lower(), v) for k, v in out_headers.items()]
         if not any(k == "x-amzn-requestid" for k, _ in hdrs):
@@ -251,16 +246,3 @@ class Gateway:
         hdrs = [(k, v) for k, v in hdrs if k != "content-length"]
         hdrs.append(("content-length", str(len(out_body))))
         return HttpResponse(status, hdrs, out_body)
-
-
-def _json(status: int, body: dict[str, Any], rid: str) -> HttpResponse:
-    data = json.dumps(body).encode()
-    return HttpResponse(
-        status,
-        [
-            ("content-type", "application/x-amz-json-1.1"),
-            ("x-amzn-requestid", rid),
-            ("content-length", str(len(data))),
-        ],
-        data,
-    )

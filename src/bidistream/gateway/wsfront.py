@@ -20,6 +20,7 @@ import logging
 import uuid
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
+from urllib.parse import unquote
 
 import h11
 from websockets.exceptions import InvalidState
@@ -30,11 +31,11 @@ from websockets.protocol import State
 from websockets.server import ServerProtocol
 from websockets.typing import Subprotocol
 
-from bidistream.errors import BidistreamError, NotFoundError, wire_form
+from bidistream.contract import check_invocation_path, check_name, check_query, close_reason
+from bidistream.errors import AuthError, BidistreamError, NotFoundError, wire_form, ws_close_code
+from bidistream.gateway.auth import authenticate_upgrade
 from bidistream.gateway.bridge import Relay
 from bidistream.gateway.routes import RouteKind, classify
-from bidistream.gateway.validation import check_invocation_path, check_name, check_query
-from bidistream.session import close_reason
 from bidistream.session.events import ClientBlocked, ClientEnded, ClientGone, ClientPart, ClientWritable
 
 if TYPE_CHECKING:
@@ -55,6 +56,14 @@ def _first_offered(protocol: ServerProtocol, offered: Sequence[Subprotocol]) -> 
 # clients send their key as `Authorization: Token <key>` or as the subprotocols
 # `token, <key>`; the model checks it, not the gateway.
 _FORWARDED = {b"authorization": "Authorization", b"sec-websocket-protocol": "Sec-WebSocket-Protocol"}
+
+
+def _lowered(raw: Sequence[tuple[bytes, bytes]]) -> dict[str, str]:
+    out: dict[str, str] = {}
+    for name, value in raw:
+        key, val = name.decode("latin-1").lower(), value.decode("latin-1")
+        out[key] = f"{out[key]},{val}" if key in out else val
+    return out
 
 
 def _forwarded(raw: Sequence[tuple[bytes, bytes]]) -> dict[str, str]:
@@ -109,13 +118,16 @@ class WsSession(asyncio.Protocol):
         self.ws.receive_data(b"".join(head) + b"\r\n" + trailing)
         events = self.ws.events_received()
         if not events or not isinstance(events[0], WsRequest):
-            # websockets could not parse the upgrade (too many or too long headers).
-            self.transport.write(_BAD_UPGRADE)
-            self.transport.close()
+            self._refuse_head()
             return
         request = events[0]
         target = req.target.decode("utf-8", "replace")
         path, _, query = target.partition("?")
+        try:
+            query = authenticate_upgrade(self.ctx.credentials, path, query, _lowered(req.headers))
+        except AuthError as exc:
+            self._refuse_upgrade(exc)
+            return
         response = self.ws.accept(request)
         self.ws.send_response(response)
         self._flush()
@@ -148,15 +160,48 @@ class WsSession(asyncio.Protocol):
         self.relay.start()
         self._handle(events[1:])
 
+    def _refuse_upgrade(self, error: AuthError) -> None:
+        """Answer the upgrade with the error's status (401/403) instead of a 101."""
+        form = wire_form(error)
+        response = self.ws.reject(form.http_status, error.message + "\n")
+        response.headers["x-amzn-ErrorType"] = form.amzn_error_type
+        if form.http_status == 401:
+            response.headers["WWW-Authenticate"] = 'Bearer realm="bidistream"'
+        self.ws.send_response(response)
+        self._flush()  # ends with the protocol's end-of-stream marker: the transport closes
+
+    def _refuse_head(self) -> None:
+        """The upgrade's head broke a websockets limit (more than 128 headers, a line over 8 KiB).
+
+        websockets queues its own answer for those (431, or 414 for the request
+        line); for any other head it cannot parse it only closes, so say 400.
+        """
+        log.info("WS upgrade refused: %s", self.ws.handshake_exc)
+        answered = False
+        for chunk in self.ws.data_to_send():
+            if chunk:
+                self.transport.write(chunk)
+                answered = True
+        if not answered:
+            body = f"Failed to open a WebSocket connection: {self.ws.handshake_exc}.\n".encode()
+            self.transport.write(
+                b"HTTP/1.1 400 Bad Request\r\nContent-Type: text/plain; charset=utf-8\r\n"
+                b"Connection: close\r\nContent-Length: " + str(len(body)).encode() + b"\r\n\r\n" + body
+            )
+        self.closed = True
+        self.transport.close()
+
     @staticmethod
     def _parse(path: str) -> tuple[str, str | None]:
         route = classify("GET", path, {}, upgrade=True)
         if route.kind is not RouteKind.WEBSOCKET or not route.endpoint:
             raise NotFoundError(f"no WebSocket route {path}; use /endpoints/{{name}}/ws[/<path>]")
-        check_name(route.endpoint, "EndpointName")
+        # The browser percent-encoded the URL; an error quotes what the user typed.
+        check_name(route.endpoint, "EndpointName", shown=unquote(route.endpoint))
         if route.invocation_path is None:
             return route.endpoint, None
-        return route.endpoint, check_invocation_path(route.invocation_path)
+        inv_path = route.invocation_path
+        return route.endpoint, check_invocation_path(inv_path, shown=unquote(inv_path))
 
     # ------------------------------------------------------------------ client → session
     def data_received(self, data: bytes) -> None:
@@ -244,9 +289,7 @@ class WsSession(asyncio.Protocol):
             self.transport.resume_reading()
 
     def _close_with(self, error: BidistreamError) -> None:
-        code = wire_form(error).ws_close
-        if error.code.isdigit() and 1000 <= int(error.code) < 5000 and int(error.code) not in (1005, 1006):
-            code = int(error.code)  # the container's own close code, relayed as is
+        code = ws_close_code(error)  # the container's own close code is relayed as is
         with contextlib.suppress(InvalidState):
             if self.ws.state is State.OPEN:
                 self.ws.send_close(code, close_reason(error.message))
@@ -271,9 +314,3 @@ class WsSession(asyncio.Protocol):
                 # The protocol's end-of-stream marker: the close handshake is done.
                 self.transport.close()
                 return
-
-
-_BAD_UPGRADE = (
-    b"HTTP/1.1 400 Bad Request\r\ncontent-type: text/plain\r\ncontent-length: 33\r\n"
-    b"connection: close\r\n\r\nmalformed WebSocket upgrade head\n"
-)

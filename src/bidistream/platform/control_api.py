@@ -30,7 +30,18 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-from bidistream.errors import BidistreamError, ClientError, ConflictError, InputValidationError, NotFoundError
+from bidistream import contract
+from bidistream.errors import (
+    BidistreamError,
+    ConflictError,
+    InputValidationError,
+    InternalError,
+    NotFoundError,
+    ResourceLimitExceeded,
+    SerializationError,
+    UnknownOperationError,
+    wire_form,
+)
 from bidistream.platform.images import parse_image
 from bidistream.platform.manager import VariantPlan, plans_from_doc
 from bidistream.platform.states import EndpointEvent, EndpointStatus, InstanceState, TransitionError
@@ -43,18 +54,10 @@ __all__ = ["ControlApi", "ControlLimits", "Deployer", "ResourceLimitExceeded"]
 JSON_11 = "application/x-amz-json-1.1"
 
 # SageMaker's name rules (botocore's service model), anchored.
-ENTITY_NAME = re.compile(r"[a-zA-Z0-9](-*[a-zA-Z0-9]){0,62}")
-MODEL_NAME = re.compile(r"[a-zA-Z0-9]([\-a-zA-Z0-9]*[a-zA-Z0-9])?")
 ENV_KEY = re.compile(r"[a-zA-Z_][a-zA-Z0-9_]*")
 _CREDENTIAL_REGION = re.compile(r"Credential=[^/]+/\d{8}/([a-z0-9-]+)/")
 
 ENDPOINT_STATUSES = tuple(str(s) for s in EndpointStatus)
-
-
-class ResourceLimitExceeded(ClientError):
-    """A request would pass a named platform limit (SageMaker's ``ResourceLimitExceeded``)."""
-
-    code = "ResourceLimitExceeded"
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -142,26 +145,20 @@ class ControlApi:
         try:
             handler = self._ops.get(op) if service == "SageMaker" else None
             if handler is None:
-                return _error(400, "UnknownOperationException", f"Unknown operation {target!r}.", request_id)
+                raise UnknownOperationError(f"Unknown operation {target!r}.")
             try:
                 request = json.loads(body or b"{}")
             except (ValueError, UnicodeDecodeError) as exc:
-                return _error(400, "SerializationException", f"Request body is not JSON: {exc}", request_id)
+                raise SerializationError(f"Request body is not JSON: {exc}") from exc
             if not isinstance(request, dict):
-                return _error(
-                    400, "SerializationException", "Request body must be a JSON object.", request_id
-                )
+                raise SerializationError("Request body must be a JSON object.")
             check_types(request)
             result = handler(request, self._region(headers))
-        except ResourceLimitExceeded as exc:
-            return _error(400, "ResourceLimitExceeded", exc.message, request_id)
-        except ClientError as exc:
-            return _error(400, "ValidationException", exc.message, request_id)
         except BidistreamError as exc:
-            return _error(500, "InternalFailure", exc.message, request_id)
+            return _error(exc, request_id)
         except Exception as exc:  # a bug answers 500 instead of killing the connection
             log.exception("control-plane operation %s crashed", op)
-            return _error(500, "InternalFailure", f"{type(exc).__name__}: {exc}", request_id)
+            return _error(InternalError(f"{type(exc).__name__}: {exc}"), request_id)
         payload = json.dumps(result).encode()
         return 200, {"Content-Type": JSON_11, "x-amzn-RequestId": request_id}, payload
 
@@ -181,7 +178,7 @@ class ControlApi:
 
     # -------------------------------------------------------------- models
     def create_model(self, req: dict[str, Any], region: str) -> dict[str, Any]:
-        name = _name(req, "ModelName", MODEL_NAME)
+        name = _name(req, "ModelName", contract.MODEL_NAME)
         containers = req.get("Containers")
         primary = req.get("PrimaryContainer")
         if primary is None and containers:
@@ -242,7 +239,7 @@ class ControlApi:
                 )
 
     def describe_model(self, req: dict[str, Any], region: str) -> dict[str, Any]:
-        name = _name(req, "ModelName", MODEL_NAME)
+        name = _name(req, "ModelName", contract.MODEL_NAME)
         record = self._model(name, region)
         return {
             **record.doc,
@@ -265,7 +262,7 @@ class ControlApi:
         return self._doc("models", name, region)
 
     def delete_model(self, req: dict[str, Any], region: str) -> dict[str, Any]:
-        name = _name(req, "ModelName", MODEL_NAME)
+        name = _name(req, "ModelName", contract.MODEL_NAME)
         if not self.store.delete_doc("models", name):
             raise self._not_found("models", name, region)
         return {}
@@ -283,7 +280,7 @@ class ControlApi:
 
     # ------------------------------------------------------ endpoint configs
     def create_endpoint_config(self, req: dict[str, Any], region: str) -> dict[str, Any]:
-        name = _name(req, "EndpointConfigName", ENTITY_NAME)
+        name = _name(req, "EndpointConfigName", contract.NAME)
         variants = req.get("ProductionVariants")
         if not isinstance(variants, list) or not variants:
             raise _violation(
@@ -302,13 +299,13 @@ class ControlApi:
             where = f"productionVariants.{n}"
             if not isinstance(variant, dict):
                 raise _violation(variant, where, "Member must be a ProductionVariant structure")
-            vname = _name(variant, "VariantName", ENTITY_NAME, where=f"{where}.variantName")
+            vname = _name(variant, "VariantName", contract.NAME, where=f"{where}.variantName")
             if vname in seen:
                 raise InputValidationError(
                     f"Duplicate VariantName {vname!r} in ProductionVariants: variant names must be unique."
                 )
             seen.add(vname)
-            model = _name(variant, "ModelName", MODEL_NAME, where=f"{where}.modelName")
+            model = _name(variant, "ModelName", contract.MODEL_NAME, where=f"{where}.modelName")
             self._model(model, region)
             if "ServerlessConfig" in variant:
                 raise _violation(
@@ -364,7 +361,7 @@ class ControlApi:
         return {"EndpointConfigArn": arn}
 
     def describe_endpoint_config(self, req: dict[str, Any], region: str) -> dict[str, Any]:
-        name = _name(req, "EndpointConfigName", ENTITY_NAME)
+        name = _name(req, "EndpointConfigName", contract.NAME)
         record = self._config(name, region)
         return {
             **record.doc,
@@ -377,7 +374,7 @@ class ControlApi:
         return self._doc("endpoint_configs", name, region)
 
     def delete_endpoint_config(self, req: dict[str, Any], region: str) -> dict[str, Any]:
-        name = _name(req, "EndpointConfigName", ENTITY_NAME)
+        name = _name(req, "EndpointConfigName", contract.NAME)
         if not self.store.delete_doc("endpoint_configs", name):
             raise self._not_found("endpoint_configs", name, region)
         return {}
@@ -415,8 +412,8 @@ class ControlApi:
         return plans
 
     def create_endpoint(self, req: dict[str, Any], region: str) -> dict[str, Any]:
-        name = _name(req, "EndpointName", ENTITY_NAME)
-        config_name = _name(req, "EndpointConfigName", ENTITY_NAME)
+        name = _name(req, "EndpointName", contract.NAME)
+        config_name = _name(req, "EndpointConfigName", contract.NAME)
         arn = self._arn(region, "endpoint", name)
         if self.store.get_endpoint(name) is not None:
             raise ConflictError(f'Cannot create already existing endpoint "{arn}".')
@@ -438,7 +435,7 @@ class ControlApi:
         return record
 
     def describe_endpoint(self, req: dict[str, Any], region: str) -> dict[str, Any]:
-        name = _name(req, "EndpointName", ENTITY_NAME)
+        name = _name(req, "EndpointName", contract.NAME)
         # The record and its instance rows in one read: the same fact
         # `bidistream endpoints` prints and the router routes by.
         record, rows = self.store.snapshot(name)
@@ -512,8 +509,8 @@ class ControlApi:
             )
 
     def update_endpoint(self, req: dict[str, Any], region: str) -> dict[str, Any]:
-        name = _name(req, "EndpointName", ENTITY_NAME)
-        config_name = _name(req, "EndpointConfigName", ENTITY_NAME)
+        name = _name(req, "EndpointName", contract.NAME)
+        config_name = _name(req, "EndpointConfigName", contract.NAME)
         record = self._endpoint(name, region)
         self._check_updatable(record)
         plans = self._plans(self._config(config_name, region), region)
@@ -535,7 +532,7 @@ class ControlApi:
         return {"EndpointArn": record.arn}
 
     def update_weights_and_capacities(self, req: dict[str, Any], region: str) -> dict[str, Any]:
-        name = _name(req, "EndpointName", ENTITY_NAME)
+        name = _name(req, "EndpointName", contract.NAME)
         record = self._endpoint(name, region)
         desired = req.get("DesiredWeightsAndCapacities")
         if not isinstance(desired, list) or not desired:
@@ -547,7 +544,7 @@ class ControlApi:
         changes: dict[str, dict[str, Any]] = {}
         for n, item in enumerate(desired, 1):
             where = f"desiredWeightsAndCapacities.{n}"
-            vname = _name(item, "VariantName", ENTITY_NAME, where=f"{where}.variantName")
+            vname = _name(item, "VariantName", contract.NAME, where=f"{where}.variantName")
             if vname not in current:
                 known = ", ".join(current) or "none"
                 raise InputValidationError(
@@ -584,7 +581,7 @@ class ControlApi:
         return {"EndpointArn": record.arn}
 
     def delete_endpoint(self, req: dict[str, Any], region: str) -> dict[str, Any]:
-        name = _name(req, "EndpointName", ENTITY_NAME)
+        name = _name(req, "EndpointName", contract.NAME)
         record = self._endpoint(name, region)
         if record.status != EndpointStatus.DELETING:
             self.store.commit(name, event=EndpointEvent.DELETE)
@@ -777,13 +774,16 @@ def _name(req: dict[str, Any], key: str, pattern: re.Pattern[str], where: str | 
         raise _violation(None, where, "Member must not be null")
     if not isinstance(value, str):
         raise _violation(value, where, "Member must be a string")
-    if len(value) > 63:
-        raise _violation(value, where, "Member must have length less than or equal to 63")
+    if len(value) > contract.MAX_NAME:
+        raise _violation(value, where, f"Member must have length less than or equal to {contract.MAX_NAME}")
     if not pattern.fullmatch(value):
         raise _violation(value, where, f"Member must satisfy regular expression pattern: {pattern.pattern}")
     return value
 
 
-def _error(status: int, code: str, message: str, request_id: str) -> tuple[int, dict[str, str], bytes]:
+def _error(error: BidistreamError, request_id: str) -> tuple[int, dict[str, str], bytes]:
+    """The JSON 1.1 error answer; status and ``__type`` are the error table's control-plane columns."""
+    form = wire_form(error)
+    code = form.control_type
     headers = {"Content-Type": JSON_11, "x-amzn-RequestId": request_id, "x-amzn-ErrorType": code}
-    return status, headers, json.dumps({"__type": code, "message": message}).encode()
+    return form.control_status, headers, json.dumps({"__type": code, "message": error.message}).encode()

@@ -4,7 +4,7 @@ SageMaker only knows OCI images.  Locally, pulling and running images is the
 slow, Docker-dependent path, so bidistream accepts four spellings, checked in
 this order (the first match wins):
 
-``bidistream/echo``, ``bidistream/words``, ``bidistream/speech`` (optionally ``:tag``)
+``bidistream/<name>`` (optionally ``:tag``), for each name of :mod:`bidistream.models.registry`
     A built-in model, run as ``bidistream serve NAME``.  The tag is accepted
     for familiarity and ignored: built-ins ship with the package.
 ``python:package.module:Class``
@@ -27,7 +27,6 @@ the rule, so a typo never becomes a Failed endpoint minutes later.
 
 from __future__ import annotations
 
-import importlib.util
 import re
 import shlex
 import string
@@ -37,20 +36,9 @@ from dataclasses import dataclass, field
 from typing import Literal
 
 from bidistream.errors import InputValidationError
+from bidistream.models import registry
 
-__all__ = ["BUILTIN_IMAGES", "ImageSpec", "builtin_available", "parse_image"]
-
-BUILTIN_IMAGES: dict[str, str] = {
-    "bidistream/echo": "echo",
-    "bidistream/words": "words",
-    "bidistream/speech": "speech",
-}
-# Module each built-in needs; a built-in whose module is absent is refused early.
-_BUILTIN_MODULES = {
-    "echo": "bidistream.models.echo",
-    "words": "bidistream.models.words",
-    "speech": "bidistream.models.speech",
-}
+__all__ = ["ImageSpec", "builtin_available", "parse_image"]
 
 _TAG = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}")
 _PY_SPEC = re.compile(r"[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*:[A-Za-z_][A-Za-z0-9_.]*")
@@ -99,8 +87,9 @@ class ImageSpec:
 
 
 def builtin_available(name: str) -> bool:
-    module = _BUILTIN_MODULES.get(name)
-    return module is not None and importlib.util.find_spec(module) is not None
+    """A built-in whose module is absent from this build is refused early (at CreateModel)."""
+    builtin = registry.by_name(name)
+    return builtin is not None and builtin.available()
 
 
 def parse_image(image: str, field_name: str = "PrimaryContainer.Image") -> ImageSpec:
@@ -108,19 +97,20 @@ def parse_image(image: str, field_name: str = "PrimaryContainer.Image") -> Image
     if not image or image != image.strip():
         raise InputValidationError(f"{field_name} must be a non-empty string without surrounding spaces")
     repo, sep, tag = image.partition(":")
-    if repo in BUILTIN_IMAGES and not image.startswith(("python:", "cmd:")):
+    builtin = registry.by_image(repo)
+    if builtin is not None and not image.startswith(("python:", "cmd:")):
         if sep and not _TAG.fullmatch(tag):
             raise InputValidationError(
                 f"{field_name} {image!r}: the tag must match [A-Za-z0-9_][A-Za-z0-9_.-]{{0,127}}"
             )
-        name = BUILTIN_IMAGES[repo]
-        if not builtin_available(name):
+        name = builtin.name
+        if not builtin.available():
             raise InputValidationError(
                 f"{field_name} {image!r}: the built-in model {name!r} is not available in this build"
             )
         return ImageSpec("builtin", image, name)
-    if repo.startswith("bidistream/") or repo == "bidistream":
-        known = ", ".join(sorted(BUILTIN_IMAGES))
+    if repo.startswith(registry.IMAGE_PREFIX) or repo == registry.IMAGE_PREFIX.rstrip("/"):
+        known = ", ".join(sorted(m.image for m in registry.BUILTINS))
         raise InputValidationError(f"{field_name} {image!r} is not a built-in model; built-ins are {known}")
     if image.startswith("python:"):
         spec = image.removeprefix("python:")
@@ -140,6 +130,7 @@ def parse_image(image: str, field_name: str = "PrimaryContainer.Image") -> Image
     if _OCI.fullmatch(image):
         return ImageSpec("oci", image, image)
     raise InputValidationError(
-        f"{field_name} {image!r} is not a valid image: use bidistream/echo|words|speech[:tag], "
+        f"{field_name} {image!r} is not a valid image: use {registry.IMAGE_PREFIX}"
+        f"{'|'.join(registry.names())}[:tag], "
         "python:package.module:Class, cmd:<command> or an OCI image reference (lowercase repository[:tag])"
     )

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import os
 import re
 import signal
@@ -205,6 +206,11 @@ class RayInstance:
             return tail(self.log_path, count)
 
 
+class _NoSigtermWarning(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "SIGTERM handler is not set" not in record.getMessage()
+
+
 class RayRuntime:
     """Instances as Ray actors; ``address`` is ``ray start``'s address (None: RAY_ADDRESS or local)."""
 
@@ -228,6 +234,9 @@ class RayRuntime:
         async with self._lock:
             if self._actor_class is not None:
                 return self._actor_class
+            # Ray's core worker prints a stack dump for every SIGTERM the gateway gets (and the
+            # gateway gets one to drain and stop); it reads this when its library loads.
+            os.environ.setdefault("RAY_DISABLE_FAILURE_SIGNAL_HANDLER", "1")
             try:
                 import ray
             except ImportError as exc:
@@ -237,6 +246,9 @@ class RayRuntime:
 
             def init() -> None:
                 if not ray.is_initialized():
+                    # ray.init off the main thread warns that it cannot install its own SIGTERM
+                    # handler, which is what we want: the gateway owns SIGTERM (it drains sessions).
+                    logging.getLogger("ray._private.worker").addFilter(_NoSigtermWarning())
                     ray.init(
                         address=self.address,
                         namespace=self.namespace,

@@ -1,0 +1,55 @@
+"""Prometheus families for the V2 faces (REST, SSE, gRPC), by model, on the default registry.
+
+Declared here rather than in ``bidistream.metrics`` so the V2 face does not wait
+on it; the names follow the platform's conventions (``bidistream_v2_…_total``,
+``_seconds`` histograms) and show on any ``/metrics`` that exposes the default
+registry.  ``transport`` is ``rest`` or ``grpc``; ``call`` is ``infer`` or
+``infer_stream``.
+"""
+
+from __future__ import annotations
+
+from typing import Final
+
+from prometheus_client import Counter, Histogram
+
+from bidistream.errors import BidistreamError
+
+LABELS: Final = ("model", "transport", "call")
+BUCKETS: Final = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 120.0)
+
+REQUESTS = Counter("bidistream_v2_requests_total", "V2 calls that completed, by model.", LABELS)
+RESPONSES = Counter(
+    "bidistream_v2_responses_total", "V2 responses sent (one per SSE event / gRPC message).", LABELS
+)
+ERRORS = Counter("bidistream_v2_errors_total", "V2 calls that failed, by error code.", (*LABELS, "error"))
+STREAMS = Counter(
+    "bidistream_v2_streams_total", "V2 streaming calls that sent a first response.", ("model", "transport")
+)
+DURATION = Histogram(
+    "bidistream_v2_request_duration_seconds",
+    "Time from request to the last response.",
+    LABELS,
+    buckets=BUCKETS,
+)
+FIRST_RESPONSE = Histogram(
+    "bidistream_v2_time_to_first_response_seconds",
+    "Time from a streaming request to its first response.",
+    ("model", "transport"),
+    buckets=BUCKETS,
+)
+
+
+def request(model: str, transport: str, call: str, seconds: float, responses: int) -> None:
+    REQUESTS.labels(model, transport, call).inc()
+    RESPONSES.labels(model, transport, call).inc(responses)
+    DURATION.labels(model, transport, call).observe(seconds)
+
+
+def first_response(model: str, transport: str, seconds: float) -> None:
+    STREAMS.labels(model, transport).inc()
+    FIRST_RESPONSE.labels(model, transport).observe(seconds)
+
+
+def error(model: str, transport: str, call: str, exc: BidistreamError) -> None:
+    ERRORS.labels(model, transport, call, exc.code).inc()
