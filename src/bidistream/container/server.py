@@ -141,6 +141,8 @@ class _LiveSession:
 
     def frame_in(self, data: bytes, text: bool) -> Frame | None:
         """A client frame: the frame the model gets, when the session relays it as is (the hot path)."""
+        if not self._busy and self.core.pass_client_frame():
+            return Frame(data, FrameKind.TEXT if text else FrameKind.BINARY)
         acts = self.core.handle(e.ClientPart(data, text, True))
         if len(acts) == 1 and not self._busy:
             act = acts[0]
@@ -151,6 +153,8 @@ class _LiveSession:
 
     def frame_out(self, data: bytes, text: bool) -> tuple[bytes, bool] | None:
         """A model frame: what to send the client, when the session relays it as is (the hot path)."""
+        if not self._busy and self.core.pass_instance_frame():
+            return data, text
         acts = self.core.handle(e.InstanceFrame(data, text, True))
         if len(acts) == 1 and not self._busy:
             act = acts[0]
