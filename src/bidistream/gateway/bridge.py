@@ -157,8 +157,12 @@ class InstanceLink(WSListener):
         relay = self.relay
         if kind is _BINARY or kind is _TEXT or kind is _CONT:
             if relay is not None:
-                text = None if kind is _CONT else kind is _TEXT
-                relay.feed(e.InstanceFrame(frame.get_payload_as_bytes(), text, frame.fin))
+                fin = frame.fin
+                if fin and kind is not _CONT and not relay.busy and relay.session.pass_instance_frame():
+                    relay.client.send(frame.get_payload_as_bytes(), kind is _TEXT, True, False)
+                else:
+                    text = None if kind is _CONT else kind is _TEXT
+                    relay.feed(e.InstanceFrame(frame.get_payload_as_bytes(), text, fin))
         elif kind is _PONG:
             if relay is not None:
                 relay.feed(e.InstancePong())
@@ -241,7 +245,7 @@ class Relay:
     """One session between a front door and an instance: the session core's gateway adapter."""
 
     __slots__ = (
-        "_busy",
+        "busy",
         "_candidates",
         "_connect_task",
         "_end",
@@ -294,16 +298,16 @@ class Relay:
         self._targets: list[RoutableInstance] = []
         # Events raised while actions run (a send that fills a buffer) wait their turn,
         # so every event meets the state the previous one left.
-        self._busy = False
+        self.busy = False
         self.queue: list[object] = []
 
     # ------------------------------------------------------------------ the one way in
     def feed(self, event: object) -> None:
         """Hand one event to the session and carry out what it says."""
-        if self._busy:
+        if self.busy:
             self.queue.append(event)
             return
-        self._busy = True
+        self.busy = True
         do = _DO
         session = self.session
         try:
@@ -314,7 +318,7 @@ class Relay:
                 for action in session.handle(queue.pop(0)):
                     do[type(action)](self, action)
         finally:
-            self._busy = False
+            self.busy = False
         if session.state is _CLOSED:
             self._finish()
 
@@ -360,6 +364,12 @@ class Relay:
         )
 
     # ------------------------------------------------------------------ instance actions
+    def send_to_instance(self, data: bytes, text: bool) -> None:
+        """A whole frame the session passed (``BidiSession.pass_client_frame``)."""
+        link = self.link
+        if link is not None and link.transport is not None and not link.closed:
+            link.transport.send(_TEXT if text else _BINARY, data, True)
+
     def _send_to_instance(self, act: a.SendToInstance) -> None:
         link = self.link
         if link is None or link.transport is None or link.closed:
