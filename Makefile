@@ -59,5 +59,9 @@ bench: $(TEST_STAMP)
 bench-speech: $(TEST_STAMP) sysdeps
 	$(PY) -m benchmarks.speech
 
+# MLServer (in .venv-mlserver, made by the bench) vs bidistream on V2 SSE and gRPC streaming.
+bench-v2: $(TEST_STAMP)
+	$(PY) -m benchmarks.bench_v2
+
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache
