@@ -248,9 +248,13 @@ async def _infer_stream(request: web.Request) -> web.StreamResponse:
                 metrics.first_response(name, "rest", time.perf_counter() - began)
             await stream.write(sse_event(result))
             count += 1
-    except (ConnectionError, asyncio.CancelledError):
+    except asyncio.CancelledError:
         metrics.error(face.label(name), "rest", "infer_stream", ModelStreamError("client went away"))
         raise
+    except ConnectionError:
+        # The client hung up mid-stream; the finally below stops the model's generator.
+        metrics.error(face.label(name), "rest", "infer_stream", ModelStreamError("client went away"))
+        return stream
     except Exception as exc:
         err = exc if isinstance(exc, BidistreamError) else ModelStreamError(f"{type(exc).__name__}: {exc}")
         if not isinstance(exc, BidistreamError | InputValidationError):
