@@ -534,9 +534,7 @@ class V2GrpcServer:
             service.add_to_server(main)
         requested = self.server.grpc_port
         assert requested is not None
-        bound = main.add_insecure_port(f"{host}:{requested}")
-        if bound == 0:
-            raise OSError(f"cannot listen for gRPC on {host}:{requested}")
+        bound = _bind(main, host, requested, "gRPC")
         await main.start()
         self._servers.append(main)
         self.server.grpc_port = bound
@@ -544,9 +542,7 @@ class V2GrpcServer:
         if triton_port is not None:
             triton = grpc.aio.server(options=self._options())
             triton.add_generic_rpc_handlers((InferenceService(self.face, pb, triton=True).handler(),))
-            tbound = triton.add_insecure_port(f"{host}:{triton_port}")
-            if tbound == 0:
-                raise OSError(f"cannot listen for Triton gRPC on {host}:{triton_port}")
+            tbound = _bind(triton, host, triton_port, "Triton gRPC")
             await triton.start()
             self._servers.append(triton)
             self.server.triton_grpc_port = tbound
@@ -567,6 +563,17 @@ class V2GrpcServer:
             await self._health.enter_graceful_shutdown()
         await asyncio.gather(*(s.stop(STOP_GRACE) for s in self._servers))
         self._servers.clear()
+
+
+def _bind(server: grpc.aio.Server, host: str, port: int, what: str) -> int:
+    """Bind or raise OSError (grpcio raises RuntimeError for a busy port, or returns 0)."""
+    try:
+        bound = server.add_insecure_port(f"{host}:{port}")
+    except RuntimeError as exc:
+        raise OSError(f"cannot listen for {what} on {host}:{port} (in use?)") from exc
+    if bound == 0:
+        raise OSError(f"cannot listen for {what} on {host}:{port}")
+    return bound
 
 
 def attach(app: web.Application, server: ModelServer, face: V2Face) -> None:
