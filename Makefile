@@ -58,6 +58,7 @@ bench: $(TEST_STAMP)
 
 bench-speech: $(TEST_STAMP) sysdeps
 	$(PY) -m benchmarks.speech
+	$(PY) -m benchmarks.speech_apis
 
 # MLServer (in .venv-mlserver, made by the bench) vs bidistream on V2 SSE and gRPC streaming.
 bench-v2: $(TEST_STAMP)

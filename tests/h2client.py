@@ -9,12 +9,15 @@ when its application stops consuming).
 from __future__ import annotations
 
 import asyncio
+import os
 import ssl
 from pathlib import Path
 from typing import Any
 
+import h2.config
 import h2.connection
 import h2.events
+import h2.exceptions
 
 from bidistream.eventstream import EventStreamDecoder, decode_message
 from tests.support.waiting import scaled
@@ -25,7 +28,9 @@ T = scaled(15.0)
 class H2TestClient:
     def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         self.reader, self.writer = reader, writer
-        self.conn = h2.connection.H2Connection()
+        self.conn = h2.connection.H2Connection(
+            h2.config.H2Configuration(validate_outbound_headers=False, normalize_outbound_headers=False)
+        )
         self.responses: dict[int, dict[str, str]] = {}
         self.data: dict[int, bytearray] = {}
         self.ended: dict[int, asyncio.Event] = {}
@@ -33,6 +38,12 @@ class H2TestClient:
         self.granting = True
         self.unacked: dict[int, int] = {}
         self.window_opened = asyncio.Event()
+        # Set when the server's GOAWAY arrives (its event kept) and when the socket reaches EOF.
+        self.goaway: h2.events.ConnectionTerminated | None = None
+        self.terminated = asyncio.Event()
+        self.eof = asyncio.Event()
+        self.resets: dict[int, int] = {}  # stream id -> RST_STREAM error code from the server
+        self._pongs: dict[bytes, asyncio.Event] = {}
         self.task = asyncio.create_task(self._read())
 
     @classmethod
@@ -50,6 +61,16 @@ class H2TestClient:
             self.writer.write(data)
 
     async def _read(self) -> None:
+        try:
+            await self._read_frames()
+        except (ConnectionError, h2.exceptions.ProtocolError, ssl.SSLError):
+            pass
+        finally:
+            self.eof.set()
+            for ended in self.ended.values():
+                ended.set()
+
+    async def _read_frames(self) -> None:
         while data := await self.reader.read(65536):
             for ev in self.conn.receive_data(data):
                 if isinstance(ev, h2.events.ResponseReceived):
@@ -64,7 +85,15 @@ class H2TestClient:
                 elif isinstance(ev, h2.events.WindowUpdated):
                     self.window_opened.set()
                 elif isinstance(ev, h2.events.StreamEnded | h2.events.StreamReset):
+                    if isinstance(ev, h2.events.StreamReset):
+                        self.resets[ev.stream_id] = int(ev.error_code)
                     self.ended[ev.stream_id].set()
+                elif isinstance(ev, h2.events.PingAckReceived):
+                    if (pong := self._pongs.pop(ev.ping_data, None)) is not None:
+                        pong.set()
+                elif isinstance(ev, h2.events.ConnectionTerminated):
+                    self.goaway = ev
+                    self.terminated.set()
             self._flush()
 
     def grant(self) -> None:
@@ -93,6 +122,33 @@ class H2TestClient:
         )
         self._flush()
         return sid
+
+    def request(self, headers: list[tuple[str, str]], end: bool = False) -> int:
+        """Open a stream with exactly these headers (pseudo-headers included, unvalidated)."""
+        sid: int = self.conn.get_next_available_stream_id()
+        self.data[sid] = bytearray()
+        self.ended[sid] = asyncio.Event()
+        self.headers_seen[sid] = asyncio.Event()
+        self.conn.send_headers(sid, headers, end_stream=end)
+        self._flush()
+        return sid
+
+    async def ping(self) -> None:
+        """A PING round trip: everything the server wrote before its ACK has been read."""
+        payload = os.urandom(8)
+        pong = self._pongs[payload] = asyncio.Event()
+        self.conn.ping(payload)
+        self._flush()
+        await asyncio.wait_for(pong.wait(), T)
+
+    def raw(self, data: bytes) -> None:
+        """Write bytes straight to the TLS socket, past the client's h2 state machine."""
+        self.writer.write(data)
+
+    async def wait_goaway(self) -> h2.events.ConnectionTerminated:
+        await asyncio.wait_for(self.terminated.wait(), T)
+        assert self.goaway is not None
+        return self.goaway
 
     def send(self, sid: int, data: bytes, end: bool = False) -> None:
         self.conn.send_data(sid, data, end_stream=end)

@@ -96,9 +96,10 @@ def bidi_stream(gw: Gateway) -> BidiStream:
 
 def upstream_read_paused(gw: Gateway) -> bool:
     try:
-        up = bidi_stream(gw).up
+        relay = bidi_stream(gw).relay
     except AssertionError:  # the stream is not open yet
         return False
+    up = relay.link if relay is not None else None
     return up is not None and up.read_paused
 
 
@@ -138,7 +139,8 @@ async def test_slow_client_pauses_instance_reads_and_loses_nothing(stack: Stack)
 
         produced = await plateau(lambda: model.produced, lambda: upstream_read_paused(gw))
         st = bidi_stream(gw)
-        up = st.up
+        assert st.relay is not None
+        up = st.relay.link
         assert up is not None
         # The instance is blocked in its sends, far from done.
         assert produced < N_FRAMES // 2, produced
@@ -194,12 +196,13 @@ async def test_slow_instance_closes_client_window_and_loses_nothing(stack: Stack
             await asyncio.sleep(scaled(0.3))  # a window that stays closed: nothing may move meanwhile
             assert sent == stalled_at
             st = bidi_stream(gw)
-            up = st.up
+            assert st.relay is not None
+            up = st.relay.link
             assert up is not None and up.transport is not None
             # The gateway holds back the acknowledgement and its write buffer to
             # the instance stays within high_water plus what one window can bring.
             assert up.write_paused
-            assert st.unacked <= STREAM_WINDOW
+            assert st.relay.session.unacked <= STREAM_WINDOW
             buffered = up.transport.underlying_transport.get_write_buffer_size()
             assert buffered <= HIGH_WATER + STREAM_WINDOW + FRAME, buffered
             assert model.got == []

@@ -116,7 +116,7 @@ def test_invoke_unknown_endpoint_exits_1(gateway_proc: tuple[int, Path]) -> None
     assert result.returncode == 1
     # one clear line, no traceback from the official client's orphaned tasks (issue 15.2)
     assert result.stderr.decode().strip().splitlines() == [
-        "bidistream invoke: InputValidationError: Endpoint nope not found."
+        "bidistream invoke: NotFound: Endpoint nope not found."
     ], result.stderr.decode()
 
 

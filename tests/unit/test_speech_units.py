@@ -17,7 +17,14 @@ from hypothesis import strategies as st
 from bidistream.errors import ModelError, wire_form
 from bidistream.models.speech import protocol as dg
 from bidistream.models.speech.audio import AudioDecoder, AudioFormatError, Resampler
-from bidistream.models.speech.endpointing import EndpointConfig, Endpointer, SpeechBegan, UtteranceDone
+from bidistream.models.speech.endpointing import (
+    EndpointConfig,
+    Endpointer,
+    SpeechBegan,
+    SpeechPaused,
+    SpeechResumed,
+    UtteranceDone,
+)
 from bidistream.models.speech.engines import Engine, Transcript, Word, clamp_start
 from bidistream.models.speech.model import PROFILE_ALIASES
 from bidistream.models.speech.scheduler import DecodeScheduler
@@ -36,7 +43,8 @@ def parse(query: str) -> dg.ListenOptions:
 def test_query_defaults_and_case_insensitive_booleans() -> None:
     opts = parse("model=nova-3&interim_results=TRUE&punctuate=False&vad_events=1&tag=a&tag=b")
     assert opts.profile == "default" and opts.interim_results and not opts.punctuate and opts.vad_events
-    assert opts.endpointing_ms == 300 and opts.tags == ("a", "b") and opts.encoding is None
+    # Deepgram's default endpointing is 10 ms (the endpointer floors it, see EndpointConfig)
+    assert opts.endpointing_ms == 10 and opts.tags == ("a", "b") and opts.encoding is None
 
 
 def test_query_profiles_and_endpointing_false() -> None:
@@ -184,7 +192,8 @@ def test_short_pause_does_not_end_and_click_is_ignored() -> None:
     ep = Endpointer()
     assert ep.feed(frames("s.....")) == []  # one frame is a click, not speech
     events = ep.feed(frames("ssss" + "....." + "ssss"))
-    assert [type(e) for e in events] == [SpeechBegan]
+    # the pause is announced (the live session speculates on it) and withdrawn; no final
+    assert [type(e) for e in events] == [SpeechBegan, SpeechPaused, SpeechResumed]
 
 
 def test_length_cap_and_flush() -> None:

@@ -103,3 +103,21 @@ def test_delete_and_live_view(tmp_path: Path) -> None:
     assert store.list_instances() == []
     store.set_meta("heartbeat", "12")
     assert store.get_meta("heartbeat") == "12"
+
+
+def test_instance_processes_survive_reopen_and_forget_by_pid(tmp_path: Path) -> None:
+    from bidistream.platform.store import ProcessRow
+
+    path = tmp_path / "s.sqlite3"
+    store = Store(path)
+    store.record_process(ProcessRow("ep-v-1", 100, 5000, 7, 10, None, 1.0))
+    store.record_process(ProcessRow("ep-v-2", 101, 5001, 7, 10, "bidistream-ep-v-2", 2.0))
+    store.close()
+    store = Store(path)  # a restarted gateway reads what the dead one wrote
+    assert [r.pid for r in store.list_processes()] == [100, 101]
+    store.record_process(ProcessRow("ep-v-1", 102, 5100, 7, 10, None, 3.0))  # restarted under a new PID
+    store.forget_process("ep-v-1", 100)  # the old PID's exit must not drop the new record
+    assert [(r.instance_id, r.pid) for r in store.list_processes()] == [("ep-v-2", 101), ("ep-v-1", 102)]
+    store.forget_process("ep-v-1", 102)
+    assert [r.container for r in store.list_processes()] == ["bidistream-ep-v-2"]
+    store.close()

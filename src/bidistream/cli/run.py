@@ -28,7 +28,7 @@ def default_builtins() -> str:
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     run = sub.add_parser(
         "run",
-        help="start the gateway with the built-in endpoints (echo, words)",
+        help=f"start the gateway with the built-in endpoints ({', '.join(registry.names())})",
         description="Start the gateway (TLS, HTTP/2 + HTTP/1.1) with the process runtime, create the "
         "built-in endpoints through the control plane if they are missing, and print how to invoke them.",
     )

@@ -72,7 +72,7 @@ def translate_error(exc: BaseException) -> BidistreamError | None:
     failure we do not recognise — is not ours to rename: the caller re-raises it.
     """
     from aws_sdk_sagemaker_runtime_http2 import models as m
-    from smithy_core.exceptions import CallError
+    from smithy_core.exceptions import CallError, SmithyError
 
     if isinstance(exc, BidistreamError):
         return exc
@@ -107,7 +107,13 @@ def translate_error(exc: BaseException) -> BidistreamError | None:
         return None
     if isinstance(exc, TimeoutError):
         return ServiceUnavailableError(f"no answer from the endpoint in time: {exc}")
+    if isinstance(exc, SmithyError) and _UNREACHABLE.search(msg):
+        # awscrt's socket and TLS failures: nothing (or the wrong thing) answers at the URL.
+        return ServiceUnavailableError(f"cannot reach the gateway: {msg}")
     return None
+
+
+_UNREACHABLE = re.compile(r"AWS_IO_SOCKET_|AWS_IO_DNS_|AWS_IO_TLS_|CONNECTION_REFUSED")
 
 
 def _raise_translated(exc: BaseException) -> NoReturn:

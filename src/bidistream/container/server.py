@@ -21,16 +21,16 @@ import logging
 import time
 import uuid
 from collections.abc import AsyncIterator
-from dataclasses import dataclass, field
+from typing import Any
 
-from aiohttp import WSCloseCode, WSMsgType, web
+from aiohttp import WebSocketError, WSCloseCode, WSMsgType, web
 
 from bidistream.container import v2_http
 from bidistream.container.limits import ServerLimits
+from bidistream.container.wsguard import MaskCheck, close_code_problem
 from bidistream.contract import close_reason
 from bidistream.errors import (
     BidistreamError,
-    IdleTimeoutError,
     InputValidationError,
     InstanceFullError,
     MessageTooLargeError,
@@ -40,14 +40,16 @@ from bidistream.errors import (
     ModelStreamError,
     ModelTimeoutError,
     NotFoundError,
+    ProtocolViolationError,
     ServiceUnavailableError,
-    SessionTimeoutError,
     ShuttingDownError,
     wire_form,
 )
 from bidistream.frames import Frame, FrameKind
 from bidistream.model import DEFAULT_INVOCATION_PATH, Model, Request, Response, Session
-from bidistream.session_state import Event, SessionMachine, State
+from bidistream.session import BidiSession, SessionLimits, State
+from bidistream.session import actions as a
+from bidistream.session import events as e
 
 log = logging.getLogger("bidistream.container")
 
@@ -67,16 +69,121 @@ def http_error(error: BidistreamError) -> web.Response:
     )
 
 
-@dataclass(eq=False, slots=True)
+_CLOSED = State.CLOSED
+
+
 class _LiveSession:
-    session: Session
-    ws: web.WebSocketResponse
-    task: asyncio.Task[object]
-    machine: SessionMachine = field(default_factory=SessionMachine)
-    started: float = field(default_factory=time.monotonic)
-    last_activity: float = field(default_factory=time.monotonic)
-    close_error: BidistreamError | None = None
-    timer: asyncio.TimerHandle | None = None
+    """One WebSocket session on the model server: the container's adapter of the session core.
+
+    The "client" is the WebSocket peer (the gateway), the "instance" is the
+    model in this process.  The session decides; this object carries out: a
+    client frame the session sends to the instance lands in ``inbox`` (the
+    model's input iterator yields it), an instance frame it sends to the client
+    lands in ``outbox`` (the output loop awaits its send), timers are loop
+    handles that come back as events.  Ending the instance means cancelling
+    the session's task, so a model stuck in its own code is interrupted too.
+    """
+
+    __slots__ = (
+        "_busy",
+        "_queue",
+        "_timers",
+        "close_error",
+        "core",
+        "ended",
+        "inbox",
+        "input_done",
+        "outbox",
+        "session",
+        "started",
+        "task",
+        "ws",
+    )
+
+    def __init__(
+        self, session: Session, ws: web.WebSocketResponse, task: asyncio.Task[object], limits: ServerLimits
+    ) -> None:
+        self.session = session
+        self.ws = ws
+        self.task = task
+        self.core = BidiSession(
+            SessionLimits(
+                confirm_timeout=None,
+                close_timeout=None,
+                idle_timeout=limits.idle_timeout,
+                max_duration=limits.max_session_duration,
+            )
+        )
+        self.started = time.monotonic()
+        self.inbox: list[Frame] = []
+        self.outbox: list[tuple[bytes, bool]] = []
+        self.input_done = False
+        # Set once the session ended the client's side (None: a normal close).
+        self.ended = False
+        self.close_error: BidistreamError | None = None
+        self._timers: dict[e.Timer, asyncio.TimerHandle] = {}
+        self._busy = False
+        self._queue: list[object] = []
+
+    def feed(self, event: object) -> None:
+        if self._busy:
+            self._queue.append(event)
+            return
+        self._busy = True
+        try:
+            self._run(event)
+            while self._queue:
+                self._run(self._queue.pop(0))
+        finally:
+            self._busy = False
+        if self.core.state is _CLOSED:
+            for handle in self._timers.values():
+                handle.cancel()
+            self._timers.clear()
+
+    def _run(self, event: object) -> None:
+        for act in self.core.handle(event):
+            kind = type(act)
+            if kind is a.SendToInstance:
+                self.inbox.append(
+                    Frame(act.data, FrameKind.TEXT if act.text else FrameKind.BINARY, act.fin)  # type: ignore[attr-defined]
+                )
+            elif kind is a.SendToClient:
+                self.outbox.append((act.data, act.text))  # type: ignore[attr-defined]
+            elif kind is a.ConnectInstance:
+                self._queue.append(e.InstanceConnected())  # the model is right here
+            elif kind is a.CloseInstanceInput:
+                self.input_done = True
+            elif kind is a.EndClient or kind is a.Refuse:
+                self.ended = True
+                self.close_error = act.error  # type: ignore[attr-defined]
+            elif kind is a.CloseInstance or kind is a.DisconnectInstance:
+                self.input_done = True
+                if asyncio.current_task() is not self.task and not self.task.done():
+                    self.task.cancel()
+            elif kind is a.StartTimer:
+                old = self._timers.pop(act.timer, None)  # type: ignore[attr-defined]
+                if old is not None:
+                    old.cancel()
+                self._timers[act.timer] = asyncio.get_running_loop().call_later(  # type: ignore[attr-defined]
+                    act.seconds,  # type: ignore[attr-defined]
+                    self._fire,
+                    act.timer,  # type: ignore[attr-defined]
+                )
+            elif kind is a.CancelTimer:
+                handle = self._timers.pop(act.timer, None)  # type: ignore[attr-defined]
+                if handle is not None:
+                    handle.cancel()
+            # Accept, Acknowledge, reads: aiohttp's own buffer is the backpressure here.
+
+    def _fire(self, timer: e.Timer) -> None:
+        self._timers.pop(timer, None)
+        self.feed(e.TimerFired(timer))
+
+    def cancel_timers(self) -> None:
+        for handle in self._timers.values():
+            handle.cancel()
+        self._timers.clear()
 
 
 class ModelServer:
@@ -119,6 +226,10 @@ class ModelServer:
     def build_app(self) -> web.Application:
         app = web.Application(client_max_size=self.limits.max_invoke_body)
         app.router.add_get("/ping", self._ping)
+        for path in self.model.ready_paths:
+            app.router.add_get("/" + path.strip("/"), self._ping)
+        for path in self.model.live_paths:
+            app.router.add_get("/" + path.strip("/"), self._live)
         v2_http.mount(app, self)
         app.router.add_route("*", "/{path:.*}", self._dispatch)
         return app
@@ -172,8 +283,7 @@ class ModelServer:
             async with asyncio.timeout_at(asyncio.get_running_loop().time() + limit):
                 await self._no_sessions.wait()
         for live in list(self._sessions):
-            live.close_error = ShuttingDownError("server shutting down; reconnect to another instance")
-            live.task.cancel()
+            live.feed(e.Failed(ShuttingDownError("server shutting down; reconnect to another instance")))
         with contextlib.suppress(TimeoutError):
             async with asyncio.timeout(CLOSE_HANDSHAKE_TIMEOUT + 1):
                 await self._no_sessions.wait()
@@ -187,6 +297,10 @@ class ModelServer:
         if self._loaded.is_set() and not self._draining:
             return web.Response(status=200)
         return web.Response(status=503)
+
+    async def _live(self, request: web.Request) -> web.Response:
+        """Liveness: the process answers, whether or not the model has loaded."""
+        return web.json_response({"object": "health.response", "message": "live"})
 
     async def _dispatch(self, request: web.Request) -> web.StreamResponse:
         path = request.path.strip("/")
@@ -302,7 +416,7 @@ class ModelServer:
                 )
             )
 
-        ws = web.WebSocketResponse(
+        ws = _CheckedWebSocketResponse(
             max_msg_size=self.limits.max_message_size,
             autoping=True,
             protocols=self.model.subprotocols,
@@ -319,16 +433,14 @@ class ModelServer:
             return ws
         task = asyncio.current_task()
         assert task is not None
-        live = _LiveSession(session, ws, task)
-        live.machine.feed(Event.ACCEPTED)
+        live = _LiveSession(session, ws, task, self.limits)
         self._sessions.add(live)
         self._no_sessions.clear()
-        self._arm_timer(live)
+        live.feed(e.Start())
         try:
             await self._run_session(live)
         finally:
-            if live.timer is not None:
-                live.timer.cancel()
+            live.cancel_timers()
             self._sessions.discard(live)
             if not self._sessions:
                 self._no_sessions.set()
@@ -346,51 +458,66 @@ class ModelServer:
     async def _run_session(self, live: _LiveSession) -> None:
         """Pump the model's output to the socket; the model pulls its input itself.
 
-        Limits, shutdown and the client's disappearance end the session by
-        cancelling this task after recording ``close_error``, so a model stuck
-        in its own code is interrupted too.
+        Limits, shutdown and the client's disappearance are session events;
+        when the session ends the instance side, this task is cancelled (after
+        the session recorded the client's error), so a model stuck in its own
+        code is interrupted too.
         """
         ws = live.ws
+        stream = self.model.stream(self._frames(live), live.session)
         error: BidistreamError | None = None
+        gone = False
         try:
-            async for out in self.model.stream(self._frames(live), live.session):
-                live.last_activity = time.monotonic()
-                await ws.send_frame(
-                    out.data, WSMsgType.TEXT if out.kind is FrameKind.TEXT else WSMsgType.BINARY
-                )
+            async for out in stream:
+                live.feed(e.InstanceFrame(out.data, out.kind is FrameKind.TEXT, True))
+                outbox = live.outbox
+                while outbox:
+                    data, text = outbox.pop(0)
+                    await ws.send_frame(data, WSMsgType.TEXT if text else WSMsgType.BINARY)
         except asyncio.CancelledError:
-            if live.close_error is None:
+            if not live.ended:
                 raise
             live.task.uncancel()
         except ConnectionError:
-            error = ShuttingDownError("client went away")
+            gone = True
+            live.feed(e.ClientGone())
         except BidistreamError as exc:
             log.info("session ended by model", extra={"session": live.session.id, "error": exc.code})
             error = exc
         except Exception as exc:
             log.warning("model raised", extra={"session": live.session.id}, exc_info=exc)
             error = ModelStreamError(f"model error: {type(exc).__name__}: {exc}")
-        error = live.close_error or error
-        live.machine.feed(Event.OUTPUT_ENDED if error is None else Event.FAILED)
+        finally:
+            aclose = getattr(stream, "aclose", None)
+            if aclose is not None:
+                with contextlib.suppress(BaseException):
+                    await aclose()
+        live.feed(e.InstanceClosed(error))
         if not ws.closed:
-            await _close(ws, error)
-        live.machine.feed(Event.CLOSED)
+            if live.ended:
+                await _close(ws, live.close_error)
+            elif gone:
+                await _close(ws, ShuttingDownError("client went away"))
 
     async def _frames(self, live: _LiveSession) -> AsyncIterator[Frame]:
         """The model's input, read straight from the socket.
 
         No queue in between: while the model does not ask for the next frame,
         nothing calls ``receive()``, aiohttp's buffer fills and it pauses the
-        transport.  That is the backpressure, and it costs no task or buffer.
+        transport.  That is the backpressure, and it costs no task or buffer
+        (``inbox`` holds the one frame the session just let through).
         """
         ws = live.ws
-        while True:
+        inbox = live.inbox
+        while not live.input_done:
             msg = await ws.receive()
             kind = msg.type
             if kind is WSMsgType.BINARY:
-                frame = Frame(msg.data, FrameKind.BINARY)
+                live.feed(e.ClientPart(msg.data, False, True))
             elif kind is WSMsgType.TEXT:
-                frame = Frame(msg.data.encode("utf-8"), FrameKind.TEXT)
+                live.feed(e.ClientPart(msg.data.encode("utf-8"), True, True))
+            elif kind is WSMsgType.CLOSE and (problem := close_code_problem(msg.data)) is not None:
+                raise ProtocolViolationError(problem)  # the session closes with 1002
             else:
                 if kind is WSMsgType.ERROR:
                     # aiohttp has already closed with the matching code (1009 for
@@ -399,37 +526,63 @@ class ModelServer:
                         "session input error",
                         extra={"session": live.session.id, "error": str(ws.exception())},
                     )
-                if live.machine.state is State.OPEN:
-                    live.machine.feed(Event.INPUT_ENDED)
+                live.feed(e.ClientEnded())
                 return
-            live.last_activity = time.monotonic()
-            yield frame
-
-    def _arm_timer(self, live: _LiveSession) -> None:
-        """One timer handle per session enforces idle timeout and max duration."""
-        limits = self.limits
-        now = time.monotonic()
-        idle_at = live.last_activity + limits.idle_timeout
-        end_at = live.started + limits.max_session_duration
-        if now >= end_at:
-            live.close_error = SessionTimeoutError(
-                f"max session duration {limits.max_session_duration:g} s reached; reconnect"
-            )
-        elif now >= idle_at:
-            live.close_error = IdleTimeoutError(
-                f"no frames for {limits.idle_timeout:g} s; closing idle session"
-            )
-        else:
-            # time.monotonic() and the loop's clock are the same clock on CPython.
-            live.timer = asyncio.get_running_loop().call_at(
-                min(idle_at, end_at) + 0.001, self._arm_timer, live
-            )
-            return
-        live.timer = None
-        live.task.cancel()
+            while inbox:
+                yield inbox.pop(0)
 
 
 CLOSE_HANDSHAKE_TIMEOUT = 5.0
+
+
+class _CheckedWebSocketResponse(web.WebSocketResponse):
+    """aiohttp's WebSocket response with its reader behind a :class:`MaskCheck`.
+
+    aiohttp reads unmasked client frames; RFC 6455 §5.1 says close.  The check
+    goes in where aiohttp installs its reader (``_post_start``), so bytes that
+    came with the upgrade request are checked too.
+    """
+
+    def _post_start(self, request: web.BaseRequest, protocol: str | None, writer: Any) -> None:
+        handler: Any = request.protocol
+        tail = bytes(handler._message_tail)  # fed to aiohttp's reader by super()
+        super()._post_start(request, protocol, writer)
+        checked = _CheckedReader(handler._payload_parser, self)
+        if tail:
+            checked.check(tail)
+        handler._payload_parser = checked
+
+
+class _CheckedReader:
+    """Feeds aiohttp's reader only bytes whose frame headers pass the mask check."""
+
+    __slots__ = ("_check", "_inner", "_ws")
+
+    def __init__(self, inner: Any, ws: web.WebSocketResponse) -> None:
+        self._inner = inner
+        self._ws = ws
+        self._check: MaskCheck | None = MaskCheck()
+
+    def check(self, data: bytes) -> bool:
+        """False (and the session's next receive() ends it with 1002) if ``data`` breaks the rule."""
+        if self._check is None:
+            return False
+        problem = self._check.feed(data)
+        if problem is None:
+            return True
+        self._check = None
+        # What aiohttp's own reader does on a protocol error: receive() closes with the code.
+        self._ws._reader.set_exception(WebSocketError(WSCloseCode.PROTOCOL_ERROR, problem))  # type: ignore[union-attr]
+        return False
+
+    def feed_data(self, data: bytes) -> tuple[bool, bytes]:
+        if not self.check(data):
+            return True, b""
+        result: tuple[bool, bytes] = self._inner.feed_data(data)
+        return result
+
+    def feed_eof(self) -> None:
+        self._inner.feed_eof()
 
 
 async def _close(ws: web.WebSocketResponse, error: BidistreamError | None) -> None:

@@ -1,21 +1,27 @@
 """The bridge (SageMaker's sidecar): one WebSocket per session to the chosen instance.
 
+Every session decision (hold, confirm, attach, replay, fragments, flow
+control, timeouts, who is told what) is made by the sans-I/O
+:class:`~bidistream.session.BidiSession`.  This module is its gateway-side
+I/O, written once for both front doors:
+
+* :class:`Relay` owns one session: it feeds it events, executes its actions
+  on the instance connection, on the door's :class:`ClientSide` and on the
+  loop's clock (timers are ``call_later`` handles that come back as events);
+* :class:`InstanceLink` is the picows listener of one instance WebSocket; it
+  turns frames, pongs, closes and write-buffer pauses into events;
+* :class:`PingTicker` is one keepalive timer for all sessions (SageMaker's
+  sidecar pings every 60 s and gives up after 5 unanswered pings).
+
 picows was chosen for this hop: in the transport benchmark it cost 4-10 µs per
-message as a client against websockets' 14-21 µs, and the relay prototype built
-on it (h2 + picows callbacks) measured 27.7 µs per relayed pair against 36.6 µs
-with websockets.  Its callback API also lets the front door relay a frame in the
-same call stack it arrived in: no task, no queue per frame.
+message as a client against websockets' 14-21 µs, and its callback API lets a
+frame from the instance reach the client's socket in the same call stack it
+arrived in: no task, no queue per frame.
 
-A front door implements :class:`Downstream`; the :class:`Upstream` listener
-calls it for every instance frame and once when the instance is gone.
-Backpressure goes both ways without queues growing: the front door pauses this
-socket's reads when the client is slow (``pause_reading``), and this socket's
-``pause_writing`` tells the front door to stop acknowledging client data.
-
-Keepalive is one timer for all sessions (:class:`PingTicker`) rather than one
-per session: every ``ping_interval`` each upstream gets a ping and counts one
-miss; a pong resets the count; ``missed_pongs`` misses close the session with
-``ModelStreamError``.
+A connect runs in a task that owns its socket (``socket_factory``): when the
+client leaves mid-handshake the session says ``DisconnectInstance``, the task
+is cancelled and the socket shut, so the instance never keeps a session
+nobody owns.
 """
 
 from __future__ import annotations
@@ -25,8 +31,8 @@ import contextlib
 import logging
 import socket
 import time
-from collections.abc import Mapping
-from typing import Protocol
+from collections.abc import Callable, Iterator, Mapping
+from typing import Any, Protocol
 from urllib.parse import quote
 
 from picows import (
@@ -40,26 +46,27 @@ from picows import (
     ws_connect,
 )
 
-from bidistream.contract import close_reason
 from bidistream.errors import (
     BidistreamError,
     InstanceFullError,
     InternalError,
     ModelRefusedError,
     ModelStreamError,
-    PingTimeoutError,
     ServiceUnavailableError,
     error_from_close,
-    wire_form,
 )
 from bidistream.gateway.limits import GatewayLimits
 from bidistream.model import DEFAULT_INVOCATION_PATH
 from bidistream.routing import RoutableInstance, Router
+from bidistream.session import BidiSession, SessionLimits, State
+from bidistream.session import actions as a
+from bidistream.session import events as e
 
-__all__ = ["Downstream", "PingTicker", "Upstream", "open_upstream"]
+__all__ = ["ClientSide", "InstanceLink", "PingTicker", "Relay", "session_limits", "upstream_url"]
 
 log = logging.getLogger("bidistream.gateway.bridge")
 
+_CLOSED = State.CLOSED
 _TEXT = WSMsgType.TEXT
 _BINARY = WSMsgType.BINARY
 _CONT = WSMsgType.CONTINUATION
@@ -67,185 +74,125 @@ _PONG = WSMsgType.PONG
 _CLOSE = WSMsgType.CLOSE
 
 
-class Downstream(Protocol):
-    """What the bridge needs from a front door (HTTP/2 stream or WebSocket)."""
+class ClientSide(Protocol):
+    """What a front door does for its session (HTTP/2 stream or WebSocket)."""
 
-    def on_upstream_frame(self, data: bytes, text: bool, fin: bool) -> None: ...
+    def accept(self, variant: str) -> None: ...
 
-    def on_upstream_closed(self, error: BidistreamError | None) -> None: ...
+    def refuse(self, error: BidistreamError) -> None: ...
 
-    def on_upstream_writable(self) -> None: ...
+    def end(self, error: BidistreamError | None) -> None: ...
+
+    def send(self, data: bytes, text: bool, fin: bool, cont: bool) -> None: ...
+
+    def ack(self, n: int) -> None: ...
+
+    def pause_reads(self) -> None: ...
+
+    def resume_reads(self) -> None: ...
 
 
-def _reason(text: str) -> bytes:
-    return close_reason(text).encode()
+def session_limits(limits: GatewayLimits) -> SessionLimits:
+    return SessionLimits(
+        confirm_timeout=limits.confirm_timeout,
+        close_timeout=limits.close_timeout,
+        abort_timeout=limits.abort_timeout,
+        missed_pongs=limits.missed_pongs,
+    )
 
 
-class Upstream(WSListener):
-    """picows listener for one session's instance WebSocket.
+def upstream_url(base_url: str, path: str | None, query: str | None) -> str:
+    base = base_url.rstrip("/")
+    if base.startswith("http://"):
+        base = "ws://" + base[7:]
+    elif base.startswith("https://"):
+        base = "wss://" + base[8:]
+    url = f"{base}/{quote(path or DEFAULT_INVOCATION_PATH, safe='/-._~')}"
+    return f"{url}?{query}" if query else url
 
-    It starts *unconfirmed*: a full instance accepts the upgrade and closes with
-    1013 at once (``bidistream serve`` does), and that close may come in a later
-    read than the 101.  Until the instance has shown it took the session (a
-    frame, a pong, or ``confirm_timeout`` of silence) nothing is relayed either
-    way: the instance's frames are held here (reads paused) and the client's in
-    the front door, so the router can still move the session elsewhere.
-    :meth:`attach` ends that phase.
-    """
 
-    def __init__(self, downstream: Downstream | None = None) -> None:
-        self.downstream = downstream
+class InstanceLink(WSListener):
+    """picows listener for one instance WebSocket: wire facts in, nothing decided here."""
+
+    def __init__(self, relay: Relay, target: RoutableInstance) -> None:
+        self.relay: Relay | None = relay
+        self.router = relay.router
+        self.target = target
         self.transport: WSTransport | None = None
-        self.target: RoutableInstance | None = None
-        self.router: Router | None = None
-        self.ticker: PingTicker | None = None
-        self.missed = 0
-        self.write_paused = False
-        self.read_paused = False
-        self.closed = False
         self.close_error: BidistreamError | None = None
         self.got_close = False
-        self.relayed = 0
-        # Opcode of the message being fragmented in each direction (None between messages).
-        self._out_frag = False
-        self._in_text = False
-        # Instance frames received before attach(); None once attached.
-        self._held: list[tuple[bytes, bool, bool]] | None = []
-        self._confirm: asyncio.Future[None] | None = None
-        self.settled = False
+        self.counted = False
+        self.read_paused = False
+        self.write_paused = False
+        self.closed = False
         self._sock: socket.socket | None = None
         self.corked = False
 
     # ------------------------------------------------------------------ picows callbacks
     def on_ws_connected(self, transport: WSTransport) -> None:
         self.transport = transport
+        relay = self.relay
+        if relay is None:
+            transport.disconnect(graceful=False)
+            return
+        transport.underlying_transport.set_write_buffer_limits(high=relay.limits.high_water)
+        relay.feed(e.InstanceConnected(self.target.variant))
 
     def on_ws_frame(self, transport: WSTransport, frame: WSFrame) -> None:
         kind = frame.msg_type
-        if kind is _TEXT or kind is _BINARY:
-            self.relayed += 1
-            fin = frame.fin
-            text = kind is _TEXT
-            if not fin:
-                self._in_text = text
-            ds = self.downstream
-            if ds is not None:
-                ds.on_upstream_frame(frame.get_payload_as_bytes(), text, fin)
-            elif self._held is not None:
-                self._hold(frame.get_payload_as_bytes(), text, fin)
-        elif kind is _CONT:
-            self.relayed += 1
-            ds = self.downstream
-            if ds is not None:
-                ds.on_upstream_frame(frame.get_payload_as_bytes(), self._in_text, frame.fin)
-            elif self._held is not None:
-                self._hold(frame.get_payload_as_bytes(), self._in_text, frame.fin)
+        relay = self.relay
+        if kind is _BINARY or kind is _TEXT or kind is _CONT:
+            if relay is not None:
+                text = None if kind is _CONT else kind is _TEXT
+                relay.feed(e.InstanceFrame(frame.get_payload_as_bytes(), text, frame.fin))
         elif kind is _PONG:
-            self.missed = 0
-            if not self.settled:
-                self._settle()
+            if relay is not None:
+                relay.feed(e.InstancePong())
         elif kind is _CLOSE:
             self.got_close = True
             payload = frame.get_payload_as_bytes()
             code = int.from_bytes(payload[:2], "big") if len(payload) >= 2 else None
-            reason = payload[2:].decode("utf-8", "replace")
-            if self.close_error is None:
-                if code == 1000 or code is None:
-                    self.close_error = None
-                else:
-                    self.close_error = error_from_close(code, reason)
+            if code is not None and code != 1000:
+                self.close_error = error_from_close(code, payload[2:].decode("utf-8", "replace"))
             if not transport.is_close_frame_sent:
                 transport.send_close(WSCloseCode.OK)
             transport.disconnect()
-            if not self.settled:
-                self._settle()
 
     def on_ws_disconnected(self, transport: WSTransport) -> None:
         if self.closed:
             return
         self.closed = True
-        if not self.settled:
-            self._settle()
-        if self.ticker is not None:
-            self.ticker.remove(self)
-        if self.router is not None and self.target is not None:
+        relay, self.relay = self.relay, None
+        if self.counted:
+            self.counted = False
             self.router.session_ended(self.target)
+        if relay is None:
+            return
         err = self.close_error
         if err is None and not self.got_close:
             err = ModelStreamError(
                 "the model container closed the connection without a WebSocket close frame", code="1006"
             )
-        ds = self.downstream
-        self.downstream = None
-        if ds is not None:
-            ds.on_upstream_closed(err)
+        relay.link = None
+        relay.feed(e.InstanceClosed(err))
 
     def pause_writing(self) -> None:
         self.write_paused = True
+        if self.relay is not None:
+            self.relay.feed(e.InstanceBlocked())
 
     def resume_writing(self) -> None:
         self.write_paused = False
-        ds = self.downstream
-        if ds is not None:
-            ds.on_upstream_writable()
+        if self.relay is not None:
+            self.relay.feed(e.InstanceWritable())
 
-    # ------------------------------------------------------------------ confirmation
-    def _hold(self, data: bytes, text: bool, fin: bool) -> None:
-        """The instance spoke before attach(): keep it, and read no more until attached."""
-        assert self._held is not None
-        self._held.append((data, text, fin))
-        self.pause_reading()
-        if not self.settled:
-            self._settle()
-
-    def _settle(self) -> None:
-        self.settled = True
-        fut = self._confirm
-        if fut is not None and not fut.done():
-            fut.set_result(None)
-
-    async def confirm(self, timeout: float) -> None:
-        """Wait until the instance shows it kept the session, or ``timeout`` of silence.
-
-        A ping is the probe: an instance that closes right after accepting
-        (1013, full) has sent that close before it can answer, and a WebSocket
-        peer answers pings in order, so a pong means the accept stood.  An
-        instance that does not read yet (pongs come from the read loop) is taken
-        after ``timeout``.
-        """
-        if self.settled or self.transport is None:
-            return
-        self._confirm = asyncio.get_running_loop().create_future()
-        self.transport.send_ping()
-        try:
-            async with asyncio.timeout(timeout):
-                await self._confirm
-        except TimeoutError:
-            self.settled = True
-        finally:
-            self._confirm = None
-
-    def attach(self, downstream: Downstream) -> None:
-        """Start relaying to ``downstream``: first the frames held while unconfirmed."""
-        self.downstream = downstream
-        held, self._held = self._held, None
-        if held:
-            for data, text, fin in held:
-                downstream.on_upstream_frame(data, text, fin)
-                if self.downstream is None:
-                    return  # the front door gave up while we replayed
-            self.resume_reading()
-
-    # ------------------------------------------------------------------ used by front doors
-    def send(self, data: bytes, text: bool, fin: bool = True) -> None:
-        transport = self.transport
-        if transport is None or self.closed:
-            return
-        if self._out_frag:
-            transport.send(_CONT, data, fin)
-        else:
-            transport.send(_TEXT if text else _BINARY, data, fin)
-        self._out_frag = not fin
+    # ------------------------------------------------------------------ used by the relay
+    def detach(self) -> None:
+        """Stop reporting to the relay (the session moved on); cut the connection."""
+        self.relay = None
+        t = self.transport
+        if t is not None and not self.closed:
+            t.disconnect(graceful=False)
 
     def cork(self) -> None:
         """Hold back partial segments: several frames from one client read leave together.
@@ -275,82 +222,348 @@ class Upstream(WSListener):
                 with contextlib.suppress(OSError):
                     self._sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_CORK, 0)
 
-    def pause_reading(self) -> None:
-        if not self.read_paused and self.transport is not None:
-            self.read_paused = True
-            self.transport.underlying_transport.pause_reading()
 
-    def resume_reading(self) -> None:
-        if self.read_paused and self.transport is not None:
-            self.read_paused = False
-            self.transport.underlying_transport.resume_reading()
+class Relay:
+    """One session between a front door and an instance: the session core's gateway adapter."""
 
-    def close_input(self) -> None:
-        """The client finished sending: a normal close; the instance answers with its own."""
-        t = self.transport
-        if t is not None and not self.closed and not t.is_close_frame_sent:
+    __slots__ = (
+        "_busy",
+        "_candidates",
+        "_connect_task",
+        "_last",
+        "_timers",
+        "client",
+        "connect_args",
+        "endpoint",
+        "limits",
+        "link",
+        "queue",
+        "router",
+        "session",
+        "ticker",
+    )
+
+    def __init__(
+        self,
+        client: ClientSide,
+        router: Router,
+        limits: GatewayLimits,
+        ticker: PingTicker | None,
+        *,
+        endpoint: str,
+        variant: str | None,
+        path: str | None,
+        query: str | None,
+        headers: Mapping[str, str],
+    ) -> None:
+        self.client = client
+        self.router = router
+        self.limits = limits
+        self.ticker = ticker
+        self.endpoint = endpoint
+        self.connect_args = (variant, path, query, dict(headers))
+        self.session = BidiSession(session_limits(limits))
+        self.link: InstanceLink | None = None
+        self._connect_task: asyncio.Task[None] | None = None
+        self._candidates: Iterator[RoutableInstance] | None = None
+        self._last: BidistreamError | None = None
+        self._timers: dict[e.Timer, asyncio.TimerHandle] = {}
+        # Events raised while actions run (a send that fills a buffer) wait their turn,
+        # so every event meets the state the previous one left.
+        self._busy = False
+        self.queue: list[object] = []
+
+    # ------------------------------------------------------------------ the one way in
+    def feed(self, event: object) -> None:
+        """Hand one event to the session and carry out what it says."""
+        if self._busy:
+            self.queue.append(event)
+            return
+        self._busy = True
+        do = _DO
+        session = self.session
+        try:
+            for action in session.handle(event):
+                do[type(action)](self, action)
+            queue = self.queue
+            while queue:
+                for action in session.handle(queue.pop(0)):
+                    do[type(action)](self, action)
+        finally:
+            self._busy = False
+        if session.state is _CLOSED:
+            self._finish()
+
+    def start(self) -> None:
+        self.feed(e.Start())
+
+    @property
+    def closed(self) -> bool:
+        return self.session.closed
+
+    def _finish(self) -> None:
+        if self.ticker is not None:
+            self.ticker.remove(self)
+        for handle in self._timers.values():
+            handle.cancel()
+        self._timers.clear()
+
+    # ------------------------------------------------------------------ instance actions
+    def _send_to_instance(self, act: a.SendToInstance) -> None:
+        link = self.link
+        if link is None or link.transport is None or link.closed:
+            return
+        if act.cont:
+            link.transport.send(_CONT, act.data, act.fin)
+        else:
+            link.transport.send(_TEXT if act.text else _BINARY, act.data, act.fin)
+
+    def _pause_instance(self, act: object) -> None:
+        link = self.link
+        if link is not None and link.transport is not None and not link.read_paused:
+            link.read_paused = True
+            link.transport.underlying_transport.pause_reading()
+
+    def _resume_instance(self, act: object) -> None:
+        link = self.link
+        if link is not None and link.transport is not None and link.read_paused:
+            link.read_paused = False
+            link.transport.underlying_transport.resume_reading()
+
+    def _ping(self, act: object) -> None:
+        link = self.link
+        if link is not None and link.transport is not None and not link.closed:
+            link.transport.send_ping()
+
+    def _close_input(self, act: object) -> None:
+        link = self.link
+        t = link.transport if link is not None else None
+        if t is not None and not link.closed and not t.is_close_frame_sent:  # type: ignore[union-attr]
             t.send_close(WSCloseCode.OK)
 
-    def abort(self, code: int = 1001, reason: str = "client went away") -> None:
-        """The client is gone or failed: close now, without waiting for the instance."""
-        self.downstream = None
-        t = self.transport
-        if t is None or self.closed:
+    def _close_instance(self, act: a.CloseInstance) -> None:
+        link = self.link
+        t = link.transport if link is not None else None
+        if t is None or link.closed:  # type: ignore[union-attr]
             return
         if not t.is_close_frame_sent:
             with contextlib.suppress(Exception):
-                t.send_close(WSCloseCode(code), _reason(reason))
-        t.disconnect(graceful=True)
+                t.send_close(WSCloseCode(act.code), act.reason.encode("utf-8"))
 
-    def fail(self, error: BidistreamError) -> None:
-        """Gateway-side failure (ping timeout): tell the client and close the instance socket."""
-        self.close_error = error
-        t = self.transport
-        if t is None or self.closed:
-            return
-        if not t.is_close_frame_sent:
-            with contextlib.suppress(Exception):
-                t.send_close(WSCloseCode(wire_form(error).ws_close), _reason(error.message))
-        t.disconnect(graceful=False)
+    def _disconnect(self, act: object) -> None:
+        task = self._connect_task
+        if task is not None and not task.done():
+            task.cancel()  # its socket is shut by the task itself
+        link, self.link = self.link, None
+        if link is not None:
+            link.detach()
+
+    # ------------------------------------------------------------------ client actions
+    def _send_to_client(self, act: a.SendToClient) -> None:
+        self.client.send(act.data, act.text, act.fin, act.cont)
+
+    def _acknowledge(self, act: a.Acknowledge) -> None:
+        self.client.ack(act.n)
+
+    def _pause_client(self, act: object) -> None:
+        self.client.pause_reads()
+
+    def _resume_client(self, act: object) -> None:
+        self.client.resume_reads()
+
+    def _accept(self, act: a.Accept) -> None:
+        # Counted only once confirmed: a full instance that closes with 1013 is never committed to.
+        link = self.link
+        if link is not None and not link.closed and not link.counted:
+            link.counted = True
+            self.router.session_started(link.target)
+        if self.ticker is not None:
+            self.ticker.add(self)
+        self.client.accept(act.variant)
+
+    def _refuse(self, act: a.Refuse) -> None:
+        self.client.refuse(act.error)
+
+    def _end_client(self, act: a.EndClient) -> None:
+        self.client.end(act.error)
+
+    # ------------------------------------------------------------------ timers
+    def _start_timer(self, act: a.StartTimer) -> None:
+        old = self._timers.pop(act.timer, None)
+        if old is not None:
+            old.cancel()
+        loop = asyncio.get_running_loop()
+        self._timers[act.timer] = loop.call_later(act.seconds, self._fire, act.timer)
+
+    def _cancel_timer(self, act: a.CancelTimer) -> None:
+        handle = self._timers.pop(act.timer, None)
+        if handle is not None:
+            handle.cancel()
+
+    def _fire(self, timer: e.Timer) -> None:
+        self._timers.pop(timer, None)
+        self.feed(e.TimerFired(timer))
+
+    # ------------------------------------------------------------------ connecting
+    def _connect(self, act: a.ConnectInstance) -> None:
+        if act.after is not None:
+            self._last = act.after
+        if act.retry and self.link is not None:
+            link, self.link = self.link, None
+            link.detach()
+        self._connect_task = asyncio.get_running_loop().create_task(self._open())
+
+    async def _open(self) -> None:
+        """Connect to the next candidate that accepts; report failure once none is left.
+
+        A full instance (upgrade answered 503 or 429) or an unreachable one
+        makes us try the next candidate; a refused upgrade (any other status)
+        is the model's answer and surfaces as 424.  Success is reported by the
+        link itself (``on_ws_connected``), in the same callback as the 101.
+        """
+        variant, path, query, headers = self.connect_args
+        try:
+            if self._candidates is None:
+                self._candidates = iter(self.router.candidates(self.endpoint, variant))
+            for target in self._candidates:
+                try:
+                    await self._open_one(target, path, query, headers)
+                    return
+                except WSInvalidStatusError as exc:
+                    status = int(exc.response.status) if exc.response is not None else 0
+                    body = (exc.raw_body or b"").decode("utf-8", "replace")[:1024]
+                    if status in (503, 429):
+                        self._last = InstanceFullError(
+                            f"instance {target.instance_id} of endpoint {self.endpoint} is full or not ready "
+                            f"(upgrade answered {status})"
+                        )
+                        continue
+                    raise ModelRefusedError(
+                        f'Received client error ({status}) from primary with message "{body}". '
+                        "The model container refused the WebSocket connection.",
+                        original_status=status,
+                        original_message=body,
+                    ) from exc
+                except (OSError, TimeoutError, WSError) as exc:
+                    log.warning("instance %s unreachable: %s", target.instance_id, exc)
+                    self._last = ServiceUnavailableError(
+                        f"instance {target.instance_id} of endpoint {self.endpoint} is unreachable "
+                        f"({type(exc).__name__}); try again later"
+                    )
+                    continue
+            error = self._last or ServiceUnavailableError(
+                f"endpoint {self.endpoint} has no instance to take the session"
+            )
+        except asyncio.CancelledError:
+            raise
+        except BidistreamError as exc:
+            error = exc
+        except Exception as exc:
+            log.exception("opening the instance connection failed")
+            error = InternalError(f"gateway failed to open the session: {exc}")
+        self.feed(e.ConnectFailed(error))
+
+    async def _open_one(
+        self, target: RoutableInstance, path: str | None, query: str | None, headers: dict[str, str]
+    ) -> None:
+        limits = self.limits
+        url = upstream_url(target.base_url, path, query)
+        link = InstanceLink(self, target)
+        self.link = link
+        owned: list[socket.socket] = []
+
+        async def own_socket(parsed: object) -> socket.socket:
+            # We create (and so can always shut) the socket: a cancelled handshake
+            # must not leave a connection the instance keeps serving.
+            loop = asyncio.get_running_loop()
+            host, port = getattr(parsed, "host"), getattr(parsed, "port")  # noqa: B009
+            infos = await loop.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+            family, kind, proto, _, addr = infos[0]
+            sock = socket.socket(family, kind, proto)
+            owned.append(sock)
+            sock.setblocking(False)
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            await loop.sock_connect(sock, addr)
+            return sock
+
+        began = time.monotonic()
+        try:
+            async with asyncio.timeout(limits.connect_timeout):
+                await ws_connect(
+                    lambda: link,
+                    url,
+                    extra_headers=headers,
+                    enable_auto_ping=False,
+                    websocket_handshake_timeout=limits.connect_timeout,
+                    read_buffer_init_size=limits.ws_read_buffer,
+                    max_frame_size=limits.max_event_size,
+                    logger_name="gateway.upstream",
+                    disconnect_on_exception=True,
+                    socket_factory=own_socket,
+                    use_aiofastnet=False,
+                )
+        except BaseException:
+            if self.link is link:
+                self.link = None
+            link.relay = None
+            for sock in owned:
+                with contextlib.suppress(OSError):
+                    sock.shutdown(socket.SHUT_RDWR)
+            if link.transport is not None:
+                link.transport.disconnect(graceful=False)
+            raise
+        log.debug("instance %s connected in %.1f ms", url, (time.monotonic() - began) * 1000)
+
+
+# Action type -> the Relay method that carries it out (one table for all sessions:
+# a dict of bound methods per session would cost ~2.5 KiB of each idle session).
+_DO: dict[type, Callable[[Relay, Any], None]] = {
+    a.SendToClient: Relay._send_to_client,
+    a.SendToInstance: Relay._send_to_instance,
+    a.Acknowledge: Relay._acknowledge,
+    a.PauseInstanceReads: Relay._pause_instance,
+    a.ResumeInstanceReads: Relay._resume_instance,
+    a.PauseClientReads: Relay._pause_client,
+    a.ResumeClientReads: Relay._resume_client,
+    a.ConnectInstance: Relay._connect,
+    a.PingInstance: Relay._ping,
+    a.CloseInstanceInput: Relay._close_input,
+    a.CloseInstance: Relay._close_instance,
+    a.DisconnectInstance: Relay._disconnect,
+    a.Accept: Relay._accept,
+    a.Refuse: Relay._refuse,
+    a.EndClient: Relay._end_client,
+    a.StartTimer: Relay._start_timer,
+    a.CancelTimer: Relay._cancel_timer,
+}
 
 
 class PingTicker:
-    """One timer pinging every live upstream; ``missed_pongs`` misses in a row close it."""
+    """One timer for all sessions: every ``interval`` each relay gets a keepalive tick."""
 
     def __init__(self, interval: float, missed_limit: int) -> None:
         self.interval = interval
         self.missed_limit = missed_limit
-        self._live: set[Upstream] = set()
+        self._live: set[Relay] = set()
         self._task: asyncio.Task[None] | None = None
 
-    def add(self, up: Upstream) -> None:
-        up.ticker = self
-        self._live.add(up)
+    def add(self, relay: Relay) -> None:
+        self._live.add(relay)
         if self._task is None:
             self._task = asyncio.get_running_loop().create_task(self._run(), name="gateway-ping")
 
-    def remove(self, up: Upstream) -> None:
-        self._live.discard(up)
+    def remove(self, relay: Relay) -> None:
+        self._live.discard(relay)
 
     def __len__(self) -> int:
         return len(self._live)
 
     async def _run(self) -> None:
+        tick = e.TimerFired(e.Timer.PING)
         while True:
             await asyncio.sleep(self.interval)
-            for up in list(self._live):
-                if up.missed >= self.missed_limit:
-                    up.fail(
-                        PingTimeoutError(
-                            f"the model container did not answer {up.missed} consecutive pings "
-                            f"(every {self.interval:g} s); the session was closed"
-                        )
-                    )
-                    continue
-                t = up.transport
-                if t is not None and not up.closed:
-                    up.missed += 1
-                    t.send_ping()
+            for relay in list(self._live):
+                relay.feed(tick)
 
     async def stop(self) -> None:
         if self._task is not None:
@@ -358,111 +571,3 @@ class PingTicker:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
             self._task = None
-
-
-def upstream_url(base_url: str, path: str | None, query: str | None) -> str:
-    base = base_url.rstrip("/")
-    if base.startswith("http://"):
-        base = "ws://" + base[7:]
-    elif base.startswith("https://"):
-        base = "wss://" + base[8:]
-    url = f"{base}/{quote(path or DEFAULT_INVOCATION_PATH, safe='/-._~')}"
-    return f"{url}?{query}" if query else url
-
-
-async def open_upstream(
-    router: Router,
-    endpoint: str,
-    *,
-    variant: str | None,
-    path: str | None,
-    query: str | None,
-    headers: Mapping[str, str],
-    limits: GatewayLimits,
-    ticker: PingTicker | None,
-) -> Upstream:
-    """Connect to the first candidate instance that accepts the session.
-
-    A full instance (upgrade answered 503, or close 1013 right after the
-    accept) or an unreachable one makes us try the next candidate; a refused
-    upgrade (any other status) is the model's answer and surfaces as 424.
-
-    The returned upstream is confirmed but not attached: the caller calls
-    ``attach(downstream)`` once it is ready to relay (response headers sent),
-    and checks ``closed`` for an instance that closed during the handshake.
-    """
-    targets = router.candidates(endpoint, variant)
-    last: BidistreamError = ServiceUnavailableError(
-        f"endpoint {endpoint} has no instance to take the session"
-    )
-    for target in targets:
-        url = upstream_url(target.base_url, path, query)
-        listener = Upstream()
-        began = time.monotonic()
-        try:
-            async with asyncio.timeout(limits.connect_timeout):
-                transport, _ = await ws_connect(
-                    lambda listener=listener: listener,
-                    url,
-                    extra_headers=dict(headers),
-                    enable_auto_ping=False,
-                    websocket_handshake_timeout=limits.connect_timeout,
-                    read_buffer_init_size=limits.ws_read_buffer,
-                    max_frame_size=limits.max_event_size,
-                    logger_name="gateway.upstream",
-                    disconnect_on_exception=True,
-                    use_aiofastnet=False,
-                )
-        except WSInvalidStatusError as exc:
-            status = int(exc.response.status) if exc.response is not None else 0
-            body = (exc.raw_body or b"").decode("utf-8", "replace")[:1024]
-            if status in (503, 429):
-                last = InstanceFullError(
-                    f"instance {target.instance_id} of endpoint {endpoint} is full or not ready "
-                    f"(upgrade answered {status})"
-                )
-                continue
-            raise ModelRefusedError(
-                f'Received client error ({status}) from primary with message "{body}". '
-                "The model container refused the WebSocket connection.",
-                original_status=status,
-                original_message=body,
-            ) from exc
-        except (OSError, TimeoutError, WSError) as exc:
-            log.warning("instance %s unreachable at %s: %s", target.instance_id, url, exc)
-            last = ServiceUnavailableError(
-                f"instance {target.instance_id} of endpoint {endpoint} is unreachable "
-                f"({type(exc).__name__}); try again later"
-            )
-            continue
-        except Exception as exc:
-            raise InternalError(f"opening the instance connection failed: {exc}") from exc
-        # A full instance accepts and closes with 1013 at once, with the 101 or in
-        # a later read: confirm before committing, while nothing has been relayed.
-        listener.transport = transport
-        try:
-            await listener.confirm(limits.confirm_timeout)
-        except BaseException:
-            transport.disconnect(graceful=False)
-            raise
-        if (
-            listener.got_close
-            and not listener.relayed
-            and isinstance(listener.close_error, InstanceFullError)
-        ):
-            last = listener.close_error
-            transport.disconnect(graceful=False)
-            continue
-        listener.target = target
-        listener.router = router
-        transport.underlying_transport.set_write_buffer_limits(high=limits.high_water)
-        router.session_started(target)
-        if listener.closed:
-            # It closed during the handshake; the disconnect callback already ran
-            # without the router, so balance the count here.
-            router.session_ended(target)
-        elif ticker is not None:
-            ticker.add(listener)
-        log.debug("upstream %s connected in %.1f ms", url, (time.monotonic() - began) * 1000)
-        return listener
-    raise last

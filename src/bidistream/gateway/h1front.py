@@ -41,6 +41,7 @@ class H1Protocol(asyncio.Protocol):
         self._can_write = asyncio.Event()
         self._can_write.set()
         self.closed = False
+        self.reading_paused = False
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = cast(asyncio.Transport, transport)  # uvloop's is no subclass
@@ -67,6 +68,22 @@ class H1Protocol(asyncio.Protocol):
         self.conn.receive_data(data)
         self._process()
 
+    def _pause_reading(self) -> None:
+        """A request is being answered: read nothing more until the next cycle.
+
+        h11 buffers whatever arrives meanwhile (pipelined requests) without
+        bound; pausing the transport leaves it in the kernel, where TCP's own
+        window pushes back on the client.
+        """
+        if not self.reading_paused and self.transport is not None and not self.closed:
+            self.reading_paused = True
+            self.transport.pause_reading()
+
+    def _resume_reading(self) -> None:
+        if self.reading_paused and self.transport is not None and not self.closed:
+            self.reading_paused = False
+            self.transport.resume_reading()
+
     def eof_received(self) -> bool | None:
         self.conn.receive_data(b"")
         self._process()
@@ -79,7 +96,10 @@ class H1Protocol(asyncio.Protocol):
             except h11.RemoteProtocolError as exc:
                 self._send_simple(exc.error_status_hint, str(exc))
                 return
-            if event is h11.NEED_DATA or event is h11.PAUSED:
+            if event is h11.NEED_DATA:
+                return
+            if event is h11.PAUSED:
+                self._pause_reading()
                 return
             if isinstance(event, h11.Request):
                 self._request = event
@@ -95,6 +115,7 @@ class H1Protocol(asyncio.Protocol):
                     self._body += event.data
             elif isinstance(event, h11.EndOfMessage):
                 assert self._request is not None
+                self._pause_reading()
                 self._task = asyncio.get_running_loop().create_task(self._respond(self._request))
                 return
             elif isinstance(event, h11.ConnectionClosed):
@@ -155,6 +176,7 @@ class H1Protocol(asyncio.Protocol):
         self._task = None
         if self.conn.our_state is h11.DONE and self.conn.their_state is h11.DONE:
             self.conn.start_next_cycle()
+            self._resume_reading()
             self._process()
         elif self.transport is not None:
             self.transport.close()

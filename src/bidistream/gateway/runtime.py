@@ -63,24 +63,25 @@ async def _post(
     limits: GatewayLimits,
 ) -> tuple[RoutableInstance, aiohttp.ClientResponse]:
     last: BidistreamError = ServiceUnavailableError(f"endpoint {endpoint} has no instance to take the call")
-    for target in router.candidates(endpoint, variant):
+    for instance in router.candidates(endpoint, variant):
         try:
             resp = await http.post(
-                f"{target.base_url}/invocations",
+                f"{instance.base_url}/invocations",
                 data=body,
                 headers=dict(headers),
                 timeout=aiohttp.ClientTimeout(total=None, sock_connect=limits.connect_timeout),
             )
         except (aiohttp.ClientError, OSError) as exc:
             last = ServiceUnavailableError(
-                f"instance {target.instance_id} of endpoint {endpoint} is unreachable ({type(exc).__name__})"
+                f"instance {instance.instance_id} of endpoint {endpoint} is unreachable "
+                f"({type(exc).__name__})"
             )
             continue
         if resp.status in (503, 429):
             resp.release()
-            last = InstanceFullError(f"instance {target.instance_id} is busy or not ready ({resp.status})")
+            last = InstanceFullError(f"instance {instance.instance_id} is busy or not ready ({resp.status})")
             continue
-        return target, resp
+        return instance, resp
     raise last
 
 
@@ -103,7 +104,7 @@ async def invoke_endpoint(
             out["accept"] = headers["x-amzn-sagemaker-accept"]
         out["x-amzn-sagemaker-request-id"] = request_id
         async with asyncio.timeout(limits.invoke_timeout):
-            target, resp = await _post(http, router, endpoint, variant, out, body, limits)
+            instance, resp = await _post(http, router, endpoint, variant, out, body, limits)
             if resp.status >= 300:
                 text = (await resp.read()).decode("utf-8", "replace")
                 resp.release()
@@ -116,7 +117,7 @@ async def invoke_endpoint(
             back = [(k, resp.headers[k]) for k in _BACK if k in resp.headers]
             base = [
                 ("x-amzn-requestid", request_id),
-                ("x-amzn-invoked-production-variant", target.variant),
+                ("x-amzn-invoked-production-variant", instance.variant),
                 *back,
             ]
             ctype = resp.headers.get("content-type", "application/octet-stream")

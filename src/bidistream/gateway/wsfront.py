@@ -26,22 +26,17 @@ import h11
 from websockets.exceptions import InvalidState
 from websockets.frames import Frame as WsFrame
 from websockets.frames import Opcode
+from websockets.http11 import Request as WsRequest
 from websockets.protocol import State
 from websockets.server import ServerProtocol
 from websockets.typing import Subprotocol
 
 from bidistream.contract import check_invocation_path, check_name, check_query, close_reason
-from bidistream.errors import (
-    AuthError,
-    BidistreamError,
-    InternalError,
-    NotFoundError,
-    wire_form,
-    ws_close_code,
-)
+from bidistream.errors import AuthError, BidistreamError, NotFoundError, wire_form, ws_close_code
 from bidistream.gateway.auth import authenticate_upgrade
-from bidistream.gateway.bridge import Upstream, open_upstream
+from bidistream.gateway.bridge import Relay
 from bidistream.gateway.routes import RouteKind, classify
+from bidistream.session.events import ClientBlocked, ClientEnded, ClientGone, ClientPart, ClientWritable
 
 if TYPE_CHECKING:
     from bidistream.gateway.context import DoorContext
@@ -88,7 +83,14 @@ def take_over(ctx: DoorContext, transport: asyncio.Transport, req: h11.Request, 
 
 
 class WsSession(asyncio.Protocol):
-    """One client WebSocket bridged to one instance WebSocket."""
+    """One client WebSocket: the WebSocket adapter of the session core.
+
+    It turns websockets' events into session events and carries out the
+    session's client-side actions; the :class:`~bidistream.gateway.bridge.Relay`
+    does the instance side.  Backpressure here is pausing this socket's reads.
+    After our close frame the client gets ``ws_close_timeout`` to answer it
+    before the socket is cut.
+    """
 
     def __init__(self, ctx: DoorContext, transport: asyncio.Transport) -> None:
         self.ctx = ctx
@@ -96,12 +98,10 @@ class WsSession(asyncio.Protocol):
         self.ws = ServerProtocol(
             max_size=ctx.limits.max_event_size, select_subprotocol=_first_offered, logger=log
         )
-        self.up: Upstream | None = None
-        self.early: list[tuple[bytes, bool, bool]] | None = []
+        self.relay: Relay | None = None
         self.closed = False
-        self._out_frag = False
-        self._in_text = False
-        self._task: asyncio.Task[None] | None = None
+        self.reads_paused = False
+        self._close_deadline: asyncio.TimerHandle | None = None
         ctx.connections.add(self)
 
     def close_gracefully(self) -> None:
@@ -117,6 +117,9 @@ class WsSession(asyncio.Protocol):
         head += [name + b": " + value + b"\r\n" for name, value in req.headers]
         self.ws.receive_data(b"".join(head) + b"\r\n" + trailing)
         events = self.ws.events_received()
+        if not events or not isinstance(events[0], WsRequest):
+            self._refuse_head()
+            return
         request = events[0]
         target = req.target.decode("utf-8", "replace")
         path, _, query = target.partition("?")
@@ -125,7 +128,7 @@ class WsSession(asyncio.Protocol):
         except AuthError as exc:
             self._refuse_upgrade(exc)
             return
-        response = self.ws.accept(request)  # type: ignore[arg-type]
+        response = self.ws.accept(request)
         self.ws.send_response(response)
         self._flush()
         if response.status_code != 101:
@@ -137,13 +140,25 @@ class WsSession(asyncio.Protocol):
         except BidistreamError as exc:
             self._close_with(exc)
             return
-        self._handle(events[1:])
         headers = {
             "X-Amzn-SageMaker-Request-Id": uuid.uuid4().hex,
             "X-Amzn-SageMaker-Endpoint-Name": endpoint,
             **_forwarded(req.headers),
         }
-        self._task = asyncio.get_running_loop().create_task(self._connect(endpoint, inv_path, query, headers))
+        gw = self.ctx
+        self.relay = Relay(
+            self,
+            gw.router,
+            gw.limits,
+            gw.ticker,
+            endpoint=endpoint,
+            variant=None,
+            path=inv_path,
+            query=query or None,
+            headers=headers,
+        )
+        self.relay.start()
+        self._handle(events[1:])
 
     def _refuse_upgrade(self, error: AuthError) -> None:
         """Answer the upgrade with the error's status (401/403) instead of a 101."""
@@ -154,6 +169,27 @@ class WsSession(asyncio.Protocol):
             response.headers["WWW-Authenticate"] = 'Bearer realm="bidistream"'
         self.ws.send_response(response)
         self._flush()  # ends with the protocol's end-of-stream marker: the transport closes
+
+    def _refuse_head(self) -> None:
+        """The upgrade's head broke a websockets limit (more than 128 headers, a line over 8 KiB).
+
+        websockets queues its own answer for those (431, or 414 for the request
+        line); for any other head it cannot parse it only closes, so say 400.
+        """
+        log.info("WS upgrade refused: %s", self.ws.handshake_exc)
+        answered = False
+        for chunk in self.ws.data_to_send():
+            if chunk:
+                self.transport.write(chunk)
+                answered = True
+        if not answered:
+            body = f"Failed to open a WebSocket connection: {self.ws.handshake_exc}.\n".encode()
+            self.transport.write(
+                b"HTTP/1.1 400 Bad Request\r\nContent-Type: text/plain; charset=utf-8\r\n"
+                b"Connection: close\r\nContent-Length: " + str(len(body)).encode() + b"\r\n\r\n" + body
+            )
+        self.closed = True
+        self.transport.close()
 
     @staticmethod
     def _parse(path: str) -> tuple[str, str | None]:
@@ -167,41 +203,7 @@ class WsSession(asyncio.Protocol):
         inv_path = route.invocation_path
         return route.endpoint, check_invocation_path(inv_path, shown=unquote(inv_path))
 
-    async def _connect(
-        self, endpoint: str, inv_path: str | None, query: str, headers: dict[str, str]
-    ) -> None:
-        gw = self.ctx
-        try:
-            up = await open_upstream(
-                gw.router,
-                endpoint,
-                variant=None,
-                path=inv_path,
-                query=query or None,
-                headers=headers,
-                limits=gw.limits,
-                ticker=gw.ticker,
-            )
-        except BidistreamError as exc:
-            self._close_with(exc)
-            return
-        except Exception as exc:
-            log.exception("WS front door connect failed")
-            self._close_with(InternalError(f"gateway failed to open the session: {exc}"))
-            return
-        if self.closed or self.ws.state is not State.OPEN:
-            up.abort()
-            return
-        self.up = up
-        early, self.early = self.early, None
-        for data, text, fin in early or ():
-            up.send(data, text, fin)
-        up.attach(self)
-        self.transport.resume_reading()
-        if up.closed:
-            self.on_upstream_closed(up.close_error)
-
-    # ------------------------------------------------------------------ client → instance
+    # ------------------------------------------------------------------ client → session
     def data_received(self, data: bytes) -> None:
         self.ws.receive_data(data)
         self._handle(self.ws.events_received())
@@ -212,37 +214,58 @@ class WsSession(asyncio.Protocol):
         return None
 
     def _handle(self, events: Sequence[object]) -> None:
-        up = self.up
+        relay = self.relay
         for ev in events:
-            if not isinstance(ev, WsFrame):
+            if not isinstance(ev, WsFrame) or relay is None:
                 continue
             op = ev.opcode
-            if op is Opcode.TEXT or op is Opcode.BINARY or op is Opcode.CONT:
-                if op is not Opcode.CONT:
-                    self._in_text = op is Opcode.TEXT
-                item = (bytes(ev.data), self._in_text, ev.fin)
-                if up is not None:
-                    up.send(*item)
-                elif self.early is not None:
-                    self.early.append(item)
-                    # Nothing read until the instance is there: bounded by the socket.
-                    self.transport.pause_reading()
+            if op is Opcode.TEXT:
+                relay.feed(ClientPart(bytes(ev.data), True, ev.fin))
+            elif op is Opcode.BINARY:
+                relay.feed(ClientPart(bytes(ev.data), False, ev.fin))
+            elif op is Opcode.CONT:
+                relay.feed(ClientPart(bytes(ev.data), None, ev.fin))
             elif op is Opcode.CLOSE:
-                if up is not None:
-                    up.close_input()
-        if up is not None and up.write_paused:
-            self.transport.pause_reading()
+                relay.feed(ClientEnded())
         self._flush()
 
-    def on_upstream_writable(self) -> None:
-        if not self.closed:
-            self.transport.resume_reading()
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.closed = True
+        self.ctx.connections.discard(self)
+        if self._close_deadline is not None:
+            self._close_deadline.cancel()
+        if self.relay is not None:
+            self.relay.feed(ClientGone())
 
-    # ------------------------------------------------------------------ instance → client
-    def on_upstream_frame(self, data: bytes, text: bool, fin: bool) -> None:
+    def pause_writing(self) -> None:
+        if self.relay is not None:
+            self.relay.feed(ClientBlocked())
+
+    def resume_writing(self) -> None:
+        if self.relay is not None:
+            self.relay.feed(ClientWritable())
+
+    # ------------------------------------------------------------------ session → client
+    def accept(self, variant: str) -> None:
+        """The upgrade was accepted before the session started: nothing to say."""
+
+    def refuse(self, error: BidistreamError) -> None:
+        self._close_with(error)
+
+    def end(self, error: BidistreamError | None) -> None:
+        if error is not None:
+            self._close_with(error)
+            return
+        with contextlib.suppress(InvalidState):
+            if self.ws.state is State.OPEN:
+                self.ws.send_close(1000, "")
+        self._flush()
+        self._arm_close_deadline()
+
+    def send(self, data: bytes, text: bool, fin: bool, cont: bool) -> None:
         ws = self.ws
         try:
-            if self._out_frag:
+            if cont:
                 ws.send_continuation(data, fin)
             elif text:
                 ws.send_text(data, fin)
@@ -250,26 +273,35 @@ class WsSession(asyncio.Protocol):
                 ws.send_binary(data, fin)
         except InvalidState:
             return
-        self._out_frag = not fin
         self._flush()
 
-    def on_upstream_closed(self, error: BidistreamError | None) -> None:
-        if error is None:
-            with contextlib.suppress(InvalidState):
-                self.ws.send_close(1000, "")
-            self._flush()
-            return
-        self._close_with(error)
+    def ack(self, n: int) -> None:
+        """WebSocket has no window: backpressure is pausing reads."""
+
+    def pause_reads(self) -> None:
+        if not self.closed and not self.reads_paused:
+            self.reads_paused = True
+            self.transport.pause_reading()
+
+    def resume_reads(self) -> None:
+        if not self.closed and self.reads_paused:
+            self.reads_paused = False
+            self.transport.resume_reading()
 
     def _close_with(self, error: BidistreamError) -> None:
         code = ws_close_code(error)  # the container's own close code is relayed as is
-        reason = close_reason(error.message)
         with contextlib.suppress(InvalidState):
             if self.ws.state is State.OPEN:
-                self.ws.send_close(code, reason)
+                self.ws.send_close(code, close_reason(error.message))
         self._flush()
-        if self.up is not None and not self.up.closed:
-            self.up.abort(code, reason)
+        self._arm_close_deadline()
+
+    def _arm_close_deadline(self) -> None:
+        """Our close is sent: read the client's reply (reads resumed), cut the socket if none comes."""
+        self.resume_reads()
+        if self._close_deadline is None and not self.closed:
+            loop = asyncio.get_running_loop()
+            self._close_deadline = loop.call_later(self.ctx.limits.ws_close_timeout, self.transport.abort)
 
     # ------------------------------------------------------------------ plumbing
     def _flush(self) -> None:
@@ -282,19 +314,3 @@ class WsSession(asyncio.Protocol):
                 # The protocol's end-of-stream marker: the close handshake is done.
                 self.transport.close()
                 return
-
-    def pause_writing(self) -> None:
-        if self.up is not None:
-            self.up.pause_reading()
-
-    def resume_writing(self) -> None:
-        if self.up is not None:
-            self.up.resume_reading()
-
-    def connection_lost(self, exc: Exception | None) -> None:
-        self.closed = True
-        self.ctx.connections.discard(self)
-        if self._task is not None and not self._task.done():
-            self._task.cancel()
-        if self.up is not None:
-            self.up.abort(1001, "client went away")

@@ -37,7 +37,10 @@ class Platform:
         return self.manager.router
 
     async def start(self) -> None:
-        """Bring back the endpoints the store says were running."""
+        """Stop what a dead gateway left running, then bring back the endpoints the store says ran."""
+        reap = getattr(self.runtime, "reap_orphans", None)
+        if reap is not None:
+            await reap()
         await self.manager.start()
 
     def announce(self, url: str) -> None:
@@ -67,19 +70,20 @@ def build_platform(
     """Build (not start) the platform on ``data_dir`` with the ``process`` or ``ray`` runtime."""
     data = Path(data_dir)
     lock = acquire(data)  # before the store is opened: a second gateway must change nothing
+    store = Store(data / STORE_FILE)
     chosen: Runtime
     if runtime == "process":
         from bidistream.platform.runtimes.process import ProcessRuntime
 
-        chosen = ProcessRuntime()
+        chosen = ProcessRuntime(ledger=store)
     elif runtime == "ray":
         from bidistream.platform.runtimes.ray import RayRuntime
 
         chosen = RayRuntime(address=ray_address, resources=ray_resources, data_dir=data)
     else:
+        store.close()
         lock.release()
         raise InputValidationError(f"unknown runtime {runtime!r}: use 'process' or 'ray'")
-    store = Store(data / STORE_FILE)
     manager = EndpointManager(store, chosen, data, manager_limits)
     control = ControlApi(store, manager, limits=control_limits)
     return Platform(store, chosen, manager, control, data, lock)

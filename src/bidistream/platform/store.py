@@ -15,6 +15,12 @@ transaction, at the moment they happen, so no reader ever sees an endpoint
 ``InService`` beside instances still ``starting``.  Only the hot per-session
 counter (``live_sessions``) is coalesced, by :meth:`Store.set_live_sessions`.
 The table is emptied at start (nothing runs yet) and is not durable state.
+
+The ``instance_processes`` table is durable on purpose: the process id and
+kernel start time of every instance process the gateway started, written when
+it starts and removed when it exits, so a gateway that was SIGKILLed finds
+(and stops) its orphans on the next start.  The start time makes the match
+safe against a recycled PID.
 """
 
 from __future__ import annotations
@@ -32,7 +38,7 @@ from typing import Any
 from bidistream.errors import ConflictError, NotFoundError
 from bidistream.platform.states import EndpointEvent, next_status
 
-__all__ = ["EndpointRecord", "InstanceRow", "Record", "Store"]
+__all__ = ["EndpointRecord", "InstanceRow", "ProcessRow", "Record", "Store"]
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS models (
@@ -67,6 +73,15 @@ CREATE TABLE IF NOT EXISTS instances (
     restarts INTEGER NOT NULL,
     log_path TEXT NOT NULL,
     updated REAL NOT NULL
+);
+CREATE TABLE IF NOT EXISTS instance_processes (
+    instance_id TEXT PRIMARY KEY,
+    pid INTEGER NOT NULL,
+    start_ticks INTEGER NOT NULL,
+    owner_pid INTEGER NOT NULL,
+    owner_start_ticks INTEGER NOT NULL,
+    container TEXT,
+    recorded REAL NOT NULL
 );
 CREATE TABLE IF NOT EXISTS meta (
     key TEXT PRIMARY KEY,
@@ -115,6 +130,21 @@ class InstanceRow:
     restarts: int
     log_path: str
     updated: float
+
+
+@dataclass(frozen=True, slots=True)
+class ProcessRow:
+    """One instance process: its PID and start time in clock ticks since boot
+    (``/proc/<pid>/stat`` field 22), the same for the gateway that started it
+    (a live owner keeps its instances), and its Docker container name if any."""
+
+    instance_id: str
+    pid: int
+    start_ticks: int
+    owner_pid: int
+    owner_start_ticks: int
+    container: str | None
+    recorded: float
 
 
 class Store:
@@ -365,6 +395,35 @@ class Store:
                 return self.list_endpoints(), self.list_instances()
             finally:
                 self._conn.execute("COMMIT")
+
+    # ------------------------------------------------------- instance processes
+    def record_process(self, row: ProcessRow) -> None:
+        with self.transaction() as conn:
+            conn.execute(
+                "INSERT OR REPLACE INTO instance_processes (instance_id, pid, start_ticks, owner_pid, "
+                "owner_start_ticks, container, recorded) VALUES (?, ?, ?, ?, ?, ?, ?)",
+                (
+                    row.instance_id,
+                    row.pid,
+                    row.start_ticks,
+                    row.owner_pid,
+                    row.owner_start_ticks,
+                    row.container,
+                    row.recorded,
+                ),
+            )
+
+    def forget_process(self, instance_id: str, pid: int) -> None:
+        """Drop the record of ``pid`` (a restarted instance keeps its id under a new PID)."""
+        with self.transaction() as conn:
+            conn.execute(
+                "DELETE FROM instance_processes WHERE instance_id = ? AND pid = ?", (instance_id, pid)
+            )
+
+    def list_processes(self) -> list[ProcessRow]:
+        with self._lock:
+            rows = self._conn.execute("SELECT * FROM instance_processes ORDER BY recorded, instance_id")
+            return [ProcessRow(**dict(r)) for r in rows.fetchall()]
 
     def set_meta(self, key: str, value: str) -> None:
         with self.transaction() as conn:
