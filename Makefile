@@ -6,8 +6,8 @@ PIP   := $(PY) -m pip install -q --disable-pip-version-check -c constraints.txt
 # `make run` installs what serving needs; `make test` adds the dev tools, test clients and Ray.
 RUN_STAMP  := $(VENV)/.run-stamp
 TEST_STAMP := $(VENV)/.installed-stamp
-RUN_EXTRAS  := client,speech,v2
-TEST_EXTRAS := client,speech,dev,ray,v2
+RUN_EXTRAS  := client,speech
+TEST_EXTRAS := client,speech,dev,ray
 RUN_ARGS ?=
 PYTEST_ARGS ?=
 
