@@ -383,13 +383,19 @@ class InferenceService:
                 async for later in requests:
                     yield request_from_pb(later)
 
-            responses = backend.infer_stream(payloads(), _metadata(context))
+            # A backend that converts its own responses (MLServer's converters) skips our dataclasses.
+            native = getattr(backend, "grpc_responses", None)
+            responses: AsyncIterator[Any] = (
+                native(payloads(), _metadata(context), use_raw=use_raw)
+                if native is not None
+                else self._converted(backend.infer_stream(payloads(), _metadata(context)), use_raw)
+            )
             try:
-                async for result in responses:
+                async for message in responses:
                     if count == 0:
                         metrics.first_response(name, "grpc", time.perf_counter() - began)
                     count += 1
-                    yield response_to_pb(self.pb, result, use_raw=use_raw)
+                    yield message
             finally:
                 await _aclose(responses)
         except asyncio.CancelledError:
@@ -402,6 +408,13 @@ class InferenceService:
             await self._abort(context, error)
             raise
         metrics.request(name, "grpc", "infer_stream", time.perf_counter() - began, count)
+
+    async def _converted(self, responses: AsyncIterator[InferResponse], use_raw: bool) -> AsyncIterator[Any]:
+        try:
+            async for result in responses:
+                yield response_to_pb(self.pb, result, use_raw=use_raw)
+        finally:
+            await _aclose(responses)
 
     async def _triton_stream(
         self, request_iterator: AsyncIterator[Any], context: grpc.aio.ServicerContext
