@@ -245,7 +245,6 @@ class Relay:
     """One session between a front door and an instance: the session core's gateway adapter."""
 
     __slots__ = (
-        "busy",
         "_candidates",
         "_connect_task",
         "_end",
@@ -253,6 +252,7 @@ class Relay:
         "_last",
         "_targets",
         "_timers",
+        "busy",
         "client",
         "connect_args",
         "endpoint",
