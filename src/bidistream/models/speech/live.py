@@ -56,7 +56,9 @@ __all__ = ["BacklogExceededError", "LiveConfig", "LiveTranscriber"]
 # How often the idle clock looks again while decodes or messages are outstanding.
 IDLE_POLL_SECONDS = 0.25
 
-_Item = dict[str, Any] | Awaitable[dict[str, Any] | None] | None
+# A ready message, or a decode that will give one, none, or several (a final and its
+# UtteranceEnd); None ends the stream.
+_Item = dict[str, Any] | Awaitable[dict[str, Any] | list[dict[str, Any]] | None] | None
 
 
 class BacklogExceededError(ServiceUnavailableError):
@@ -201,7 +203,7 @@ class LiveTranscriber:
                 if item is None:
                     break
                 if isinstance(item, dict):
-                    message: dict[str, Any] | None = item
+                    message: dict[str, Any] | list[dict[str, Any]] | None = item
                 else:
                     future = asyncio.ensure_future(item)
                     await asyncio.wait((future, self._abort), return_when=asyncio.FIRST_COMPLETED)
@@ -209,10 +211,10 @@ class LiveTranscriber:
                         future.cancel()
                         break  # refused: do not wait for the backlog to be decoded
                     message = future.result()
-                if message is not None:
+                for one in [] if message is None else message if isinstance(message, list) else [message]:
                     self._out.delivering = True
                     try:
-                        yield Frame.text(dg.dumps(message))
+                        yield Frame.text(dg.dumps(one))
                     finally:
                         self._out.delivering = False
             if self._abort.done():
@@ -454,15 +456,22 @@ class LiveTranscriber:
         words_from = max(0, event.words_from - event.start) / SAMPLE_RATE
         cut = event.cut
 
-        async def decode() -> dict[str, Any]:
+        async def decode() -> list[dict[str, Any]]:
             transcript = await job
             transcript = clamp_start(drop_words_before(transcript, words_from), onset)
             if cut:
                 transcript = transcript.without_final_stop()
+            out = [
+                self._results(transcript, start_s, duration, True, event.speech_final, event.from_finalize)
+            ]
             if transcript.words:
                 self._last_word_end = start_s + transcript.words[-1].end
-                self._utterance_end_due = True
-            return self._results(transcript, start_s, duration, True, event.speech_final, event.from_finalize)
+                resumed = self._onset >= event.end  # the next utterance has begun meanwhile
+                if self._utterance_end_now(self._onset if resumed else self.endpointer.position):
+                    out.append(dg.utterance_end_message(self._last_word_end, self.options.channels))
+                elif not resumed:
+                    self._utterance_end_due = True
+            return out
 
         self._emit(asyncio.ensure_future(decode()))
 
@@ -511,10 +520,20 @@ class LiveTranscriber:
             or self.endpointer.in_speech
         ):
             return
-        gap_ms = (self.endpointer.position / SAMPLE_RATE - self._last_word_end) * 1000
-        if gap_ms >= self.options.utterance_end_ms:
+        if self._utterance_end_now(self.endpointer.position):
             self._utterance_end_due = False
             self._emit(dg.utterance_end_message(self._last_word_end, self.options.channels))
+
+    def _utterance_end_now(self, horizon: int) -> bool:
+        """The word gap up to ``horizon`` (samples) reached ``utterance_end_ms``.
+
+        Also asked when a final's decode completes: audio sent faster than real time
+        may all have arrived by then, and no later audio would ask again.
+        """
+        if self.options.utterance_end_ms is None or self._last_word_end is None:
+            return False
+        gap_ms = (horizon / SAMPLE_RATE - self._last_word_end) * 1000
+        return gap_ms >= self.options.utterance_end_ms
 
     # ------------------------------------------------------------------ messages
     def _results(
