@@ -50,6 +50,7 @@ from websockets.asyncio.client import connect
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 
 from benchmarks import floor
+from benchmarks.machine import cpu_model
 from bidistream.eventstream import EventStreamDecoder, decode_message
 
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -455,15 +456,7 @@ def loadavg() -> list[str]:
 
 
 def machine() -> dict[str, Any]:
-    model = next(
-        (
-            line.split(":", 1)[1].strip()
-            for line in Path("/proc/cpuinfo").read_text().splitlines()
-            if "model name" in line
-        ),
-        "unknown",
-    )
-    return {"cpu": model, "cpus": os.cpu_count(), "loadavg": loadavg()}
+    return {"cpu": cpu_model(), "cpus": os.cpu_count(), "loadavg": loadavg()}
 
 
 async def killer(instance: Instance, kills: int, every: float, stop: asyncio.Event) -> None:

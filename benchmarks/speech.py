@@ -26,7 +26,6 @@ import argparse
 import asyncio
 import json
 import os
-import platform
 import re
 import socket
 import subprocess
@@ -42,6 +41,8 @@ from typing import Any
 import numpy as np
 from deepgram import AsyncDeepgramClient
 from deepgram.environment import DeepgramClientEnvironment
+
+from benchmarks.machine import cpu_model
 
 ROOT = Path(__file__).resolve().parent.parent
 MAKE_SET = ROOT / "benchmarks" / "speech_eval" / "make_set.sh"
@@ -65,16 +66,6 @@ def build_set(out: Path) -> dict[str, str]:
     if not (out / "ref.tsv").exists():
         subprocess.run(["bash", str(MAKE_SET), str(out), "--real"], check=True, stdout=subprocess.DEVNULL)
     return dict(line.rstrip("\n").split("\t", 1) for line in (out / "ref.tsv").read_text().splitlines())
-
-
-def cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
 
 
 def load_avg() -> list[float]:

@@ -35,6 +35,7 @@ import jiwer
 import openai
 import riva.client
 
+from benchmarks.machine import cpu_model
 from benchmarks.speech import build_set, normalise
 from bidistream.container.server import ModelServer
 from bidistream.models.speech import SpeechModel
@@ -43,13 +44,6 @@ from bidistream.models.speech.files import decode_file
 RESULTS = Path(__file__).resolve().parent / "results" / "speech_apis.json"
 APIS = ("openai", "nim_http", "nim_grpc", "riva", "deepgram")
 LONG_FILE_S = 60.0
-
-
-def cpu_model() -> str:
-    for line in Path("/proc/cpuinfo").read_text().splitlines():
-        if line.startswith("model name"):
-            return line.split(":", 1)[1].strip()
-    return "unknown"
 
 
 def seed_body(audio: bytes, diarize: bool) -> tuple[bytes, str]:
