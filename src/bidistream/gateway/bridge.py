@@ -231,11 +231,11 @@ class Relay:
     """One session between a front door and an instance: the session core's gateway adapter."""
 
     __slots__ = (
-        "busy",
         "_candidates",
         "_connect_task",
         "_last",
         "_timers",
+        "busy",
         "client",
         "connect_args",
         "endpoint",
