@@ -23,6 +23,7 @@ from tests.support.waiting import scaled
 
 _AUDIO_DIR: Path | None = None
 _SERVER: tuple[subprocess.Popen[bytes], int] | None = None
+_GRPC_PORT: int | None = None
 
 # The shared server closes sessions after this many idle seconds (Deepgram: 10 s),
 # short so the idle test is quick.
@@ -77,18 +78,29 @@ def silence(seconds: float, rate: int = 16000) -> bytes:
     return b"\0\0" * int(seconds * rate)
 
 
+def speech_grpc_port() -> int:
+    """The shared speech server's gRPC port (V2 and Riva ASR), starting the server if needed."""
+    speech_server()
+    assert _GRPC_PORT is not None
+    return _GRPC_PORT
+
+
 def speech_server() -> int:
     """Port of the shared ``bidistream serve speech`` process (started on first call)."""
     global _SERVER
     if _SERVER is not None and _SERVER[0].poll() is None:
         return _SERVER[1]
+    global _GRPC_PORT
     port = free_port()
+    _GRPC_PORT = free_port()  # never the default 8081: other servers may hold it
     cmd = [
         str(BIN / "bidistream"),
         "serve",
         "speech",
         "--port",
         str(port),
+        "--grpc-port",
+        str(_GRPC_PORT),
         "--set",
         f"idle_timeout={SERVER_IDLE_TIMEOUT}",
         "--log-level",

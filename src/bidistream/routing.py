@@ -37,6 +37,8 @@ class RoutableInstance:
     instance_id: str
     base_url: str
     live_sessions: int = 0
+    # The instance's log file, when the platform keeps one (named in 424 messages).
+    log_path: str = ""
 
 
 class Router(Protocol):

@@ -24,6 +24,7 @@ from aws_sdk_sagemaker_runtime_http2.models import (
 
 from bidistream.gateway.server import Gateway
 from bidistream.platform.app import Platform, build_platform
+from bidistream.platform.autoscaler import AutoscalerLimits
 from bidistream.platform.manager import ManagerLimits
 from bidistream.sigv4 import CredentialStore
 from tests.boto import boto_client
@@ -51,9 +52,13 @@ class Stack:
 
 @asynccontextmanager
 async def platform_stack(
-    data_dir: Path, limits: ManagerLimits = FAST, *, signed: bool = False
+    data_dir: Path,
+    limits: ManagerLimits = FAST,
+    *,
+    signed: bool = False,
+    autoscaler: AutoscalerLimits | None = None,
 ) -> AsyncIterator[Stack]:
-    platform = build_platform(data_dir, manager_limits=limits)
+    platform = build_platform(data_dir, manager_limits=limits, autoscaler_limits=autoscaler)
     await platform.start()
     gateway = Gateway(
         platform.router,

@@ -23,9 +23,9 @@ import pytest
 from botocore.exceptions import ClientError
 
 from tests.boto import boto_client
-from tests.clients.test_aws_bidi import Stack, gateway_stack
 from tests.clients.test_nim_requests import MAX_WER, SENTENCE, grpc_text, plain, seed_body
 from tests.speech_audio import speech_server, synth
+from tests.support.aws import Stack, gateway_stack
 
 
 @pytest.fixture

@@ -29,7 +29,7 @@ from riva.client.proto import riva_asr_pb2 as rasr
 from riva.client.proto import riva_asr_pb2_grpc as rasr_grpc
 
 from bidistream.models.speech.model import SpeechModel
-from tests.speech_audio import conversation, pcm, speaker_accuracy, synth
+from tests.speech_audio import conversation, pcm, speaker_accuracy, speech_grpc_port, synth
 from tests.support.waiting import scaled
 
 SENTENCE = "i need help with my account balance"
@@ -308,3 +308,38 @@ def test_streaming_flac_is_refused(riva_port: int) -> None:
     with pytest.raises(grpc.RpcError) as info, contextlib.suppress(StopIteration):
         list(service(riva_port).streaming_response_generator([b"fLaC" + b"\0" * 100], config))
     assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+
+
+def test_streaming_diarization_speaker_tags(riva_port: int) -> None:
+    path, turns = conversation()
+    config = streaming_config(False)
+    riva.client.add_speaker_diarization_to_config(config, diarization_enable=True)
+    with riva.client.AudioChunkFileIterator(str(path), 4800) as chunks:
+        responses = list(service(riva_port).streaming_response_generator(chunks, config))
+    words = [w for resp in responses for r in resp.results if r.is_final for w in r.alternatives[0].words]
+    accuracy = speaker_accuracy(
+        [(w.start_time / 1000, w.end_time / 1000, w.speaker_tag) for w in words], turns
+    )
+    assert accuracy >= 0.9, [(w.word, w.speaker_tag) for w in words]
+
+
+def test_through_the_model_servers_own_grpc_port() -> None:
+    """`bidistream serve speech` mounts the servicer on its gRPC port, receive limit raised."""
+    port = speech_grpc_port()
+    stub = rasr_grpc.RivaSpeechRecognitionStub(service(port).auth.channel)
+    kinds = {
+        m.parameters["type"]
+        for m in stub.GetRivaSpeechRecognitionConfig(rasr.RivaSpeechRecognitionConfigRequest()).model_config
+    }
+    assert kinds == {"offline", "online"}
+    data, rate = pcm(synth(SENTENCE))
+    big = data + b"\0\0" * rate * 600  # about 19 MB: above the server's 16 MiB message limit
+    config = riva.client.RecognitionConfig(
+        encoding=riva.client.AudioEncoding.LINEAR_PCM, sample_rate_hertz=rate, language_code="en-US"
+    )
+    response = service(port).offline_recognize(big, config)
+    assert jiwer.wer(SENTENCE, plain(response.results[0].alternatives[0].transcript)) <= MAX_WER
+    with riva.client.AudioChunkFileIterator(str(synth(SENTENCE)), 1600) as chunks:
+        streamed = list(service(port).streaming_response_generator(chunks, streaming_config(False)))
+    text = " ".join(r.alternatives[0].transcript for x in streamed for r in x.results if r.is_final)
+    assert jiwer.wer(SENTENCE, plain(text)) <= MAX_WER, text

@@ -221,13 +221,17 @@ async def test_oversized_message_closes_1009_and_other_sessions_survive() -> Non
             assert await healthy.recv() == "ok"
 
 
-async def test_session_limit_closes_1013_try_again_later() -> None:
+async def test_session_limit_refuses_the_upgrade_with_503() -> None:
+    # Admission control: a full instance says so before the 101, so the router
+    # can try another instance without a session ever being opened here.
     async with running_server(EchoModel(), max_sessions=2) as server:
         a = await websockets.connect(ws_url(server.port))
         b = await websockets.connect(ws_url(server.port))
-        c = await websockets.connect(ws_url(server.port))
-        code, reason = await close_code(c)
-        assert code == 1013 and "instance full" in reason
+        with pytest.raises(InvalidStatus) as info:
+            await websockets.connect(ws_url(server.port))
+        assert info.value.response.status_code == 503
+        body = json.loads(info.value.response.body or b"{}")
+        assert body["error"] == "InstanceFull" and "instance full (2 sessions)" in body["message"]
         await a.send("a")
         assert await a.recv() == "a"
         await a.close()

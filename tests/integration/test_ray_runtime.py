@@ -24,7 +24,7 @@ from bidistream.platform.app import build_platform
 from bidistream.platform.runtimes.ray import RayInstance, resources_for
 from bidistream.sigv4 import CredentialStore
 from tests.clients.platform_stack import FAST, SEED_PHRASES, Stack, create_endpoint, phrases_session, sync
-from tests.support.waiting import scaled
+from tests.support.waiting import eventually, scaled
 
 pytestmark = pytest.mark.timeout(90)
 
@@ -127,6 +127,135 @@ async def test_two_instances_on_a_local_ray_cluster(
         await sync(sm.delete_endpoint, EndpointName="on-ray")
         await sync(sm.get_waiter("endpoint_deleted").wait, EndpointName="on-ray", WaiterConfig={"Delay": 1})
         assert all(i.handle is not None and i.handle.exited() for i in instances)
+    finally:
+        await gateway.stop()
+        await platform.stop()
+
+
+async def test_an_instance_the_cluster_cannot_place_fails_fast_with_the_reason(
+    ray_cluster: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The cluster has 4 CPU / 0 GPU; ml.g5.2xlarge asks 4 CPU / 1 GPU.
+    monkeypatch.setenv("RAY_USAGE_STATS_ENABLED", "0")
+    platform = build_platform(tmp_path / "data", runtime="ray", ray_address=ray_cluster, manager_limits=FAST)
+    await platform.start()
+    gateway = Gateway(
+        platform.router,
+        control_plane=platform.control_plane,
+        port=0,
+        data_dir=tmp_path / "data",
+        credentials=CredentialStore({}),
+    )
+    await gateway.start()
+    try:
+        monkeypatch.setenv("SSL_CERT_FILE", str(gateway.ca_path))
+        sm = Stack(platform, gateway).boto()
+        await sync(sm.create_model, ModelName="big-model", PrimaryContainer={"Image": "bidistream/echo"})
+        await sync(
+            sm.create_endpoint_config,
+            EndpointConfigName="big-config",
+            ProductionVariants=[
+                {
+                    "VariantName": "AllTraffic",
+                    "ModelName": "big-model",
+                    "InitialInstanceCount": 1,
+                    "InstanceType": "ml.g5.2xlarge",
+                }
+            ],
+        )
+        await sync(sm.create_endpoint, EndpointName="big", EndpointConfigName="big-config")
+
+        async def failed() -> dict[str, object] | None:
+            desc: dict[str, object] = await sync(sm.describe_endpoint, EndpointName="big")
+            return desc if desc["EndpointStatus"] == "Failed" else None
+
+        desc = await eventually(failed, timeout=20, interval=0.2)
+        assert isinstance(desc, dict)
+        # eventually's deadline (20 s, scaled) is well inside the 120 s placement timeout.
+        reason = str(desc["FailureReason"])
+        assert "asks 4 CPU / 1 GPU (ml.g5.2xlarge)" in reason, reason
+        assert "the cluster has 4 CPU / 0 GPU on 1 node" in reason, reason
+    finally:
+        await gateway.stop()
+        await platform.stop()
+
+
+async def test_autoscaling_drives_ray_instances_out_and_in(
+    ray_cluster: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from bidistream.platform.autoscaler import AutoscalerLimits
+    from bidistream.platform.manager import InstanceState
+    from tests.clients.platform_stack import open_session
+
+    monkeypatch.setenv("RAY_USAGE_STATS_ENABLED", "0")
+    platform = build_platform(
+        tmp_path / "data",
+        runtime="ray",
+        ray_address=ray_cluster,
+        manager_limits=FAST,
+        autoscaler_limits=AutoscalerLimits(evaluation_interval=0.3),
+    )
+    await platform.start()
+    gateway = Gateway(
+        platform.router,
+        control_plane=platform.control_plane,
+        port=0,
+        data_dir=tmp_path / "data",
+        credentials=CredentialStore({}),
+    )
+    await gateway.start()
+    try:
+        stack = Stack(platform, gateway)
+        monkeypatch.setenv("SSL_CERT_FILE", str(gateway.ca_path))
+        await sync(create_endpoint, stack.boto(), "rayscale", "bidistream/echo")
+        aas = stack.boto("application-autoscaling")
+        rid, dim = "endpoint/rayscale/variant/AllTraffic", "sagemaker:variant:DesiredInstanceCount"
+        await sync(
+            aas.register_scalable_target,
+            ServiceNamespace="sagemaker",
+            ResourceId=rid,
+            ScalableDimension=dim,
+            MinCapacity=1,
+            MaxCapacity=2,
+        )
+        await sync(
+            aas.put_scaling_policy,
+            PolicyName="sessions",
+            ServiceNamespace="sagemaker",
+            ResourceId=rid,
+            ScalableDimension=dim,
+            PolicyType="TargetTrackingScaling",
+            TargetTrackingScalingPolicyConfiguration={
+                "TargetValue": 1.0,
+                "ScaleOutCooldown": 0,
+                "ScaleInCooldown": 1,
+                "CustomizedMetricSpecification": {
+                    "MetricName": "LiveSessionsPerInstance",
+                    "Namespace": "bidistream",
+                },
+            },
+        )
+
+        def healthy() -> list[object]:
+            return [i for i in platform.manager.instances("rayscale") if i.state is InstanceState.HEALTHY]
+
+        client = await stack.bidi()
+        sessions = [await open_session(client, "rayscale") for _ in range(2)]
+        for s in sessions:
+            await s.send("hi")
+            await s.wait_for(1)
+        await eventually(lambda: len(healthy()) == 2, timeout=40)
+        assert all(isinstance(i.handle, RayInstance) for i in platform.manager.instances("rayscale"))
+        for s in sessions:
+            await s.close()
+            assert s.error is None and s.texts() == ["hi"]
+        await eventually(
+            lambda: (
+                len(healthy()) == 1
+                and all(i.state is not InstanceState.DRAINING for i in platform.manager.instances("rayscale"))
+            ),
+            timeout=40,
+        )
     finally:
         await gateway.stop()
         await platform.stop()

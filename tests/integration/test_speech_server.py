@@ -86,11 +86,19 @@ async def test_post_v1_listen_with_raw_mulaw_8k() -> None:
     assert "please transfer me" in transcript
 
 
-async def test_post_not_audio_is_rejected() -> None:
+async def test_post_not_audio_is_rejected_in_deepgrams_one_shape() -> None:
+    """Raw bytes and a multipart body that are not audio get the same 400 and shape (issue 15.13)."""
     async with aiohttp.ClientSession() as http:
-        resp = await http.post(url("v1/listen?model=nova-3"), data=b"hello, this is not audio at all")
-        assert resp.status == 415
-        assert "not a WAV" in (await resp.json())["message"]
+        raw = await http.post(url("v1/listen?model=nova-3"), data=b"hello, this is not audio at all")
+        form = aiohttp.FormData()
+        form.add_field("file", b"not audio either", filename="x.wav", content_type="audio/wav")
+        multipart = await http.post(url("v1/listen?model=nova-3"), data=form)
+        for resp in (raw, multipart):
+            assert resp.status == 400
+            body = await resp.json()
+            assert set(body) == {"err_code", "err_msg", "request_id"}, body
+            assert body["err_code"] == "Bad Request" and "not a WAV" in body["err_msg"]
+            assert resp.headers["dg-error"] == body["err_msg"]
 
 
 async def test_live_interims_finals_utterance_end_metadata() -> None:

@@ -11,10 +11,20 @@ from bidistream.cli import build_parser, main
 
 def test_every_command_is_registered_in_help_order() -> None:
     sub = next(a for a in build_parser()._actions if a.dest == "command")
-    assert list(sub.choices) == ["serve", "check", "gateway", "env", "invoke", "run", "endpoints"]  # type: ignore[union-attr]
+    assert list(sub.choices) == [  # type: ignore[union-attr]
+        "serve",
+        "check",
+        "gateway",
+        "env",
+        "invoke",
+        "run",
+        "endpoints",
+        "logs",
+        "top",
+    ]
 
 
-@pytest.mark.parametrize("command", ["gateway", "run", "env", "invoke", "endpoints"])
+@pytest.mark.parametrize("command", ["gateway", "run", "env", "invoke", "endpoints", "top"])
 def test_data_dir_is_one_option_everywhere(command: str, tmp_path: Path) -> None:
     argv = [command, "--data-dir", str(tmp_path)] + (["echo"] if command == "invoke" else [])
     assert build_parser().parse_args(argv).data_dir == tmp_path

@@ -337,3 +337,18 @@ async def test_a_capped_utterance_is_cut_at_the_dip_without_a_full_stop_or_doubl
         w["start"] + w["end"] >= 2 * cut / 16000 for w in second["channel"]["alternatives"][0]["words"]
     )
     sched.close()
+
+
+async def test_utterance_end_follows_a_final_decoded_after_all_the_audio_arrived() -> None:
+    # Audio sent faster than real time is all in before the final's decode ends; the
+    # word gap is already there, so UtteranceEnd must follow the final, not wait for audio.
+    engine = RecordingEngine(delay=scaled(0.3))
+    live, sched = transcriber(engine, utterance_end_ms=1000)
+    got = await messages(live, frames_of(pcm16(quiet(10), speech(20), quiet(60)), then=[CLOSE]))
+    kinds = [m["type"] for m in got]
+    assert "UtteranceEnd" in kinds, kinds
+    final_at = max(i for i, m in enumerate(got) if m["type"] == "Results" and m["is_final"])
+    assert kinds.index("UtteranceEnd") == final_at + 1 and kinds[-1] == "Metadata"
+    words = finals(got)[0]["channel"]["alternatives"][0]["words"]
+    assert got[final_at + 1]["last_word_end"] == pytest.approx(words[-1]["end"], abs=0.01)
+    sched.close()

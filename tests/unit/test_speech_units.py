@@ -433,3 +433,40 @@ async def test_scheduler_withdraws_the_right_job_among_many() -> None:
     assert sched.withdraw(queued[1]) and sched.pending == 2
     engine.gate.set()
     assert [r.text for r in await asyncio.gather(first, queued[0], queued[2])] == ["1", "5", "7"]
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    st.lists(st.floats(0, 1), max_size=400),
+    st.sampled_from([10, 300, None]),
+    st.sampled_from([0, 160]),
+    st.sampled_from([32, 64]),
+)
+def test_endpointer_pauses_resumes_and_cuts_stay_consistent(
+    probs: list[float], endpoint_ms: int | None, min_endpoint_ms: int, speculate_ms: int
+) -> None:
+    ep = Endpointer(
+        EndpointConfig(
+            endpoint_ms=endpoint_ms,
+            min_endpoint_ms=min_endpoint_ms,
+            speculate_after_ms=speculate_ms,
+            max_utterance_ms=2000,
+            cap_search_ms=1000,
+        )
+    )
+    paused = False
+    last_end = 0
+    for event in ep.feed(probs) + ep.flush():
+        if isinstance(event, SpeechPaused):
+            assert not paused and event.start <= event.at <= ep.position
+            paused = True
+        elif isinstance(event, SpeechResumed):
+            assert paused
+            paused = False
+        elif isinstance(event, UtteranceDone):
+            paused = False
+            assert event.start <= event.words_from <= max(event.end, event.start)
+            assert event.end >= event.start >= last_end - 300 * 16
+            if event.cut:
+                assert not event.speech_final
+            last_end = event.end

@@ -16,12 +16,18 @@ import sys
 from collections.abc import Callable, Sequence
 from importlib.metadata import PackageNotFoundError, version
 
-from bidistream.cli import gateway, invoke, run, serve
+from bidistream.cli import gateway, invoke, ops, run, serve
 
 __all__ = ["build_parser", "main"]
 
 # Modules that contribute subcommands, in help order.
-COMMAND_MODULES = (serve, gateway, invoke, run)  # serve, check | gateway, env | invoke | run, endpoints
+COMMAND_MODULES = (
+    serve,
+    gateway,
+    invoke,
+    run,
+    ops,
+)  # serve, check | gateway, env | invoke | run, endpoints | logs, top
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -18,7 +18,7 @@ import signal
 import sys
 from collections.abc import Awaitable, Callable
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from bidistream import logs
 from bidistream.cli.options import add_data_dir, add_listen, add_logging
@@ -165,6 +165,18 @@ def add_gateway_arguments(parser: argparse.ArgumentParser) -> None:
         metavar="N",
         help="end a session after this many unanswered pings (default: %(default)s)",
     )
+    parser.add_argument(
+        "--metrics-port",
+        type=int,
+        default=None,
+        metavar="PORT",
+        help="also serve GET /metrics on this plain-HTTP port (it is always on the TLS port)",
+    )
+    parser.add_argument(
+        "--no-metrics",
+        action="store_true",
+        help="do not meter sessions (the benchmark's 'metrics off'; /metrics still answers)",
+    )
     add_logging(parser)
 
 
@@ -275,14 +287,19 @@ async def serve_gateway(args: argparse.Namespace, command: str, on_ready: OnRead
         limits=limits,
         credentials=credentials,
     )
+    from bidistream import metrics
+
+    metrics.set_enabled(not args.no_metrics)
     await platform.start()
+    metrics_site: Any = None
     try:
         await gateway.start()
+        if args.metrics_port is not None:
+            metrics_site = await serve_metrics(args.host, args.metrics_port)
     except OSError as exc:
+        await gateway.stop()
         await platform.stop()
-        print(
-            f"bidistream {command}: cannot listen on {args.host}:{args.port}: {exc.strerror}", file=sys.stderr
-        )
+        print(f"bidistream {command}: cannot listen: {exc.strerror or exc}", file=sys.stderr)
         return 1
     platform.announce(gateway.url)
     stop = asyncio.Event()
@@ -295,6 +312,24 @@ async def serve_gateway(args: argparse.Namespace, command: str, on_ready: OnRead
         await stop.wait()
     finally:
         print(f"bidistream {command}: stopping (instances drain their sessions)", flush=True)
+        if metrics_site is not None:
+            await metrics_site.cleanup()
         await gateway.stop()
         await platform.stop()
     return 0
+
+
+async def serve_metrics(host: str, port: int) -> Any:
+    """``GET /metrics`` on a plain-HTTP port of its own (for a Prometheus that cannot trust our CA)."""
+    from aiohttp import web
+
+    from bidistream.container.server import metrics_handler
+
+    app = web.Application()
+    app.router.add_get("/metrics", metrics_handler)
+    runner = web.AppRunner(app, access_log=None, handle_signals=False)
+    await runner.setup()
+    site = web.TCPSite(runner, host, port)
+    await site.start()
+    logging.getLogger("bidistream.gateway").info("metrics on http://%s:%d/metrics", host, port)
+    return runner

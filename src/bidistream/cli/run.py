@@ -29,8 +29,9 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     run = sub.add_parser(
         "run",
         help=f"start the gateway with the built-in endpoints ({', '.join(registry.names())})",
-        description="Start the gateway (TLS, HTTP/2 + HTTP/1.1) with the process runtime, create the "
-        "built-in endpoints through the control plane if they are missing, and print how to invoke them.",
+        description="Start the gateway (TLS, HTTP/2 + HTTP/1.1, the control plane) on the chosen runtime "
+        "(--runtime, default process), create the built-in endpoints through the control plane if they "
+        "are missing, and print how to invoke them.",
     )
     add_gateway_arguments(run)
     run.add_argument(
@@ -49,6 +50,18 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     )
     add_data_dir(endpoints)
     endpoints.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    endpoints.add_argument(
+        "--watch",
+        type=float,
+        nargs="?",
+        const=2.0,
+        default=None,
+        metavar="SECONDS",
+        help="refresh every SECONDS (default 2), like bidistream top",
+    )
+    endpoints.add_argument(
+        "--no-live", action="store_true", help="do not ask instances for live sessions and backlog"
+    )
     endpoints.set_defaults(handler=_endpoints)
 
 
@@ -149,10 +162,19 @@ endpoints: {", ".join(names) or "(none created)"}
 
 
 def _endpoints(args: argparse.Namespace) -> int:
+    if args.watch is not None:
+        from bidistream.cli.ops import watch
+
+        return watch(Path(args.data_dir), args.watch)
+    return show_endpoints(Path(args.data_dir), as_json=args.json, live=not args.no_live)
+
+
+def show_endpoints(data_dir: Path, *, as_json: bool, live: bool) -> int:
+    """The table (or JSON); ``live`` adds each running instance's own sessions and speech backlog."""
     from bidistream.platform.app import STORE_FILE
     from bidistream.platform.store import Store
 
-    path = Path(args.data_dir) / STORE_FILE
+    path = Path(data_dir).expanduser() / STORE_FILE
     if not path.exists():
         print(f"bidistream endpoints: no store at {path} (start one with: bidistream run)", file=sys.stderr)
         return 1
@@ -162,7 +184,9 @@ def _endpoints(args: argparse.Namespace) -> int:
         heartbeat = store.get_meta("heartbeat")
     finally:
         store.close()
-    if args.json:
+    if live:
+        add_live(rows)
+    if as_json:
         print(json.dumps(rows, indent=2))
         return 0
     print(format_table(rows))
@@ -207,6 +231,22 @@ def endpoint_rows(store: object) -> list[dict[str, object]]:
     return rows
 
 
+def add_live(rows: list[dict[str, object]]) -> None:
+    """Ask each running instance's /metrics for its live sessions and largest speech backlog."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from bidistream.cli.ops import scrape_instance
+
+    urls = [str(r["url"]) for r in rows if str(r.get("url", "-")).startswith("http")]
+    with ThreadPoolExecutor(max_workers=8) as pool:
+        found = dict(zip(urls, pool.map(scrape_instance, urls), strict=True))
+    for row in rows:
+        got = found.get(str(row.get("url", "")))
+        if got is not None:
+            row["sessions"] = int(got["sessions"])
+            row["backlog_s"] = round(got["backlog_s"], 2)
+
+
 def format_table(rows: list[dict[str, object]]) -> str:
     columns = [
         "endpoint",
@@ -218,6 +258,7 @@ def format_table(rows: list[dict[str, object]]) -> str:
         "state",
         "url",
         "sessions",
+        "backlog_s",
         "restarts",
     ]
     if not rows:

@@ -26,6 +26,7 @@ from typing import Any
 
 from aiohttp import WebSocketError, WSCloseCode, WSMsgType, web
 
+from bidistream import metrics
 from bidistream.container import v2_http
 from bidistream.container.limits import ServerLimits
 from bidistream.container.wsguard import MaskCheck, close_code_problem
@@ -47,6 +48,7 @@ from bidistream.errors import (
     wire_form,
 )
 from bidistream.frames import Frame, FrameKind
+from bidistream.metrics import CONTAINER, InstanceIdentity, SessionMeter, exposition
 from bidistream.model import DEFAULT_INVOCATION_PATH, Model, Request, Response, Session
 from bidistream.session import BidiSession, SessionLimits, State
 from bidistream.session import actions as a
@@ -101,6 +103,7 @@ class _LiveSession:
         "ended",
         "inbox",
         "input_done",
+        "meter",
         "outbox",
         "session",
         "started",
@@ -129,6 +132,8 @@ class _LiveSession:
         # Set once the session ended the client's side (None: a normal close).
         self.ended = False
         self.close_error: BidistreamError | None = None
+        # METRICS/LOGS: frames and bytes each way, first output (None while metering is off).
+        self.meter: SessionMeter | None = None
         self._timers: dict[e.Timer, asyncio.TimerHandle] = {}
         self._busy = False
         self._queue: list[object] = []
@@ -188,10 +193,14 @@ class _LiveSession:
         for act in acts:
             kind = type(act)
             if kind is a.SendToInstance:
+                if self.meter is not None:
+                    self.meter.inbound(len(act.data))  # type: ignore[attr-defined]
                 self.inbox.append(
                     Frame(act.data, FrameKind.TEXT if act.text else FrameKind.BINARY, act.fin)  # type: ignore[attr-defined]
                 )
             elif kind is a.SendToClient:
+                if self.meter is not None:
+                    self.meter.outbound(len(act.data))  # type: ignore[attr-defined]
                 self.outbox.append((act.data, act.text))  # type: ignore[attr-defined]
             elif kind is a.ConnectInstance:
                 self._queue.append(e.InstanceConnected())  # the model is right here
@@ -242,8 +251,13 @@ class ModelServer:
         grpc_port: int | None = None,
         triton_grpc_port: int | None = None,
         reuse_port: bool = False,
+        identity: InstanceIdentity | None = None,
     ) -> None:
         self.model = model
+        # Labels for this instance's metrics and logs; the platform passes them
+        # in the environment (BIDISTREAM_ENDPOINT / _VARIANT / _INSTANCE).
+        self.identity = identity or InstanceIdentity.from_env(f"{host}:{port}")
+        self._labels = self.identity.labels
         # V2 gRPC ports (None: no gRPC server); 0 picks a free port, read back after start.
         self.grpc_port = grpc_port
         self.triton_grpc_port = triton_grpc_port
@@ -273,6 +287,7 @@ class ModelServer:
             app.router.add_get("/" + path.strip("/"), self._ping)
         for path in self.model.live_paths:
             app.router.add_get("/" + path.strip("/"), self._live)
+        app.router.add_get("/metrics", metrics_handler)
         v2_http.mount(app, self)
         app.router.add_route("*", "/{path:.*}", self._dispatch)
         return app
@@ -359,15 +374,51 @@ class ModelServer:
         return http_error(NotFoundError(f"no route for {request.method} /{path} on this model server"))
 
     def _refusal(self) -> BidistreamError | None:
+        error: BidistreamError
         if self._draining:
-            return ShuttingDownError("server is shutting down; try another instance")
-        if self._load_error is not None:
-            return ModelLoadError(f"model failed to load: {self._load_error}")
-        if not self._loaded.is_set():
-            return ServiceUnavailableError("model is still loading; retry when /ping answers 200")
-        return None
+            reason, error = "draining", ShuttingDownError("server is shutting down; try another instance")
+        elif self._load_error is not None:
+            reason, error = "failed", ModelLoadError(f"model failed to load: {self._load_error}")
+        elif not self._loaded.is_set():
+            reason = "loading"
+            error = ServiceUnavailableError("model is still loading; retry when /ping answers 200")
+        else:
+            return None
+        metrics.CONTAINER_REFUSALS.labels(*self._labels, reason).inc()
+        return error
+
+    def _full(self) -> BidistreamError | None:
+        """Admission control: at the session limit the upgrade itself is refused (503, no 101)."""
+        if len(self._sessions) < self.limits.max_sessions:
+            return None
+        metrics.CONTAINER_REFUSALS.labels(*self._labels, "full").inc()
+        return InstanceFullError(f"instance full ({self.limits.max_sessions} sessions); try again later")
 
     async def _invoke(self, request: web.Request, path: str) -> web.StreamResponse:
+        """One line and one count per invocation, whatever the outcome."""
+        began = time.monotonic()
+        response = await self._invoke_inner(request, path)
+        seconds = time.monotonic() - began
+        metrics.CONTAINER_INVOCATIONS.labels(*self._labels, str(response.status)).inc()
+        metrics.CONTAINER_INVOCATION_SECONDS.labels(*self._labels).observe(seconds)
+        log.info(
+            "invocation",
+            extra={
+                "request": request.headers.get("X-Amzn-SageMaker-Request-Id", ""),
+                "path": path,
+                "status": response.status,
+                "seconds": round(seconds, 4),
+                "bytes_in": request.content_length or 0,
+                **self._log_location(),
+            },
+        )
+        return response
+
+    def _log_location(self) -> dict[str, str]:
+        endpoint, variant, instance = self._labels
+        return {"endpoint": endpoint, "variant": variant, "instance": instance}
+
+    async def _invoke_inner(self, request: web.Request, path: str) -> web.StreamResponse:
         refusal = self._refusal()
         if refusal is not None:
             return http_error(refusal)
@@ -393,9 +444,19 @@ class ModelServer:
                 ModelTimeoutError(f"model did not answer within {self.limits.invoke_timeout:g} s")
             )
         except BidistreamError as exc:
+            log.info(
+                "invoke refused by the model",
+                extra={
+                    "request": request.headers.get("X-Amzn-SageMaker-Request-Id", ""),
+                    "error": exc.code,
+                    "reason": exc.message,
+                },
+            )
             return http_error(exc)
         except Exception as exc:
-            log.exception("invoke failed")
+            log.exception(
+                "invoke failed", extra={"request": request.headers.get("X-Amzn-SageMaker-Request-Id", "")}
+            )
             return http_error(ModelError(f"model raised {type(exc).__name__}: {exc}"))
         return await self._write_response(request, response)
 
@@ -459,6 +520,13 @@ class ModelServer:
                 )
             )
 
+        full = self._full()
+        if full is not None:
+            log.info(
+                "session refused", extra={"session": session.id, "error": full.code, "reason": full.message}
+            )
+            return http_error(full)
+
         ws = _CheckedWebSocketResponse(
             max_msg_size=self.limits.max_message_size,
             autoping=True,
@@ -470,13 +538,15 @@ class ModelServer:
             autoclose=False,
         )
         await ws.prepare(request)
-        if len(self._sessions) >= self.limits.max_sessions:
-            full = InstanceFullError(f"instance full ({self.limits.max_sessions} sessions); try again later")
+        # Sessions that raced past the check above during prepare() still close with 1013.
+        full = self._full()
+        if full is not None:
             await _close(ws, full)
             return ws
         task = asyncio.current_task()
         assert task is not None
         live = _LiveSession(session, ws, task, self.limits)
+        live.meter = CONTAINER.open(*self._labels)
         self._sessions.add(live)
         self._no_sessions.clear()
         live.feed(e.Start())
@@ -487,16 +557,32 @@ class ModelServer:
             self._sessions.discard(live)
             if not self._sessions:
                 self._no_sessions.set()
-            log.info(
-                "session closed",
-                extra={
-                    "session": session.id,
-                    "path": path,
-                    "code": ws.close_code,
-                    "seconds": round(time.monotonic() - live.started, 3),
-                },
-            )
+            self._session_ended(live, path)
         return ws
+
+    def _session_ended(self, live: _LiveSession, path: str) -> None:
+        """One line and one count per session end: the gateway's line carries the same id."""
+        code = live.ws.close_code if live.ws.close_code is not None else 1006
+        err = live.close_error if live.ended else None
+        error = err.code if err is not None else ("" if code == 1000 else "ConnectionLost")
+        m, live.meter = live.meter, None
+        seconds = m.close(code, error) if m is not None else time.monotonic() - live.started
+        log.info(
+            "session end",
+            extra={
+                "session": live.session.id,
+                **self._log_location(),
+                "path": path,
+                "seconds": round(seconds, 3),
+                "frames_in": m.frames_in if m is not None else None,
+                "bytes_in": m.bytes_in if m is not None else None,
+                "frames_out": m.frames_out if m is not None else None,
+                "bytes_out": m.bytes_out if m is not None else None,
+                "code": code,
+                "error": error,
+                "reason": err.message if err is not None else "",
+            },
+        )
 
     async def _run_session(self, live: _LiveSession) -> None:
         """Pump the model's output to the socket; the model pulls its input itself.
@@ -630,6 +716,12 @@ class _CheckedReader:
 
     def feed_eof(self) -> None:
         self._inner.feed_eof()
+
+
+async def metrics_handler(request: web.Request) -> web.Response:
+    """``GET /metrics``: every metric of this process, Prometheus text format."""
+    body, ctype = exposition()
+    return web.Response(body=body, headers={"Content-Type": ctype})
 
 
 async def _close(ws: web.WebSocketResponse, error: BidistreamError | None) -> None:

@@ -46,6 +46,7 @@ from picows import (
     ws_connect,
 )
 
+from bidistream import metrics
 from bidistream.errors import (
     BidistreamError,
     InstanceFullError,
@@ -54,15 +55,26 @@ from bidistream.errors import (
     ModelStreamError,
     ServiceUnavailableError,
     error_from_close,
+    wire_form,
 )
 from bidistream.gateway.limits import GatewayLimits
+from bidistream.metrics import GATEWAY, SessionMeter
 from bidistream.model import DEFAULT_INVOCATION_PATH
 from bidistream.routing import RoutableInstance, Router
 from bidistream.session import BidiSession, SessionLimits, State
 from bidistream.session import actions as a
 from bidistream.session import events as e
 
-__all__ = ["ClientSide", "InstanceLink", "PingTicker", "Relay", "session_limits", "upstream_url"]
+__all__ = [
+    "SESSION_HEADER",
+    "ClientSide",
+    "InstanceLink",
+    "PingTicker",
+    "Relay",
+    "at_capacity",
+    "session_limits",
+    "upstream_url",
+]
 
 log = logging.getLogger("bidistream.gateway.bridge")
 
@@ -72,6 +84,8 @@ _BINARY = WSMsgType.BINARY
 _CONT = WSMsgType.CONTINUATION
 _PONG = WSMsgType.PONG
 _CLOSE = WSMsgType.CLOSE
+# The session id the front doors forward to the instance (its logs carry the same id).
+SESSION_HEADER = "X-Amzn-SageMaker-Request-Id"
 
 
 class ClientSide(Protocol):
@@ -233,7 +247,10 @@ class Relay:
     __slots__ = (
         "_candidates",
         "_connect_task",
+        "_end",
+        "_full",
         "_last",
+        "_targets",
         "_timers",
         "busy",
         "client",
@@ -241,6 +258,7 @@ class Relay:
         "endpoint",
         "limits",
         "link",
+        "meter",
         "queue",
         "router",
         "session",
@@ -272,6 +290,12 @@ class Relay:
         self._candidates: Iterator[RoutableInstance] | None = None
         self._last: BidistreamError | None = None
         self._timers: dict[e.Timer, asyncio.TimerHandle] = {}
+        # METRICS/LOGS: the session's meter (opened at Accept), how it ended
+        # (close code, error type, reason), and how many candidates said "full".
+        self.meter: SessionMeter | None = None
+        self._end: tuple[int, str, str] | None = None
+        self._full = 0
+        self._targets: list[RoutableInstance] = []
         # Events raised while actions run (a send that fills a buffer) wait their turn,
         # so every event meets the state the previous one left.
         self.busy = False
@@ -311,6 +335,33 @@ class Relay:
         for handle in self._timers.values():
             handle.cancel()
         self._timers.clear()
+        self._session_ended()
+
+    def _session_ended(self) -> None:
+        """METRICS/LOGS: the one place a gateway session ends (count it, log one line)."""
+        m, self.meter = self.meter, None
+        if m is None:
+            return
+        code, error, reason = self._end or (1000, "", "")
+        seconds = m.close(code, error)
+        endpoint, variant, instance = m.location
+        log.info(
+            "session end",
+            extra={
+                "session": self.connect_args[3].get(SESSION_HEADER, ""),
+                "endpoint": endpoint,
+                "variant": variant,
+                "instance": instance,
+                "seconds": round(seconds, 3),
+                "frames_in": m.frames_in,
+                "bytes_in": m.bytes_in,
+                "frames_out": m.frames_out,
+                "bytes_out": m.bytes_out,
+                "code": code,
+                "error": error,
+                "reason": reason,
+            },
+        )
 
     # ------------------------------------------------------------------ instance actions
     def send_to_instance(self, data: bytes, text: bool) -> None:
@@ -323,6 +374,9 @@ class Relay:
         link = self.link
         if link is None or link.transport is None or link.closed:
             return
+        m = self.meter
+        if m is not None:
+            m.inbound(len(act.data))
         if act.cont:
             link.transport.send(_CONT, act.data, act.fin)
         else:
@@ -354,6 +408,9 @@ class Relay:
     def _close_instance(self, act: a.CloseInstance) -> None:
         link = self.link
         t = link.transport if link is not None else None
+        if self._end is None:
+            # The client's side went first (gone: 1001) or the gateway ends it.
+            self._end = (act.code, "ClientGone" if act.code == 1001 else "SessionClosed", act.reason)
         if t is None or link.closed:  # type: ignore[union-attr]
             return
         if not t.is_close_frame_sent:
@@ -370,6 +427,9 @@ class Relay:
 
     # ------------------------------------------------------------------ client actions
     def _send_to_client(self, act: a.SendToClient) -> None:
+        m = self.meter
+        if m is not None:
+            m.outbound(len(act.data))
         self.client.send(act.data, act.text, act.fin, act.cont)
 
     def _acknowledge(self, act: a.Acknowledge) -> None:
@@ -387,14 +447,33 @@ class Relay:
         if link is not None and not link.closed and not link.counted:
             link.counted = True
             self.router.session_started(link.target)
+            # METRICS/LOGS: the one place a gateway session opens.
+            t = link.target
+            metrics.router_decision(self.endpoint, t.variant, t.instance_id, metrics.ROUTED)
+            self.meter = GATEWAY.open(self.endpoint, t.variant, t.instance_id)
         if self.ticker is not None:
             self.ticker.add(self)
         self.client.accept(act.variant)
 
     def _refuse(self, act: a.Refuse) -> None:
-        self.client.refuse(act.error)
+        err = act.error
+        # LOGS: a session refused before it opened gets its line too (code as the client sees it).
+        log.info(
+            "session refused",
+            extra={
+                "session": self.connect_args[3].get(SESSION_HEADER, ""),
+                "endpoint": self.endpoint,
+                "variant": self.connect_args[0] or "",
+                "error": err.code,
+                "code": wire_form(err).ws_close,
+                "reason": err.message,
+            },
+        )
+        self.client.refuse(err)
 
     def _end_client(self, act: a.EndClient) -> None:
+        err = act.error
+        self._end = (1000, "", "") if err is None else (wire_form(err).ws_close, err.code, err.message)
         self.client.end(act.error)
 
     # ------------------------------------------------------------------ timers
@@ -420,6 +499,10 @@ class Relay:
             self._last = act.after
         if act.retry and self.link is not None:
             link, self.link = self.link, None
+            # The instance took the upgrade, then said it was full (1013): try the next one.
+            self._full += 1
+            t = link.target
+            metrics.router_decision(self.endpoint, t.variant, t.instance_id, metrics.RETRY_FULL)
             link.detach()
         self._connect_task = asyncio.get_running_loop().create_task(self._open())
 
@@ -434,7 +517,12 @@ class Relay:
         variant, path, query, headers = self.connect_args
         try:
             if self._candidates is None:
-                self._candidates = iter(self.router.candidates(self.endpoint, variant))
+                try:
+                    self._targets = self.router.candidates(self.endpoint, variant)
+                except ServiceUnavailableError:
+                    metrics.router_decision(self.endpoint, variant or "", "", metrics.NO_HEALTHY_INSTANCE)
+                    raise
+                self._candidates = iter(self._targets)
             for target in self._candidates:
                 try:
                     await self._open_one(target, path, query, headers)
@@ -443,6 +531,10 @@ class Relay:
                     status = int(exc.response.status) if exc.response is not None else 0
                     body = (exc.raw_body or b"").decode("utf-8", "replace")[:1024]
                     if status in (503, 429):
+                        self._full += 1
+                        metrics.router_decision(
+                            self.endpoint, target.variant, target.instance_id, metrics.RETRY_FULL
+                        )
                         self._last = InstanceFullError(
                             f"instance {target.instance_id} of endpoint {self.endpoint} is full or not ready "
                             f"(upgrade answered {status})"
@@ -456,14 +548,24 @@ class Relay:
                     ) from exc
                 except (OSError, TimeoutError, WSError) as exc:
                     log.warning("instance %s unreachable: %s", target.instance_id, exc)
+                    metrics.router_decision(
+                        self.endpoint, target.variant, target.instance_id, metrics.RETRY_UNREACHABLE
+                    )
                     self._last = ServiceUnavailableError(
                         f"instance {target.instance_id} of endpoint {self.endpoint} is unreachable "
                         f"({type(exc).__name__}); try again later"
                     )
                     continue
-            error = self._last or ServiceUnavailableError(
-                f"endpoint {self.endpoint} has no instance to take the session"
-            )
+            targets = self._targets
+            if targets and self._full >= len(targets):
+                metrics.router_decision(self.endpoint, variant or "", "", metrics.BUSY)
+                error: BidistreamError = InstanceFullError(at_capacity(self.endpoint, targets))
+            else:
+                if not targets:
+                    metrics.router_decision(self.endpoint, variant or "", "", metrics.NO_HEALTHY_INSTANCE)
+                error = self._last or ServiceUnavailableError(
+                    f"endpoint {self.endpoint} has no instance to take the session"
+                )
         except asyncio.CancelledError:
             raise
         except BidistreamError as exc:
@@ -481,6 +583,7 @@ class Relay:
         link = InstanceLink(self, target)
         self.link = link
         owned: list[socket.socket] = []
+        connecting: list[socket.socket] = []  # created, not yet handed to a transport
 
         async def own_socket(parsed: object) -> socket.socket:
             # We create (and so can always shut) the socket: a cancelled handshake
@@ -491,9 +594,11 @@ class Relay:
             family, kind, proto, _, addr = infos[0]
             sock = socket.socket(family, kind, proto)
             owned.append(sock)
+            connecting.append(sock)
             sock.setblocking(False)
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             await loop.sock_connect(sock, addr)
+            connecting.remove(sock)  # the transport made from it closes it
             return sock
 
         began = time.monotonic()
@@ -521,8 +626,23 @@ class Relay:
                     sock.shutdown(socket.SHUT_RDWR)
             if link.transport is not None:
                 link.transport.disconnect(graceful=False)
+            for sock in connecting:
+                # Cancelled before any transport took it: shut is not closed, and the
+                # traceback would keep the socket (and its fd) until a cyclic GC.
+                sock.close()
             raise
         log.debug("instance %s connected in %.1f ms", url, (time.monotonic() - began) * 1000)
+
+
+def at_capacity(endpoint: str, targets: list[RoutableInstance]) -> str:
+    """The busy message: which endpoint, how many instances, how many sessions they hold."""
+    n = len(targets)
+    live = sum(t.live_sessions for t in targets)
+    return (
+        f"endpoint {endpoint} is at capacity: all {n} instance{'s' if n != 1 else ''} "
+        f"refused the session as full ({live} live sessions); retry later or raise the "
+        "variant's instance count"
+    )
 
 
 # Action type -> the Relay method that carries it out (one table for all sessions:

@@ -22,6 +22,7 @@ PAGE_PREFIX = "/web/"
 
 class RouteKind(enum.Enum):
     PING = "ping"  # GET /ping
+    METRICS = "metrics"  # GET /metrics: Prometheus text exposition
     PAGE = "page"  # GET|HEAD / and /web/... : the browser demo page
     CONTROL = "control"  # POST / with X-Amz-Target: the control API
     INVOKE = "invoke"  # POST /endpoints/{name}/invocations
@@ -53,6 +54,8 @@ def classify(method: str, path: str, headers: Mapping[str, str], *, upgrade: boo
         return _websocket(path)
     if method == "GET" and path == "/ping":
         return Route(RouteKind.PING)
+    if method == "GET" and path == "/metrics":
+        return Route(RouteKind.METRICS)
     if method in ("GET", "HEAD") and (path in ("/", PAGE_PREFIX[:-1]) or path.startswith(PAGE_PREFIX)):
         return Route(RouteKind.PAGE)
     if method == "POST" and path == "/" and "x-amz-target" in headers:

@@ -11,7 +11,8 @@ API for whoever wires it (platform, CLI, tests)::
                                     #   async def handle(target: str, body: bytes,
                                     #                    headers: Mapping[str, str])
                                     #       -> tuple[int, dict[str, str], bytes]
-                                    # target is the X-Amz-Target op name after "SageMaker."
+                                    # target is X-Amz-Target as sent ("SageMaker.CreateModel",
+                                    # "AnyScaleFrontendService.PutScalingPolicy")
         host="127.0.0.1",
         port=8443,                  # 0 picks a free port; read gw.port after start()
         data_dir=Path("~/.bidistream").expanduser(),  # CA + server cert live here
@@ -31,7 +32,8 @@ Each door gets a :class:`~bidistream.gateway.context.DoorContext` (built at
 :func:`~bidistream.gateway.routes.classify` which operation a request is.
 Both call :meth:`Gateway.handle_http` for ordinary requests:
 
-* ``POST /`` with ``X-Amz-Target: SageMaker.<Op>`` → ``control_plane.handle``
+* ``POST /`` with ``X-Amz-Target: SageMaker.<Op>`` or ``AnyScaleFrontendService.<Op>``
+  (Application Auto Scaling) → ``control_plane.handle``
   (without a control plane: 400 ``UnknownOperationException``, as AWS answers);
 * ``POST /endpoints/{name}/invocations`` → InvokeEndpoint;
 * ``POST /endpoints/{name}/invocations-response-stream`` → InvokeEndpointWithResponseStream;
@@ -43,14 +45,17 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
 import ssl
+import time
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Protocol, cast
 
 import aiohttp
 
+from bidistream import metrics
 from bidistream.defaults import DEFAULT_DATA_DIR
 from bidistream.errors import BidistreamError, InternalError, NotFoundError, UnknownOperationError
 from bidistream.gateway.bridge import PingTicker
@@ -64,6 +69,7 @@ from bidistream.gateway.runtime import invoke_endpoint
 from bidistream.gateway.static import static_response
 from bidistream.gateway.tls import TLSFiles, ensure_certificates, server_context
 from bidistream.gateway.wsfront import take_over as ws_take_over
+from bidistream.metrics import exposition
 from bidistream.routing import Router
 from bidistream.sigv4 import CredentialStore, verify_request
 
@@ -201,6 +207,8 @@ class Gateway:
         kind = route.kind
         if kind is RouteKind.PING:
             return HttpResponse(200, [("content-type", "text/plain")], b"ok\n")
+        if kind is RouteKind.METRICS:
+            return metrics_response()
         if kind is RouteKind.PAGE and (page := static_response(method, path)) is not None:
             return page  # the browser demo page; browsers load it over h2, so both doors
         if kind is RouteKind.CONTROL:
@@ -227,8 +235,32 @@ class Gateway:
         verify_request(self.credentials, method, path, query, h, body)
 
     async def _control(self, headers: dict[str, str], body: bytes) -> HttpResponse:
+        """One count, one latency sample and one log line per control-plane call."""
+        began = time.monotonic()
         target = headers["x-amz-target"]
-        op = target.partition(".")[2] or target
+        resp = await self._control_inner(target, headers, body)
+        seconds = time.monotonic() - began
+        service, _, op = target.rpartition(".")
+        error = next((v for k, v in resp.headers if k == "x-amzn-errortype"), "")
+        if not error and resp.status >= 400 and isinstance(resp.body, bytes):
+            with contextlib.suppress(ValueError, AttributeError):
+                error = str(json.loads(resp.body).get("__type", "")).rpartition("#")[2]
+        metrics.control_plane_call(service, op, error, seconds)
+        fields: dict[str, object] = {
+            "service": service,
+            "operation": op,
+            "status": resp.status,
+            "seconds": round(seconds, 4),
+            "request": next((v for k, v in resp.headers if k == "x-amzn-requestid"), ""),
+            "error": error,
+        }
+        if error and isinstance(resp.body, bytes):
+            with contextlib.suppress(ValueError, AttributeError):
+                fields["reason"] = str(json.loads(resp.body).get("message", ""))[:512]
+        log.info("control-plane call", extra=fields)
+        return resp
+
+    async def _control_inner(self, target: str, headers: dict[str, str], body: bytes) -> HttpResponse:
         rid = new_request_id()
         try:
             if self.credentials.enabled:
@@ -237,7 +269,7 @@ class Gateway:
                 raise UnknownOperationError(f"Unknown operation {target}")
         except BidistreamError as exc:
             return error_response(exc, Api.CONTROL, rid)
-        status, out_headers, out_body = await self.control_plane.handle(op, body, headers)
+        status, out_headers, out_body = await self.control_plane.handle(target, body, headers)
         hdrs = [(k.lower(), v) for k, v in out_headers.items()]
         if not any(k == "x-amzn-requestid" for k, _ in hdrs):
             hdrs.append(("x-amzn-requestid", rid))
@@ -246,3 +278,9 @@ class Gateway:
         hdrs = [(k, v) for k, v in hdrs if k != "content-length"]
         hdrs.append(("content-length", str(len(out_body))))
         return HttpResponse(status, hdrs, out_body)
+
+
+def metrics_response() -> HttpResponse:
+    """``GET /metrics`` on either door (h2 and HTTP/1.1 share :meth:`Gateway.handle_http`)."""
+    body, ctype = exposition()
+    return HttpResponse(200, [("content-type", ctype), ("content-length", str(len(body)))], body)

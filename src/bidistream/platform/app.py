@@ -1,7 +1,8 @@
 """One call that wires the platform for the gateway: store + runtime + manager + control API.
 
 The gateway only needs ``platform.router`` (where sessions go) and
-``platform.control_plane`` (what answers ``X-Amz-Target: SageMaker.*``), and
+``platform.control_plane`` (what answers ``X-Amz-Target: SageMaker.*`` and
+``AnyScaleFrontendService.*``, Application Auto Scaling), and
 to ``await start()`` / ``await stop()`` around its own lifetime.
 """
 
@@ -11,6 +12,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from bidistream.errors import InputValidationError
+from bidistream.platform.autoscaler import Autoscaler, AutoscalerLimits
+from bidistream.platform.autoscaling import AutoscalingApi, ControlPlanes
+from bidistream.platform.autoscaling_store import AutoscalingStore
 from bidistream.platform.balancer import PlatformRouter
 from bidistream.platform.control_api import ControlApi, ControlLimits
 from bidistream.platform.datadir import DataDirLock, acquire
@@ -28,8 +32,11 @@ class Platform:
     store: Store
     runtime: Runtime
     manager: EndpointManager
-    control_plane: ControlApi
+    sagemaker: ControlApi
     data_dir: Path
+    autoscaling: AutoscalingApi
+    autoscaler: Autoscaler
+    control_plane: ControlPlanes
     lock: DataDirLock | None = None
 
     @property
@@ -42,6 +49,7 @@ class Platform:
         if reap is not None:
             await reap()
         await self.manager.start()
+        await self.autoscaler.start()
 
     def announce(self, url: str) -> None:
         """Record where the gateway listens, so a second gateway on this data dir can say."""
@@ -51,9 +59,11 @@ class Platform:
     async def stop(self) -> None:
         """Stop every instance (records stay, so the next start brings them back)."""
         try:
+            await self.autoscaler.stop()
             await self.manager.stop()
         finally:
             self.store.close()
+            self.autoscaling.store.close()
             if self.lock is not None:
                 self.lock.release()
 
@@ -66,6 +76,7 @@ def build_platform(
     manager_limits: ManagerLimits | None = None,
     control_limits: ControlLimits | None = None,
     ray_resources: dict[str, dict[str, float]] | None = None,
+    autoscaler_limits: AutoscalerLimits | None = None,
 ) -> Platform:
     """Build (not start) the platform on ``data_dir`` with the ``process`` or ``ray`` runtime."""
     data = Path(data_dir)
@@ -86,4 +97,9 @@ def build_platform(
         raise InputValidationError(f"unknown runtime {runtime!r}: use 'process' or 'ray'")
     manager = EndpointManager(store, chosen, data, manager_limits)
     control = ControlApi(store, manager, limits=control_limits)
-    return Platform(store, chosen, manager, control, data, lock)
+    scaling_store = AutoscalingStore(data / STORE_FILE)
+    autoscaling = AutoscalingApi(scaling_store, store)
+    autoscaler = Autoscaler(scaling_store, store, control, manager, autoscaler_limits)
+    autoscaling.on_change = autoscaler.wake
+    planes = ControlPlanes({"SageMaker": control, "AnyScaleFrontendService": autoscaling})
+    return Platform(store, chosen, manager, control, data, autoscaling, autoscaler, planes, lock)

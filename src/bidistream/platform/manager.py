@@ -36,6 +36,7 @@ from typing import Any
 
 import aiohttp
 
+from bidistream import metrics
 from bidistream.errors import BidistreamError, EndpointNotReadyError, NotFoundError
 from bidistream.platform.balancer import PlatformRouter, RoutableVariant
 from bidistream.platform.images import ImageSpec, parse_image
@@ -329,8 +330,11 @@ class EndpointManager:
         remove = [i.instance_id for i, state in planned if state is InstanceState.STOPPED]
 
         def mirror() -> None:
+            for instance in added:
+                _state_metric(instance, InstanceState.STARTING)
             for instance, state in planned:
                 instance.state = state
+                _state_metric(instance, state)
                 if state is InstanceState.STOPPED:
                     instance.routable = None
                     task = instance.supervisor
@@ -592,7 +596,11 @@ class EndpointManager:
                 )
             await asyncio.sleep(0.1)
         instance.routable = RoutableInstance(
-            instance.endpoint, instance.variant, instance.instance_id, handle.base_url
+            instance.endpoint,
+            instance.variant,
+            instance.instance_id,
+            handle.base_url,
+            log_path=str(instance.launch.log_path),
         )
         log.info(
             "instance answers /ping",
@@ -670,6 +678,9 @@ class EndpointManager:
                     await self._stop_handle(instance, 1.0)  # retired meanwhile: its drain owns it
                     return
                 instance.restarts += 1
+                metrics.INSTANCE_RESTARTS.labels(
+                    instance.endpoint, instance.variant, instance.instance_id
+                ).inc()
                 self._commit(instance.endpoint, moves=[(instance, InstanceEvent.READY)])
                 backoff = self.limits.restart_backoff
                 failures = 0
@@ -756,6 +767,19 @@ class EndpointManager:
             self.store.set_live_sessions(counts, time.time())
         except Exception as exc:  # the counters are best effort; the endpoints keep running
             log.warning("cannot publish live sessions", extra={"error": exc})
+
+
+_STATES = [str(s) for s in InstanceState]
+
+
+def _state_metric(instance: Instance, state: InstanceState) -> None:
+    """bidistream_instance_state mirrors the committed state; a stopped instance leaves the metric."""
+    where = (instance.endpoint, instance.variant, instance.instance_id)
+    if state is InstanceState.STOPPED:
+        metrics.forget_instance(*where, _STATES)
+    else:
+        metrics.set_instance_state(*where, str(state), _STATES)
+        metrics.INSTANCE_DRAINING.labels(*where).set(1 if state is InstanceState.DRAINING else 0)
 
 
 def plans_from_doc(doc: dict[str, Any], key: str = "deployment") -> list[VariantPlan]:

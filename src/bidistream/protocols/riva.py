@@ -218,9 +218,11 @@ def _status(exc: BidistreamError) -> grpc.StatusCode:
 def live_query(spec: AudioSpec, config: Any, interim: bool) -> str:
     """The model's live-session options for a Riva stream (Deepgram's query names)."""
     punct = "true" if config.enable_automatic_punctuation else "false"
+    diarize, _ = _diarization(config)
     return (
         f"encoding={spec.encoding}&sample_rate={spec.sample_rate}&channels={spec.channels}"
         f"&interim_results={'true' if interim else 'false'}&punctuate={punct}"
+        + ("&diarize=true" if diarize else "")
     )
 
 
@@ -234,7 +236,7 @@ def streaming_result(message: dict[str, Any], config: Any, processed: float) -> 
     out = rasr.SpeechRecognitionAlternative(transcript=text + (" " if final else ""))
     if final:
         out.confidence = float(alt["confidence"])
-        if config.enable_word_time_offsets:
+        if config.enable_word_time_offsets or _diarization(config)[0]:
             punctuate = bool(config.enable_automatic_punctuation)
             out.words.extend(
                 rasr.WordInfo(

@@ -339,5 +339,6 @@ class Endpointer:
                 speech_final=False,
                 from_finalize=True,
                 speech_end=self.position,
+                words_from=self.position,
             )
         )

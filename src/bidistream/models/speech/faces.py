@@ -170,6 +170,10 @@ async def _openai_events(model: SpeechModel, audio: np.ndarray, profile: str | N
     except BidistreamError as exc:
         yield openai.error_event(exc.message)
         return
+    except Exception as exc:  # headers are sent: the error travels as an event the SDK raises
+        log.exception("OpenAI streamed transcription failed")
+        yield openai.error_event(f"transcription failed: {type(exc).__name__}")
+        return
     texts: list[str] = []
     for seg in result.segments:
         text = seg.text.strip()

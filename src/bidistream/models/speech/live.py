@@ -25,6 +25,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hashlib
+import time
 from collections import deque
 from collections.abc import AsyncIterator, Awaitable
 from dataclasses import dataclass
@@ -52,7 +53,12 @@ from bidistream.models.speech.vad import VadStream
 
 __all__ = ["BacklogExceededError", "LiveConfig", "LiveTranscriber"]
 
-_Item = dict[str, Any] | Awaitable[dict[str, Any] | None] | None
+# How often the idle clock looks again while decodes or messages are outstanding.
+IDLE_POLL_SECONDS = 0.25
+
+# A ready message, or a decode that will give one, none, or several (a final and its
+# UtteranceEnd); None ends the stream.
+_Item = dict[str, Any] | Awaitable[dict[str, Any] | list[dict[str, Any]] | None] | None
 
 
 class BacklogExceededError(ServiceUnavailableError):
@@ -174,6 +180,10 @@ class LiveTranscriber:
         self._buffer = np.zeros(0, dtype=np.float32)
         self._buffer_start = 0  # absolute sample index of _buffer[0]
         self._received = 0  # samples received (16 kHz)
+        # Idle clock (issue 12): monotonic times of the last frame, the first audio, the last work.
+        self._last_frame_at = time.monotonic()
+        self._first_audio_at: float | None = None
+        self._last_busy_at = 0.0
         self._out = _Outbox(self.config.max_queued_messages)
         self._interim_busy = False
         self._interim_job: asyncio.Future[Transcript] | None = None
@@ -193,7 +203,7 @@ class LiveTranscriber:
                 if item is None:
                     break
                 if isinstance(item, dict):
-                    message: dict[str, Any] | None = item
+                    message: dict[str, Any] | list[dict[str, Any]] | None = item
                 else:
                     future = asyncio.ensure_future(item)
                     await asyncio.wait((future, self._abort), return_when=asyncio.FIRST_COMPLETED)
@@ -201,10 +211,10 @@ class LiveTranscriber:
                         future.cancel()
                         break  # refused: do not wait for the backlog to be decoded
                     message = future.result()
-                if message is not None:
+                for one in [] if message is None else message if isinstance(message, list) else [message]:
                     self._out.delivering = True
                     try:
-                        yield Frame.text(dg.dumps(message))
+                        yield Frame.text(dg.dumps(one))
                     finally:
                         self._out.delivering = False
             if self._abort.done():
@@ -254,21 +264,40 @@ class LiveTranscriber:
 
         The pending ``anext`` is waited on, never cancelled, while work is outstanding:
         cancelling it would finish the client's frame iterator.
+
+        Idle clock (issue 12): audio sent ahead of real time (a whole file at once, as
+        the launch post's example does before waiting 15 s) is buffered work, not
+        silence.  A live model hears it at speaking pace, so the clock starts at the
+        latest of: the last frame, the moment the audio received has played out, and
+        the moment the last decode or queued message was done.
         """
         task: asyncio.Future[Frame] = asyncio.ensure_future(anext(iterator))
         try:
             while True:
-                done, _ = await asyncio.wait((task,), timeout=self.config.idle_timeout)
+                now = time.monotonic()
+                busy = bool(self._outstanding or len(self._out))
+                if busy:
+                    self._last_busy_at = now
+                remaining = self._idle_deadline() - now
+                if remaining <= 0:
+                    raise IdleTimeoutError(
+                        f"NET-0001 no audio or KeepAlive received for {self.config.idle_timeout:g} s"
+                    )
+                # While busy, look again soon: the clock starts when the work is done.
+                timeout = min(remaining, IDLE_POLL_SECONDS) if busy else remaining
+                done, _ = await asyncio.wait((task,), timeout=timeout)
                 if done:
+                    self._last_frame_at = time.monotonic()
                     return task.result()
-                if self._outstanding or len(self._out):
-                    continue
-                raise IdleTimeoutError(
-                    f"NET-0001 no audio or KeepAlive received for {self.config.idle_timeout:g} s"
-                )
         finally:
             if not task.done():
                 task.cancel()
+
+    def _idle_deadline(self) -> float:
+        played_out = 0.0
+        if self._first_audio_at is not None:
+            played_out = self._first_audio_at + self._received / SAMPLE_RATE
+        return max(self._last_frame_at, played_out, self._last_busy_at) + self.config.idle_timeout
 
     def _emit(self, item: _Item) -> None:
         self._ready.append(item)
@@ -330,6 +359,8 @@ class LiveTranscriber:
         if not len(samples):
             return
         self._buffer = np.concatenate([self._buffer, samples])
+        if self._first_audio_at is None:
+            self._first_audio_at = time.monotonic()  # idle clock (issue 12)
         self._received += len(samples)
         self._handle(self.endpointer.feed(self.vad.feed(samples).tolist()))
         self._maybe_interim()
@@ -425,15 +456,22 @@ class LiveTranscriber:
         words_from = max(0, event.words_from - event.start) / SAMPLE_RATE
         cut = event.cut
 
-        async def decode() -> dict[str, Any]:
+        async def decode() -> list[dict[str, Any]]:
             transcript = await job
             transcript = clamp_start(drop_words_before(transcript, words_from), onset)
             if cut:
                 transcript = transcript.without_final_stop()
+            out = [
+                self._results(transcript, start_s, duration, True, event.speech_final, event.from_finalize)
+            ]
             if transcript.words:
                 self._last_word_end = start_s + transcript.words[-1].end
-                self._utterance_end_due = True
-            return self._results(transcript, start_s, duration, True, event.speech_final, event.from_finalize)
+                resumed = self._onset >= event.end  # the next utterance has begun meanwhile
+                if self._utterance_end_now(self._onset if resumed else self.endpointer.position):
+                    out.append(dg.utterance_end_message(self._last_word_end, self.options.channels))
+                elif not resumed:
+                    self._utterance_end_due = True
+            return out
 
         self._emit(asyncio.ensure_future(decode()))
 
@@ -482,10 +520,20 @@ class LiveTranscriber:
             or self.endpointer.in_speech
         ):
             return
-        gap_ms = (self.endpointer.position / SAMPLE_RATE - self._last_word_end) * 1000
-        if gap_ms >= self.options.utterance_end_ms:
+        if self._utterance_end_now(self.endpointer.position):
             self._utterance_end_due = False
             self._emit(dg.utterance_end_message(self._last_word_end, self.options.channels))
+
+    def _utterance_end_now(self, horizon: int) -> bool:
+        """The word gap up to ``horizon`` (samples) reached ``utterance_end_ms``.
+
+        Also asked when a final's decode completes: audio sent faster than real time
+        may all have arrived by then, and no later audio would ask again.
+        """
+        if self.options.utterance_end_ms is None or self._last_word_end is None:
+            return False
+        gap_ms = (horizon / SAMPLE_RATE - self._last_word_end) * 1000
+        return gap_ms >= self.options.utterance_end_ms
 
     # ------------------------------------------------------------------ messages
     def _results(

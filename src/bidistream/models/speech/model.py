@@ -31,7 +31,7 @@ from bidistream.frames import Frame
 from bidistream.model import GrpcService, Model, Request, Response, Session
 from bidistream.models.speech import faces
 from bidistream.models.speech import protocol as dg
-from bidistream.models.speech.audio import AudioDecoder
+from bidistream.models.speech.audio import AudioDecoder, AudioFormatError
 from bidistream.models.speech.endpointing import EndpointConfig, Endpointer, UtteranceDone
 from bidistream.models.speech.engines import (
     SAMPLE_RATE,
@@ -355,9 +355,12 @@ def request_query(request: Request) -> list[tuple[str, str]]:
 
 def decode_whole(body: bytes, options: dg.ListenOptions) -> np.ndarray:
     decoder = AudioDecoder(options.encoding, options.sample_rate, options.channels)
-    audio = decoder.feed(body)
+    try:
+        audio = decoder.feed(body)
+    except AudioFormatError as exc:  # one error shape per API face: Deepgram's, with status 400
+        raise dg.DeepgramAudioError(exc.message) from exc
     if decoder.format is None:
-        raise dg.DeepgramQueryError("body is not a WAV file; for raw audio set encoding and sample_rate")
+        raise dg.DeepgramAudioError("body is not a WAV file; for raw audio set encoding and sample_rate")
     return audio
 
 

@@ -82,8 +82,8 @@ _KNOWN = frozenset(
 )
 
 
-def _error_body(message: str, request_id: str) -> dict[str, object]:
-    return {"err_code": "INVALID_QUERY_PARAMETER", "err_msg": message, "request_id": request_id}
+def _error_body(message: str, request_id: str, code: str = "INVALID_QUERY_PARAMETER") -> dict[str, object]:
+    return {"err_code": code, "err_msg": message, "request_id": request_id}
 
 
 def _error_headers(message: str, request_id: str) -> dict[str, str]:
@@ -95,6 +95,20 @@ def _error_headers(message: str, request_id: str) -> dict[str, str]:
     """
     line = " ".join(message.split()).encode("latin-1", "replace").decode("latin-1")
     return {"dg-error": line[:512], "dg-request-id": request_id}
+
+
+class DeepgramAudioError(InputValidationError):
+    """A pre-recorded body that is not audio we can decode: Deepgram answers 400 ``Bad Request`` in
+    its own error shape, the same shape as every other error of this face (never a bare 415)."""
+
+    code = "Bad Request"
+
+    def __init__(self, message: str, *, request_id: str | None = None) -> None:
+        rid = request_id or str(uuid.uuid4())
+        text = f"Bad Request: failed to process audio: {message}"
+        super().__init__(
+            text, detail=_error_body(text, rid, "Bad Request"), headers=_error_headers(text, rid)
+        )
 
 
 class DeepgramQueryError(InputValidationError):

@@ -12,9 +12,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
 
+from bidistream.metrics import InstanceIdentity
 from bidistream.platform.images import ImageSpec
 
-__all__ = ["InstanceHandle", "LaunchSpec", "Runtime", "tail"]
+__all__ = ["InstanceHandle", "LaunchSpec", "Runtime", "identity_env", "tail"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -57,6 +58,11 @@ class Runtime(Protocol):
         ...
 
     async def close(self) -> None: ...
+
+
+def identity_env(spec: LaunchSpec) -> dict[str, str]:
+    """The variables an instance labels its metrics and logs with (endpoint, variant, id)."""
+    return InstanceIdentity(spec.endpoint, spec.variant, spec.instance_id).environment()
 
 
 def tail(path: Path, count: int) -> str:

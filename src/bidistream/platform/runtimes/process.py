@@ -34,7 +34,7 @@ from pathlib import Path
 from typing import Protocol
 
 from bidistream.errors import ModelError
-from bidistream.platform.runtimes import LaunchSpec, tail
+from bidistream.platform.runtimes import LaunchSpec, identity_env, tail
 from bidistream.platform.store import ProcessRow
 
 __all__ = ["ProcessInstance", "ProcessLedger", "ProcessRuntime", "free_port", "start_ticks"]
@@ -184,6 +184,7 @@ class ProcessRuntime:
         port = free_port(self.host)
         env = dict(os.environ)
         env.update(spec.environment)
+        env.update(identity_env(spec))
         env["SAGEMAKER_BIND_TO_PORT"] = str(port)
         # Each instance its own V2 gRPC port: two instances on one machine must never both ask
         # for the default 8081 (the second would serve without gRPC, or not at all).
@@ -306,7 +307,7 @@ class ProcessRuntime:
             )
         argv = [self.docker, "run", "--rm", "--name", f"bidistream-{spec.instance_id}"]
         argv += ["-p", f"{self.host}:{port}:{CONTAINER_PORT}"]
-        for key, value in spec.environment.items():
+        for key, value in {**spec.environment, **identity_env(spec)}.items():
             argv += ["-e", f"{key}={value}"]
         argv += ["-e", f"SAGEMAKER_BIND_TO_PORT={CONTAINER_PORT}", spec.image.image, "serve"]
         return argv

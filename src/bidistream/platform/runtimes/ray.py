@@ -30,7 +30,7 @@ from typing import Any
 
 from bidistream.errors import ModelError, ServiceUnavailableError
 from bidistream.platform.images import ImageSpec
-from bidistream.platform.runtimes import LaunchSpec, tail
+from bidistream.platform.runtimes import LaunchSpec, identity_env, tail
 from bidistream.platform.runtimes.process import free_port
 
 __all__ = ["DEFAULT_SIZE_CPUS", "GPU_FAMILIES", "RayInstance", "RayRuntime", "resources_for"]
@@ -72,6 +72,14 @@ GPU_FAMILIES = {
 }
 _GPUS_BY_SIZE = {"8xlarge": 1, "12xlarge": 4, "16xlarge": 1, "24xlarge": 4, "48xlarge": 8}
 _INSTANCE_TYPE = re.compile(r"ml\.([a-z0-9-]+)\.([a-z0-9]+)")
+
+
+# How long an actor that fits the cluster may take to be placed and start its model server.
+PLACEMENT_TIMEOUT = 120.0
+
+
+def _asks(options: dict[str, float]) -> str:
+    return f"{options.get('num_cpus', 1.0):g} CPU / {options.get('num_gpus', 0.0):g} GPU"
 
 
 def resources_for(
@@ -275,11 +283,26 @@ class RayRuntime:
             )
         actor_class = await self._connect()
         options = resources_for(spec.instance_type, self.resources)
+        await self._check_placeable(spec, options)
         actor = actor_class.options(name=None, **options).remote()
         try:
             base_url, log_path = await asyncio.wait_for(
-                actor.start.remote(spec.image, dict(spec.environment), str(spec.log_path)), timeout=120
+                actor.start.remote(
+                    spec.image, {**spec.environment, **identity_env(spec)}, str(spec.log_path)
+                ),
+                timeout=PLACEMENT_TIMEOUT,
             )
+        except TimeoutError as exc:
+            with contextlib.suppress(Exception):
+                import ray
+
+                ray.kill(actor)
+            raise ModelError(
+                f"Ray did not start instance {spec.instance_id} ({spec.instance_type}, asks "
+                f"{_asks(options)}) within {PLACEMENT_TIMEOUT:g} s: the cluster has room on paper "
+                "but no node took the actor (busy with other actors, or a node went away)",
+                code="InstanceStartFailed",
+            ) from exc
         except Exception as exc:
             with contextlib.suppress(Exception):
                 import ray
@@ -290,6 +313,35 @@ class RayRuntime:
                 code="InstanceStartFailed",
             ) from exc
         return RayInstance(actor, base_url, Path(log_path))
+
+    async def _check_placeable(self, spec: LaunchSpec, options: dict[str, float]) -> None:
+        """Fail at once, with the reason, when no node of the cluster could ever hold the instance.
+
+        Ray would otherwise queue the actor forever (and we would wait out the
+        placement timeout with nothing to say).
+        """
+        import ray
+
+        try:
+            nodes = await asyncio.to_thread(ray.nodes)
+        except Exception:  # the check is advisory: Ray itself still decides
+            return
+        alive = [n.get("Resources") or {} for n in nodes if n.get("Alive")]
+        need_cpu, need_gpu = options.get("num_cpus", 1.0), options.get("num_gpus", 0.0)
+        if any(r.get("CPU", 0.0) >= need_cpu and r.get("GPU", 0.0) >= need_gpu for r in alive):
+            return
+        total_cpu = sum(r.get("CPU", 0.0) for r in alive)
+        total_gpu = sum(r.get("GPU", 0.0) for r in alive)
+        largest = max(alive, key=lambda r: (r.get("GPU", 0.0), r.get("CPU", 0.0)), default={})
+        nodes_text = f"{len(alive)} node{'s' if len(alive) != 1 else ''}"
+        largest_text = f"{largest.get('CPU', 0.0):g} CPU / {largest.get('GPU', 0.0):g} GPU"
+        raise ModelError(
+            f"the Ray cluster cannot place instance {spec.instance_id}: the instance asks "
+            f"{_asks(options)} ({spec.instance_type}), the cluster has {total_cpu:g} CPU / "
+            f"{total_gpu:g} GPU on {nodes_text} (largest node {largest_text}). Choose a smaller "
+            "InstanceType, add nodes, or map the type to fewer resources (RayRuntime resources).",
+            code="InsufficientCapacity",
+        )
 
     async def close(self) -> None:
         if self._actor_class is None:
