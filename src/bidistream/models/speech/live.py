@@ -27,9 +27,9 @@ import contextlib
 import hashlib
 import time
 from collections import deque
-from collections.abc import AsyncIterator, Awaitable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -51,7 +51,18 @@ from bidistream.models.speech.engines import SAMPLE_RATE, Transcript, clamp_star
 from bidistream.models.speech.scheduler import DecodeScheduler
 from bidistream.models.speech.vad import VadStream
 
+if TYPE_CHECKING:
+    from bidistream.metrics import SpeechMeter
+
 __all__ = ["BacklogExceededError", "LiveConfig", "LiveTranscriber"]
+
+# The API face a live session came in by, for the speech metrics' ``face`` label (Deepgram's by
+# default; the Riva face marks its sessions with this header).
+FACE_HEADER = "x-bidistream-face"
+
+# Arrival times kept for timing results: at 20 ms chunks, 2000 cover 40 s of audio, longer than
+# any utterance (the length cap is 15 s) plus its endpointing wait.
+ARRIVALS_KEPT = 2000
 
 # How often the idle clock looks again while decodes or messages are outstanding.
 IDLE_POLL_SECONDS = 0.25
@@ -160,6 +171,7 @@ class LiveTranscriber:
         info: dg.ModelInfo,
         request_id: str,
         config: LiveConfig | None = None,
+        meter: SpeechMeter | None = None,
     ) -> None:
         self.options = options
         self.scheduler = scheduler
@@ -192,6 +204,11 @@ class LiveTranscriber:
         self._utterance_end_due = False
         self._closing = False
         self._onset = 0  # sample where the open utterance's speech began
+        # Metrics (issue 14): when each received sample arrived, so a result can be timed from the
+        # wall-clock moment its speech ended (or began), not from the end of the stream.
+        self.meter = meter
+        self._arrivals: deque[tuple[int, float]] = deque(maxlen=ARRIVALS_KEPT)
+        self._interim_timed_for = -1  # onset whose first interim has been timed
 
     # ------------------------------------------------------------------ driving
     async def run(self, frames: AsyncIterator[Frame]) -> AsyncIterator[Frame]:
@@ -228,6 +245,8 @@ class LiveTranscriber:
                 await reader
             for job in list(self._outstanding):
                 self.scheduler.withdraw(job)
+            if self.meter is not None:
+                self.meter.close()
 
     async def _read(self, frames: AsyncIterator[Frame]) -> None:
         try:
@@ -362,6 +381,10 @@ class LiveTranscriber:
         if self._first_audio_at is None:
             self._first_audio_at = time.monotonic()  # idle clock (issue 12)
         self._received += len(samples)
+        if self.meter is not None:
+            self._arrivals.append((self._received, time.monotonic()))
+            self.meter.received(len(samples) / SAMPLE_RATE)
+            self.meter.backlog(self._backlog / SAMPLE_RATE)
         self._handle(self.endpointer.feed(self.vad.feed(samples).tolist()))
         self._maybe_interim()
         self._maybe_utterance_end()
@@ -426,6 +449,7 @@ class LiveTranscriber:
                     return None
                 if not transcript.text:
                     return None
+                self._first_interim_timed()
                 return self._results(clamp_start(transcript, onset), start_s, duration, False, False, False)
 
             self._emit(asyncio.ensure_future(interim()))
@@ -464,6 +488,11 @@ class LiveTranscriber:
             out = [
                 self._results(transcript, start_s, duration, True, event.speech_final, event.from_finalize)
             ]
+            if self.meter is not None:
+                self.meter.decoded(duration)
+                self.meter.backlog(self._backlog / SAMPLE_RATE)
+                if transcript.words and not cut:
+                    self._time_since(event.speech_end, self.meter.end_of_speech_to_final)
             if transcript.words:
                 self._last_word_end = start_s + transcript.words[-1].end
                 resumed = self._onset >= event.end  # the next utterance has begun meanwhile
@@ -506,11 +535,25 @@ class LiveTranscriber:
                 retry = self.endpointer.position + int(self.config.interim_retry * SAMPLE_RATE)
                 self._next_interim = min(self._next_interim, retry)
                 return None
+            self._first_interim_timed()
             return self._results(
                 transcript, start / SAMPLE_RATE, len(audio) / SAMPLE_RATE, False, False, False
             )
 
         self._emit(asyncio.ensure_future(decode()))
+
+    def _first_interim_timed(self) -> None:
+        """The first interim of the open utterance is on its way: time it from the onset, once."""
+        if self.meter is not None and self._interim_timed_for != self._onset:
+            self._interim_timed_for = self._onset
+            self._time_since(self._onset, self.meter.onset_to_first_interim)
+
+    def _time_since(self, sample: int, observe: Callable[[float], None]) -> None:
+        """Observe the wall time since ``sample`` arrived (found among the recent arrivals)."""
+        for end, at in self._arrivals:
+            if end >= sample:
+                observe(max(0.0, time.monotonic() - at))
+                return
 
     def _maybe_utterance_end(self) -> None:
         if (

@@ -28,6 +28,7 @@ import numpy as np
 
 from bidistream.errors import InputValidationError
 from bidistream.frames import Frame
+from bidistream.metrics import InstanceIdentity, SpeechMeter
 from bidistream.model import GrpcService, Model, Request, Response, Session
 from bidistream.models.speech import faces
 from bidistream.models.speech import protocol as dg
@@ -40,7 +41,7 @@ from bidistream.models.speech.engines import (
     WhisperEngine,
     clamp_start,
 )
-from bidistream.models.speech.live import LiveConfig, LiveTranscriber
+from bidistream.models.speech.live import FACE_HEADER, LiveConfig, LiveTranscriber
 from bidistream.models.speech.scheduler import DecodeScheduler
 from bidistream.models.speech.vad import SileroVad
 from bidistream.models.speech.weights import locate_base, locate_model_dir, locate_tiny_en
@@ -254,6 +255,9 @@ class SpeechModel(Model):
             self.model_info(options.profile),
             request_id,
             self.live_config,
+            meter=SpeechMeter(
+                InstanceIdentity.from_env(), session.headers.get(FACE_HEADER, "deepgram"), session.id
+            ),
         )
         run = (
             live.run

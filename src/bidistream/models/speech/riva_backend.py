@@ -12,6 +12,7 @@ from bidistream.frames import Frame
 from bidistream.model import Session
 from bidistream.models.speech.audio import AudioDecoder, AudioFormatError
 from bidistream.models.speech.files import decode_file
+from bidistream.models.speech.live import FACE_HEADER
 from bidistream.protocols.asr import FileTranscript
 from bidistream.protocols.riva import AudioSpec
 
@@ -41,6 +42,8 @@ class RivaBackend:
         return await self.model.transcribe_file(audio, diarize=diarize, max_speakers=max_speakers)
 
     def live(self, frames: AsyncIterator[Frame], query: str) -> AsyncIterator[Frame]:
-        session = Session(id=uuid.uuid4().hex, path="v1/listen", raw_query=query, headers={})
+        session = Session(
+            id=uuid.uuid4().hex, path="v1/listen", raw_query=query, headers={FACE_HEADER: "riva"}
+        )
         self.model.check_session(session)
         return self.model.stream(frames, session)
