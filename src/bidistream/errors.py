@@ -246,7 +246,15 @@ class ModelLoadError(ModelError):
 
 
 class ModelRefusedError(ModelError):
+    """The container refused the WebSocket upgrade; ``original_headers`` keeps the headers of its
+    answer that a client of that model reads (``Content-Type``, Deepgram's ``dg-error``...), so a
+    front door can answer the client's upgrade the way the container answered ours."""
+
     code = "ModelRefused"
+
+    def __init__(self, message: str, *, original_headers: dict[str, str] | None = None, **kw: object) -> None:
+        super().__init__(message, **kw)  # type: ignore[arg-type]
+        self.original_headers = dict(original_headers or {})
 
 
 class ModelStreamError(ModelError):

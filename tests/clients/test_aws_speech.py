@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import ssl
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -29,7 +30,7 @@ from aws_sdk_sagemaker_runtime_http2.models import (
     ResponseStreamEventPayloadPart,
 )
 from deepgram import AsyncDeepgramClient
-from deepgram.core.events import EventType
+from deepgram.core.api_error import ApiError
 from deepgram.environment import DeepgramClientEnvironment
 
 from tests.speech_audio import pcm, silence, speech_server, synth
@@ -193,20 +194,27 @@ async def test_deepgram_sdk_through_gateway_ws_front_door(stack: Stack) -> None:
     assert messages[-1].type == "Metadata"
 
 
-async def test_deepgram_sdk_bad_query_through_front_door_closes_1011_other_untouched(stack: Stack) -> None:
+async def test_deepgram_sdk_bad_query_through_front_door_is_refused_like_deepgram(stack: Stack) -> None:
+    """The front door answers a refused upgrade as the instance did: the SDK raises its ApiError 400,
+    exactly as it does talking to the model server (or Deepgram) directly (issue 12)."""
     data, _ = pcm(synth(CANCEL))
     client = front_door(stack)
     async with client.listen.v1.connect(model="nova-3", encoding="linear16", sample_rate=16000) as good:
         healthy = asyncio.create_task(sdk_listen(good, data + silence(0.6)))
-        # The front door accepts the upgrade before asking the instance (a browser cannot
-        # read a refused upgrade), so the container's 400 arrives as a close frame.
-        errors: list[Exception] = []
-        async with client.listen.v1.connect(model="nope") as bad:
-            bad.on(EventType.ERROR, errors.append)
-            await asyncio.wait_for(bad.start_listening(), T)
-        assert len(errors) == 1 and isinstance(errors[0], websockets.ConnectionClosedError)
-        assert errors[0].rcvd is not None and errors[0].rcvd.code == 1011
-        assert "400" in errors[0].rcvd.reason
+        with pytest.raises(ApiError) as info:
+            async with client.listen.v1.connect(model="nope"):
+                pass
+        assert info.value.status_code == 400
+        # The refusal carries the instance's body and Deepgram's headers (a raw client reads them).
+        ctx = ssl.create_default_context(cafile=str(stack.gateway.ca_path))
+        url = f"wss://127.0.0.1:{stack.gateway.port}/endpoints/speech/ws/v1/listen?model=nope"
+        with pytest.raises(websockets.InvalidStatus) as raw:
+            async with websockets.connect(url, ssl=ctx):
+                pass
+        response = raw.value.response
+        assert response.status_code == 400 and "nope" in response.headers["dg-error"]
+        body = json.loads(response.body)
+        assert body["err_code"] == "INVALID_QUERY_PARAMETER" and "nope" in body["err_msg"]
         messages = await asyncio.wait_for(healthy, T)
     text = " ".join(
         m.channel.alternatives[0].transcript for m in messages if m.type == "Results" and m.is_final

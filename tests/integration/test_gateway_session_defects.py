@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import os
 import ssl
 import time
@@ -99,8 +100,14 @@ def tls(stack: Stack) -> ssl.SSLContext:
     return ssl.create_default_context(cafile=str(stack.gateway.ca_path))
 
 
-async def raw_ws_upgrade(stack: Stack, path: str) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
-    """A hand-written WebSocket upgrade over TLS; returns once the 101 is read."""
+async def raw_ws_upgrade(
+    stack: Stack, path: str, *, wait_101: bool = True
+) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+    """A hand-written WebSocket upgrade over TLS; returns once the 101 is read (or at once).
+
+    The front door sends its 101 only once an instance has taken the session, so a client that
+    leaves while the instance handshake is still running has not seen it yet (``wait_101=False``).
+    """
     ctx = tls(stack)
     ctx.set_alpn_protocols(["http/1.1"])
     reader, writer = await asyncio.open_connection("127.0.0.1", stack.gateway.port, ssl=ctx)
@@ -111,8 +118,11 @@ async def raw_ws_upgrade(stack: Stack, path: str) -> tuple[asyncio.StreamReader,
             f"Sec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n\r\n"
         ).encode()
     )
-    head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), scaled(5))
-    assert head.startswith(b"HTTP/1.1 101"), head
+    if wait_101:
+        head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), scaled(5))
+        assert head.startswith(b"HTTP/1.1 101"), head
+    else:
+        await writer.drain()
     return reader, writer
 
 
@@ -162,7 +172,7 @@ async def test_10_1_h2_reset_mid_handshake_closes_the_instance_connection(
 async def test_10_1_ws_abort_mid_handshake_closes_the_instance_connection(
     stack: Stack, fake: FakeInstance
 ) -> None:
-    _, writer = await raw_ws_upgrade(stack, "/endpoints/slow/ws")
+    _, writer = await raw_ws_upgrade(stack, "/endpoints/slow/ws", wait_101=False)
     await eventually(lambda: fake.upgrades == 1)
     writer.transport.abort()
     await eventually(lambda: fake.eofs, timeout=1.0)
@@ -325,7 +335,10 @@ async def test_10_5_refused_ws_session_after_an_early_frame_finishes_its_close(
     async with connect(
         f"wss://127.0.0.1:{stack.gateway.port}/endpoints/slow/ws", ssl=tls(stack), close_timeout=20
     ) as ws:
-        await ws.send("early")  # before the instance answered: held, reads paused
+        # The 101 now waits for the instance's answer, so the refusal may already be on its way:
+        # a send racing it either is held (reads paused) or meets the close; both must end fast.
+        with contextlib.suppress(ConnectionClosed):
+            await ws.send("early")
         with pytest.raises(ConnectionClosed):
             await ws.recv()
         await asyncio.wait_for(ws.wait_closed(), scaled(3))

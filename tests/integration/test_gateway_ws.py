@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 from websockets.asyncio.client import connect
-from websockets.exceptions import ConnectionClosed
+from websockets.exceptions import ConnectionClosed, InvalidStatus
 from websockets.typing import Subprotocol
 
 from bidistream.errors import InputValidationError
@@ -112,11 +112,12 @@ async def test_ws_wrong_key_is_refused_and_healthy_session_untouched(keyed: Stac
         await healthy.send("before")
         assert await healthy.recv() == "before"
         url = f"wss://127.0.0.1:{keyed.gateway.port}/endpoints/keyed/ws/v1/listen"
-        async with connect(url, ssl=tls(keyed), additional_headers={"Authorization": "Token wrong"}) as ws:
-            with pytest.raises(ConnectionClosed):
-                await ws.recv()
-        # The model refused the upgrade (400): ModelError's close code, with its message.
-        assert ws.close_code == 1011
-        assert "invalid credentials" in (ws.close_reason or "")
+        with pytest.raises(InvalidStatus) as info:
+            async with connect(url, ssl=tls(keyed), additional_headers={"Authorization": "Token wrong"}):
+                pass
+        # The model refused the upgrade (400): the front door answers the client's upgrade the same
+        # way, status and body, instead of accepting and closing (issue 12).
+        assert info.value.response.status_code == 400
+        assert b"invalid credentials" in info.value.response.body
         await healthy.send("after")
         assert await healthy.recv() == "after"

@@ -106,6 +106,21 @@ class ClientSide(Protocol):
     def resume_reads(self) -> None: ...
 
 
+# What of an instance's refused upgrade a front door repeats to its client: the body (bounded) and
+# the headers a client of that model reads.  Hop-by-hop and framing headers are the door's own.
+MAX_REFUSAL_BODY = 64 * 1024
+_REFUSAL_HEADERS = ("content-type", "dg-error", "dg-request-id", "www-authenticate", "retry-after")
+
+
+def _refusal_headers(response: object) -> dict[str, str]:
+    headers = getattr(response, "headers", None) or {}
+    out: dict[str, str] = {}
+    for name, value in headers.items():
+        if str(name).lower() in _REFUSAL_HEADERS:
+            out[str(name)] = str(value)
+    return out
+
+
 def session_limits(limits: GatewayLimits) -> SessionLimits:
     return SessionLimits(
         confirm_timeout=limits.confirm_timeout,
@@ -159,7 +174,11 @@ class InstanceLink(WSListener):
             if relay is not None:
                 fin = frame.fin
                 if fin and kind is not _CONT and not relay.busy and relay.session.pass_instance_frame():
-                    relay.client.send(frame.get_payload_as_bytes(), kind is _TEXT, True, False)
+                    data = frame.get_payload_as_bytes()
+                    m = relay.meter
+                    if m is not None:  # METRICS: the direct relay counts like _send_to_client
+                        m.outbound(len(data))
+                    relay.client.send(data, kind is _TEXT, True, False)
                 else:
                     text = None if kind is _CONT else kind is _TEXT
                     relay.feed(e.InstanceFrame(frame.get_payload_as_bytes(), text, fin))
@@ -368,6 +387,9 @@ class Relay:
         """A whole frame the session passed (``BidiSession.pass_client_frame``)."""
         link = self.link
         if link is not None and link.transport is not None and not link.closed:
+            m = self.meter
+            if m is not None:  # METRICS: the direct relay counts like _send_to_instance
+                m.inbound(len(data))
             link.transport.send(_TEXT if text else _BINARY, data, True)
 
     def _send_to_instance(self, act: a.SendToInstance) -> None:
@@ -544,7 +566,8 @@ class Relay:
                         f'Received client error ({status}) from primary with message "{body}". '
                         "The model container refused the WebSocket connection.",
                         original_status=status,
-                        original_message=body,
+                        original_message=(exc.raw_body or b"").decode("utf-8", "replace")[:MAX_REFUSAL_BODY],
+                        original_headers=_refusal_headers(exc.response),
                     ) from exc
                 except (OSError, TimeoutError, WSError) as exc:
                     log.warning("instance %s unreachable: %s", target.instance_id, exc)

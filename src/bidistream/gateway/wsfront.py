@@ -27,12 +27,20 @@ from websockets.exceptions import InvalidState
 from websockets.frames import Frame as WsFrame
 from websockets.frames import Opcode
 from websockets.http11 import Request as WsRequest
+from websockets.http11 import Response as WsResponse
 from websockets.protocol import State
 from websockets.server import ServerProtocol
 from websockets.typing import Subprotocol
 
 from bidistream.contract import check_invocation_path, check_name, check_query, close_reason
-from bidistream.errors import AuthError, BidistreamError, NotFoundError, wire_form, ws_close_code
+from bidistream.errors import (
+    AuthError,
+    BidistreamError,
+    ModelRefusedError,
+    NotFoundError,
+    wire_form,
+    ws_close_code,
+)
 from bidistream.gateway.auth import authenticate_upgrade
 from bidistream.gateway.bridge import Relay
 from bidistream.gateway.routes import RouteKind, classify
@@ -99,6 +107,8 @@ class WsSession(asyncio.Protocol):
             max_size=ctx.limits.max_event_size, select_subprotocol=_first_offered, logger=log
         )
         self.relay: Relay | None = None
+        # The 101 held until an instance takes the session (see start and accept).
+        self._pending_response: WsResponse | None = None
         self.closed = False
         self.reads_paused = False
         self._close_deadline: asyncio.TimerHandle | None = None
@@ -129,17 +139,23 @@ class WsSession(asyncio.Protocol):
             self._refuse_upgrade(exc)
             return
         response = self.ws.accept(request)
-        self.ws.send_response(response)
-        self._flush()
-        if response.status_code != 101:
+        if response.status_code != 101:  # not a valid WebSocket handshake: websockets says why
+            self.ws.send_response(response)
+            self._flush()
             return
         try:
             endpoint, inv_path = self._parse(path)
             if query:
                 check_query(query, lenient=self.ctx.limits.lenient_query)
         except BidistreamError as exc:
+            # The gateway's own refusals open and close with a code and reason: a browser can read
+            # a close reason, never the body of a refused upgrade.
+            self.ws.send_response(response)
             self._close_with(exc)
             return
+        # The 101 waits until an instance has taken the session (accept), so an instance that
+        # refuses the upgrade is answered with its own status, body and headers (refuse).
+        self._pending_response = response
         headers = {
             "X-Amzn-SageMaker-Request-Id": uuid.uuid4().hex,
             "X-Amzn-SageMaker-Endpoint-Name": endpoint,
@@ -247,10 +263,37 @@ class WsSession(asyncio.Protocol):
 
     # ------------------------------------------------------------------ session → client
     def accept(self, variant: str) -> None:
-        """The upgrade was accepted before the session started: nothing to say."""
+        """An instance took the session: now the client gets its 101."""
+        self._send_pending_response()
 
     def refuse(self, error: BidistreamError) -> None:
+        if (
+            self._pending_response is not None
+            and isinstance(error, ModelRefusedError)
+            and error.original_status
+        ):
+            # Answer as the instance answered us (Deepgram: 400, its JSON body, dg-error), the way
+            # the client would have been answered talking to the model server directly.
+            self._pending_response = None
+            status = error.original_status
+            response = self.ws.reject(status, error.original_message or error.message)
+            del response.headers["Content-Type"]
+            for name, value in error.original_headers.items():
+                response.headers[name] = value
+            if "Content-Type" not in response.headers:
+                response.headers["Content-Type"] = "text/plain; charset=utf-8"
+            response.headers["x-amzn-ErrorType"] = wire_form(error).amzn_error_type
+            self.ws.send_response(response)
+            self._flush()
+            return
+        self._send_pending_response()
         self._close_with(error)
+
+    def _send_pending_response(self) -> None:
+        response, self._pending_response = self._pending_response, None
+        if response is not None:
+            self.ws.send_response(response)
+            self._flush()
 
     def end(self, error: BidistreamError | None) -> None:
         if error is not None:
