@@ -6,8 +6,8 @@ PIP   := $(PY) -m pip install -q --disable-pip-version-check -c constraints.txt
 # `make run` installs what serving needs; `make test` adds the dev tools, test clients and Ray.
 RUN_STAMP  := $(VENV)/.run-stamp
 TEST_STAMP := $(VENV)/.installed-stamp
-RUN_EXTRAS  := client,speech,v2
-TEST_EXTRAS := client,speech,dev,ray,v2
+RUN_EXTRAS  := client,speech
+TEST_EXTRAS := client,speech,dev,ray
 RUN_ARGS ?=
 PYTEST_ARGS ?=
 
@@ -58,6 +58,17 @@ bench: $(TEST_STAMP)
 
 bench-speech: $(TEST_STAMP) sysdeps
 	$(PY) -m benchmarks.speech
+	$(PY) -m benchmarks.speech_apis
+
+# Integrity and leak soak (not CI): 100 sessions x 10,000 frames per door, instance kills and
+# client aborts mixed in.  SOAK_ARGS="--sessions 20 --frames 1000 --kill-every 3" for a short run.
+SOAK_ARGS ?=
+bench-soak: $(TEST_STAMP)
+	$(PY) -m benchmarks.soak $(SOAK_ARGS)
+
+# MLServer (in .venv-mlserver, made by the bench) vs bidistream on V2 SSE and gRPC streaming.
+bench-v2: $(TEST_STAMP)
+	$(PY) -m benchmarks.bench_v2
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

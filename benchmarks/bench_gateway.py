@@ -23,8 +23,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
-import platform
 import ssl
 import sys
 import tempfile
@@ -38,6 +36,7 @@ import h2.events
 import h2.settings
 
 from benchmarks import floor
+from benchmarks.machine import describe
 
 RESULTS = Path(__file__).resolve().parent / "results"
 REPS = 3
@@ -353,7 +352,7 @@ def run() -> dict[str, Any]:
     relay_added_p50 = med("relay_floor", "rtt_p50_us") - med("direct", "rtt_p50_us")
     kib = idle["gateway_kib_per_idle_session"]
     result: dict[str, Any] = {
-        "machine": {"python": platform.python_version(), "cpus": os.cpu_count()},
+        "machine": describe(),
         "relay_floor": {k: med("relay_floor", k) for k in reps[0]["relay_floor"]},
         "gateway": {k: med("gateway", k) for k in reps[0]["gateway"]},
         "direct": {k: med("direct", k) for k in reps[0]["direct"]},

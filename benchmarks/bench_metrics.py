@@ -25,20 +25,11 @@ from typing import Any
 
 from benchmarks import floor
 from benchmarks.bench_gateway import measure_gateway
+from benchmarks.machine import cpu_model
 
 RESULTS = Path(__file__).resolve().parent / "results"
 REPS = 15
 BAR = 1.05
-
-
-def cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
 
 
 def meter_ns_per_pair(n: int = 500_000) -> float:

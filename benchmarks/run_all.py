@@ -26,6 +26,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from benchmarks.machine import banner, describe, load_average
+
 HERE = Path(__file__).resolve().parent
 RESULTS = HERE / "results"
 
@@ -40,6 +42,7 @@ def discover(only: Sequence[str] = ()) -> list[str]:
 
 def run_one(name: str) -> dict[str, Any]:
     began = time.monotonic()
+    load = load_average()
     try:
         module = importlib.import_module(f"benchmarks.{name}")
         result = module.run()
@@ -61,11 +64,13 @@ def run_one(name: str) -> dict[str, Any]:
         "bars": bars,
         "failed_bars": failed,
         "elapsed_s": round(time.monotonic() - began, 1),
+        "loadavg": load,
     }
 
 
-def summary_lines(outcomes: dict[str, dict[str, Any]]) -> list[str]:
+def summary_lines(outcomes: dict[str, dict[str, Any]], where: str | None = None) -> list[str]:
     lines = ["", "== bench summary (ratios against the floor measured in the same run) =="]
+    lines.append(f"machine: {where or banner()}")
     for name, out in outcomes.items():
         if out["status"] == "error":
             lines.append(f"{name}: ERROR {out['error']}")
@@ -73,7 +78,9 @@ def summary_lines(outcomes: dict[str, dict[str, Any]]) -> list[str]:
         # "x" only for unitless ratios; absolute figures print the unit they were measured in.
         shown = [f"{k} {v:.2f}x" for k, v in out["ratios"].items()]
         shown += [f"{k} {f['value']:g} {f['unit']}" for k, f in out.get("figures", {}).items()]
-        lines.append(f"{name}: {out['status'].upper()} in {out['elapsed_s']} s; {', '.join(shown)}")
+        load = out.get("loadavg")
+        under = f" (load before {' '.join(f'{x:g}' for x in load)})" if load else ""
+        lines.append(f"{name}: {out['status'].upper()} in {out['elapsed_s']} s{under}; {', '.join(shown)}")
         for bar in out["bars"]:
             verdict = "PASS" if bar.get("passed") else "FAIL"
             lines.append(
@@ -96,7 +103,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(outcomes[name]["traceback"], file=sys.stderr, flush=True)
     print("\n".join(summary_lines(outcomes)), flush=True)
     RESULTS.mkdir(parents=True, exist_ok=True)
-    summary = {"modules": {n: {k: v for k, v in o.items() if k != "traceback"} for n, o in outcomes.items()}}
+    summary = {
+        "machine": describe(),
+        "modules": {n: {k: v for k, v in o.items() if k != "traceback"} for n, o in outcomes.items()},
+    }
     (RESULTS / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
     return 0 if all(o["status"] == "pass" for o in outcomes.values()) else 1
 

@@ -23,6 +23,7 @@ from tests.support.waiting import scaled
 
 _AUDIO_DIR: Path | None = None
 _SERVER: tuple[subprocess.Popen[bytes], int] | None = None
+_GRPC_PORT: int | None = None
 
 # The shared server closes sessions after this many idle seconds (Deepgram: 10 s),
 # short so the idle test is quick.
@@ -77,18 +78,29 @@ def silence(seconds: float, rate: int = 16000) -> bytes:
     return b"\0\0" * int(seconds * rate)
 
 
+def speech_grpc_port() -> int:
+    """The shared speech server's gRPC port (V2 and Riva ASR), starting the server if needed."""
+    speech_server()
+    assert _GRPC_PORT is not None
+    return _GRPC_PORT
+
+
 def speech_server() -> int:
     """Port of the shared ``bidistream serve speech`` process (started on first call)."""
     global _SERVER
     if _SERVER is not None and _SERVER[0].poll() is None:
         return _SERVER[1]
+    global _GRPC_PORT
     port = free_port()
+    _GRPC_PORT = free_port()  # never the default 8081: other servers may hold it
     cmd = [
         str(BIN / "bidistream"),
         "serve",
         "speech",
         "--port",
         str(port),
+        "--grpc-port",
+        str(_GRPC_PORT),
         "--set",
         f"idle_timeout={SERVER_IDLE_TIMEOUT}",
         "--log-level",
@@ -124,3 +136,60 @@ def speech_server() -> int:
 
     atexit.register(stop)
     return port
+
+
+# Two voices for diarization tests: the male/female pair of ../shared/speech_eval (conv_mf).
+CONVERSATION_VOICES = (("en-us", 165), ("en-us+f3", 140))
+CONVERSATION_TURNS = (
+    "hello thank you for calling how can i help you today",
+    "i need help with my account balance please",
+    "of course can you tell me your account number",
+    "yes it is four five six seven eight nine",
+    "thank you one moment while i look that up",
+    "sure i can wait no problem at all",
+)
+
+
+def conversation(gap: float = 0.6) -> tuple[Path, list[tuple[float, float, int, str]]]:
+    """A WAV of alternating turns and its reference: (start, end, speaker, text) per turn."""
+    out = audio_dir() / f"conversation-{gap}.wav"
+    turns: list[tuple[float, float, int, str]] = []
+    frames = b""
+    rate = 16000
+    for i, text in enumerate(CONVERSATION_TURNS):
+        voice, speed = CONVERSATION_VOICES[i % 2]
+        data, rate = pcm(synth(text, voice=voice, speed=speed, lead=0.0, tail=0.0))
+        start = len(frames) / (2 * rate)
+        frames += data
+        turns.append((start, len(frames) / (2 * rate), i % 2, text))
+        frames += silence(gap, rate)
+    if not out.exists():
+        with wave.open(str(out), "wb") as w:
+            w.setnchannels(1)
+            w.setsampwidth(2)
+            w.setframerate(rate)
+            w.writeframes(silence(0.3, rate) + frames)
+    return out, [(a + 0.3, b + 0.3, s, t) for a, b, s, t in turns]
+
+
+def speaker_accuracy(
+    words: list[tuple[float, float, int]], turns: list[tuple[float, float, int, str]]
+) -> float:
+    """Share of words (start, end, speaker) whose speaker matches the reference turn, best mapping."""
+    import itertools
+
+    ref: list[int] = []
+    hyp: list[int] = []
+    for start, end, speaker in words:
+        mid = (start + end) / 2
+        turn = min(turns, key=lambda t: 0.0 if t[0] <= mid <= t[1] else min(abs(mid - t[0]), abs(mid - t[1])))
+        ref.append(turn[2])
+        hyp.append(speaker)
+    if not ref:
+        return 0.0
+    labels = sorted(set(hyp) | set(ref))
+    best = 0
+    for perm in itertools.permutations(labels):
+        mapping = dict(zip(labels, perm, strict=True))
+        best = max(best, sum(mapping[h] == r for h, r in zip(hyp, ref, strict=True)))
+    return best / len(ref)

@@ -18,9 +18,12 @@ the same everywhere::
     │   ├── MessageTooLargeError       frame or body above a named limit
     │   │   └── UnsupportedDataError   bytes that are not the declared media (e.g. audio)
     │   ├── NotFoundError              unknown endpoint, model, config or path
+    │   │   └── EndpointNotFoundError  unknown endpoint or variant on the runtime API (SageMaker: 400)
+    │   ├── EndpointNotReadyError      the endpoint exists but cannot take requests (e.g. Failed)
     │   ├── ConflictError              resource already exists / wrong state
     │   └── AuthError                  missing or bad credentials / signature
-    │       └── UnauthenticatedError   no valid credentials at all (HTTP 401)
+    │       ├── UnauthenticatedError   no valid credentials at all (HTTP 401)
+    │       └── InvalidSignatureError  a known key whose signature does not match
     ├── ModelError                     the model (container) failed
     │   ├── ModelLoadError             the model failed to load (the instance cannot serve)
     │   ├── ModelRefusedError          container refused the WebSocket upgrade
@@ -58,11 +61,14 @@ __all__ = [
     "BidistreamError",
     "ClientError",
     "ConflictError",
+    "EndpointNotFoundError",
+    "EndpointNotReadyError",
     "IdleTimeoutError",
     "InputValidationError",
     "InstanceFullError",
     "InternalError",
     "InvalidFrameError",
+    "InvalidSignatureError",
     "MessageTooLargeError",
     "MethodNotAllowedError",
     "ModelError",
@@ -184,6 +190,18 @@ class NotFoundError(ClientError):
     code = "NotFound"
 
 
+class EndpointNotFoundError(NotFoundError):
+    """A missing endpoint or variant on the runtime API: SageMaker answers 400 ValidationError,
+    which clients do not retry, rather than a 404."""
+
+
+class EndpointNotReadyError(ClientError):
+    """The endpoint exists but will not take requests until it changes (Failed): a 503 would
+    make boto3 retry a permanent failure."""
+
+    code = "EndpointNotReady"
+
+
 class ConflictError(ClientError):
     code = "Conflict"
 
@@ -196,6 +214,10 @@ class UnauthenticatedError(AuthError):
     """No valid credentials (401), as opposed to valid ones without permission (403)."""
 
     code = "Unauthenticated"
+
+
+class InvalidSignatureError(AuthError):
+    """The key is known but the signature is wrong (AWS: InvalidSignatureException)."""
 
 
 class ModelError(BidistreamError):
@@ -313,8 +335,11 @@ _WIRE: dict[type[BidistreamError], WireForm] = {
     ResourceLimitExceeded: WireForm(400, "InputValidationError",   1008, "RESOURCE_EXHAUSTED", "ModelStreamError",      400, 400, "ResourceLimitExceeded"),
     MessageTooLargeError: WireForm(413, "InputValidationError",    1009, "RESOURCE_EXHAUSTED", "ModelStreamError",      413),
     NotFoundError:        WireForm(404, "InputValidationError",    1008, "NOT_FOUND",          "ModelStreamError",      404),
+    EndpointNotFoundError: WireForm(400, "InputValidationError",   1008, "NOT_FOUND",          "ModelStreamError",      404),
+    EndpointNotReadyError: WireForm(400, "InputValidationError",   1008, "FAILED_PRECONDITION", "ModelStreamError",     503),
     ConflictError:        WireForm(409, "InputValidationError",    1008, "ALREADY_EXISTS",     "ModelStreamError",      409),
     AuthError:            WireForm(403, "AccessDeniedException",   1008, "UNAUTHENTICATED",    "ModelStreamError",      403, 400, "UnrecognizedClientException"),
+    InvalidSignatureError: WireForm(403, "AccessDeniedException",  1008, "UNAUTHENTICATED",    "ModelStreamError",      403, 400, "InvalidSignatureException"),
     UnauthenticatedError: WireForm(401, "AccessDeniedException",   1008, "UNAUTHENTICATED",    "ModelStreamError",      401, 400, "UnrecognizedClientException"),
     UnsupportedDataError: WireForm(415, "InputValidationError",    1002, "INVALID_ARGUMENT",   "ModelStreamError",      415),
     ModelError:           WireForm(424, "ModelError",              1011, "INTERNAL",           "ModelStreamError",      500, *_INTERNAL),

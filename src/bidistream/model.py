@@ -125,6 +125,10 @@ class Model:
     http_paths: ClassVar[tuple[str, ...]] = ()
     # WebSocket subprotocols the server may select (e.g. Deepgram's "token").
     subprotocols: ClassVar[tuple[str, ...]] = ()
+    # Extra GET health paths an API face expects beside /ping (NIM's /v1/health/live and
+    # /v1/health/ready): "live" answers 200 while the process serves, "ready" as /ping does.
+    live_paths: ClassVar[tuple[str, ...]] = ()
+    ready_paths: ClassVar[tuple[str, ...]] = ()
 
     async def load(self) -> None:
         """Load weights; the server answers ``/ping`` with 503 until this returns."""

@@ -17,7 +17,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Protocol
 
-from bidistream.errors import NotFoundError
+from bidistream.errors import EndpointNotFoundError
 
 __all__ = ["LayeredRouter", "RoutableInstance", "Router", "StaticRouter"]
 
@@ -71,12 +71,12 @@ class StaticRouter:
     def candidates(self, endpoint: str, target_variant: str | None = None) -> list[RoutableInstance]:
         instance = self._instances.get(endpoint)
         if instance is None:
-            raise NotFoundError(
+            raise EndpointNotFoundError(
                 f"Endpoint {endpoint} not found. Declare it with --endpoint {endpoint}=URL "
                 "or create it through the control plane."
             )
         if target_variant is not None and target_variant != instance.variant:
-            raise NotFoundError(f"Variant {target_variant} not found on endpoint {endpoint}.")
+            raise EndpointNotFoundError(f"Variant {target_variant} not found on endpoint {endpoint}.")
         return [instance]
 
     def session_started(self, instance: RoutableInstance) -> None:

@@ -36,7 +36,7 @@ from datetime import UTC, datetime
 from urllib.parse import quote, unquote
 
 from bidistream.defaults import DEFAULT_REGION
-from bidistream.errors import AuthError, InputValidationError
+from bidistream.errors import AuthError, InputValidationError, InvalidSignatureError
 
 __all__ = [
     "SERVICE",
@@ -279,7 +279,7 @@ def _check_signature(
     key = signing_key(secret, date, region, service)
     expected = hmac.new(key, to_sign.encode(), "sha256").hexdigest()
     if not hmac.compare_digest(expected, signature):
-        raise AuthError(
+        raise InvalidSignatureError(
             "the request signature we calculated does not match the signature you provided; "
             "check your secret access key and signing method"
         )

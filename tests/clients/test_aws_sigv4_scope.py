@@ -29,8 +29,8 @@ from bidistream.errors import AuthError
 from bidistream.models.echo import EchoModel
 from bidistream.sigv4 import CredentialStore
 from tests.boto import boto_client
-from tests.clients.test_aws_bidi import AKID, SECRET, Stack, T, gateway_stack
 from tests.clients.test_aws_errors import Healthy, open_failing
+from tests.support.aws import AKID, SECRET, Stack, T, gateway_stack
 
 
 @pytest.fixture

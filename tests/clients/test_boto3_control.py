@@ -225,7 +225,16 @@ async def test_control_plane_verifies_sigv4_when_credentials_are_configured(tmp_
         forged._request_signer._credentials = forged._request_signer._credentials.__class__(AKID, "wrong")
         with pytest.raises(botocore.exceptions.ClientError) as info:
             await sync(forged.list_models)
-        assert info.value.response["Error"]["Code"] == "UnrecognizedClientException"
+        # a known key with a wrong signature is AWS's InvalidSignatureException (issue 15.12) ...
+        assert info.value.response["Error"]["Code"] == "InvalidSignatureException"
+        stranger = signed.boto()
+        stranger._request_signer._credentials = stranger._request_signer._credentials.__class__(
+            "AKIDUNKNOWN", "whatever"
+        )
+        with pytest.raises(botocore.exceptions.ClientError) as info2:
+            await sync(stranger.list_models)
+        # ... and a key nobody issued is UnrecognizedClientException
+        assert info2.value.response["Error"]["Code"] == "UnrecognizedClientException"
 
 
 async def test_environment_sets_a_builtin_models_options(stack: Stack) -> None:
@@ -270,3 +279,19 @@ async def test_bad_model_option_in_environment_is_a_validation_error(
         PrimaryContainer={"Image": "bidistream/words", "Environment": {"MY_SETTING": "1"}},
         ExecutionRoleArn="arn:aws:iam::000000000000:role/any",
     )
+
+
+async def test_invoking_a_failed_endpoint_is_a_400_that_boto3_does_not_retry(stack: Stack) -> None:
+    """A Failed endpoint is permanent until the user acts: 503 would be retried and mislead (15.12)."""
+    sm = stack.boto()
+    with pytest.raises(botocore.exceptions.WaiterError):
+        await sync(create_endpoint, sm, "broken", "123456789012.dkr.ecr.us-west-2.amazonaws.com/bidi:latest")
+    rt = stack.boto("sagemaker-runtime")
+    with pytest.raises(botocore.exceptions.ClientError) as info:
+        await sync(rt.invoke_endpoint, EndpointName="broken", Body=b"x")
+    err = info.value.response
+    assert (err["Error"]["Code"], err["ResponseMetadata"]["HTTPStatusCode"]) == ("ValidationError", 400)
+    assert (
+        "Endpoint broken is Failed" in err["Error"]["Message"] and "Docker engine" in err["Error"]["Message"]
+    )
+    assert err["ResponseMetadata"].get("RetryAttempts", 0) == 0

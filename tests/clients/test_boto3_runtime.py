@@ -143,7 +143,25 @@ async def test_unknown_endpoint_is_validation_error(stack: Stack) -> None:
 
     err = await asyncio.to_thread(call)
     assert err.response["Error"]["Code"] == "ValidationError"
+    assert err.response["ResponseMetadata"]["HTTPStatusCode"] == 400  # as SageMaker: not a 404
     assert "Endpoint missing not found" in err.response["Error"]["Message"]
+
+
+async def test_unknown_target_variant_is_validation_error_400(stack: Stack) -> None:
+    def call() -> ClientError:
+        with pytest.raises(ClientError) as info:
+            runtime(stack).invoke_endpoint(EndpointName="echo", Body=b"x", TargetVariant="Blue")
+        return info.value
+
+    err = await asyncio.to_thread(call)
+    assert (err.response["Error"]["Code"], err.response["ResponseMetadata"]["HTTPStatusCode"]) == (
+        "ValidationError",
+        400,
+    )
+    assert "Variant Blue not found" in err.response["Error"]["Message"]
+    # the endpoint itself still answers
+    ok = await asyncio.to_thread(lambda: runtime(stack).invoke_endpoint(EndpointName="echo", Body=b"hi"))
+    assert ok["Body"].read() == b"hi"
 
 
 async def test_control_plane_without_one_is_unknown_operation(stack: Stack) -> None:

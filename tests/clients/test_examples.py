@@ -109,7 +109,7 @@ def test_deepgram_flow_transcribes_a_file(shell: dict[str, str]) -> None:
         "stt",
         "--container-image-uri",
         "bidistream/speech",
-        timeout=240,
+        timeout=scaled(240),
     )
     assert created.returncode == 0, created.stderr
     text = "i need help with my account balance"

@@ -16,6 +16,7 @@ from collections.abc import Iterator
 import httpx
 import pytest
 
+from bidistream.container.limits import ServerLimits
 from tests.clients.v2_support import V2Ports, run_client, v2_server
 
 MAX_MESSAGE = 64 * 1024
@@ -230,7 +231,7 @@ def test_rest_bad_input_in_mlserver_shapes(words: V2Ports) -> None:
         assert client.post(f"{words.base}/v2/models/nope/infer", json=good).json() == {
             "error": "Model nope not found"
         }
-        too_big = client.post(url, content=b"x" * (7 * 1000 * 1000))
+        too_big = client.post(url, content=b"x" * (ServerLimits().max_invoke_body + 1))
         assert too_big.status_code == 413
         ok = client.post(url, json=good)
         assert ok.status_code == 200 and ok.json()["outputs"][0]["data"] == ['["a", "b"]']

@@ -25,7 +25,7 @@ from tests.support.waiting import scaled
 # A failure stops the search at once and is reported as generated (the grammar
 # is small enough to read); BIDISTREAM_FUZZ_SHRINK=1 shrinks it when debugging.
 FUZZ = settings(
-    max_examples=int(os.environ.get("BIDISTREAM_FUZZ_EXAMPLES", "20")),
+    max_examples=int(os.environ.get("BIDISTREAM_FUZZ_EXAMPLES", "100")),
     deadline=None,
     suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture],
     report_multiple_bugs=False,
@@ -47,7 +47,7 @@ class LoopThread:
 
     def close(self) -> None:
         self.loop.call_soon_threadsafe(self.loop.stop)
-        self._thread.join(timeout=10)
+        self._thread.join(timeout=scaled(10))
         self.loop.close()
 
 

@@ -27,10 +27,11 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from bidistream.gateway.limits import GatewayLimits
-from tests.clients.test_aws_bidi import Stack, gateway_stack
 from tests.fuzz.harness import FUZZ, LoopThread, open_fds, settle, task_count
 from tests.h2client import H2TestClient
 from tests.integration.test_gateway_h2 import EVENT1, FINAL
+from tests.support.aws import Stack, gateway_stack
+from tests.support.waiting import scaled
 
 LIMITS = GatewayLimits(
     max_event_size=4096,
@@ -252,4 +253,4 @@ async def _example(env: Env, actions: list[tuple[str, Any]], ending: str) -> Non
 @FUZZ
 @given(actions=st.lists(stream_action, min_size=0, max_size=5), ending=endings)
 def test_h2_sequences(env: Env, actions: list[tuple[str, Any]], ending: str) -> None:
-    env.lt.run(_example(env, actions, ending), timeout=60)
+    env.lt.run(_example(env, actions, ending), timeout=scaled(60))

@@ -29,10 +29,11 @@ from websockets.asyncio.client import ClientConnection, connect
 from bidistream.container.server import ModelServer
 from bidistream.gateway.limits import GatewayLimits
 from bidistream.models.echo import EchoModel
-from tests.clients.test_aws_bidi import Stack, gateway_stack
 from tests.conftest import running_server
 from tests.fuzz.harness import FUZZ, LoopThread, open_fds, settle, task_count
+from tests.support.aws import Stack, gateway_stack
 from tests.support.rawws import RawWs, close_payload, frame
+from tests.support.waiting import scaled
 
 MAX = 4096  # message size limit on both targets
 TEXT, BINARY, CONT, CLOSE, PING = 0x1, 0x2, 0x0, 0x8, 0x9
@@ -101,7 +102,9 @@ def env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Env]:
         async def neighbours() -> None:
             for name, t in e.targets.items():
                 scheme = "wss" if t.tls else "ws"
-                e.neighbours[name] = await connect(f"{scheme}://127.0.0.1:{t.port}{t.path}", ssl=t.tls)
+                ws = e.neighbours[name] = await connect(f"{scheme}://127.0.0.1:{t.port}{t.path}", ssl=t.tls)
+                await ws.send("warm")  # one round trip: the gateway's instance session is up
+                assert await ws.recv() == "warm"
 
         lt.run(neighbours())
         e.baseline = lt.run(_measure(e))
@@ -202,7 +205,7 @@ async def _frames_example(
 async def _neighbours_and_leaks(env: Env) -> None:
     for ws in env.neighbours.values():
         await ws.send("neighbour")
-        assert await asyncio.wait_for(ws.recv(), 10) == "neighbour"
+        assert await asyncio.wait_for(ws.recv(), scaled(10)) == "neighbour"
     await settle(env.counters(), env.baseline)
 
 
@@ -215,7 +218,7 @@ async def _neighbours_and_leaks(env: Env) -> None:
 def test_ws_frame_sequences(
     env: Env, target: str, units: list[tuple[str, Any]], end: tuple[str, int]
 ) -> None:
-    env.lt.run(_frames_example(env, env.targets[target], units, end), timeout=60)
+    env.lt.run(_frames_example(env, env.targets[target], units, end), timeout=scaled(60))
 
 
 # ---------------------------------------------------------------- upgrades
@@ -238,7 +241,7 @@ async def _upgrade_example(env: Env, extra_headers: int, long_line: int) -> None
     reader, writer = await asyncio.open_connection("127.0.0.1", t.port, ssl=t.tls)
     try:
         writer.write(head.encode() + b"\r\n\r\n")
-        status = (await asyncio.wait_for(reader.readuntil(b"\r\n"), 10)).decode()
+        status = (await asyncio.wait_for(reader.readuntil(b"\r\n"), scaled(10))).decode()
         too_big = extra_headers + 5 > 128 or long_line > 8192
         assert status.startswith("HTTP/1.1 431" if too_big else "HTTP/1.1 101"), (
             extra_headers,
@@ -256,4 +259,4 @@ async def _upgrade_example(env: Env, extra_headers: int, long_line: int) -> None
     long_line=st.one_of(st.just(0), st.integers(100, 7000), st.integers(9000, 20000)),
 )
 def test_ws_upgrade_heads(env: Env, extra_headers: int, long_line: int) -> None:
-    env.lt.run(_upgrade_example(env, extra_headers, long_line), timeout=60)
+    env.lt.run(_upgrade_example(env, extra_headers, long_line), timeout=scaled(60))

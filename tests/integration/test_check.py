@@ -244,7 +244,10 @@ def test_check_says_once_when_nothing_listens() -> None:
     assert run.failed == [1]  # the other seven are not run: they could only repeat "cannot connect"
     assert run.report["unreachable"].startswith(f"nothing listens at {url}")
     text = subprocess.run(
-        [str(BIN / "bidistream"), "check", url, "--timeout", "1"], capture_output=True, text=True, timeout=30
+        [str(BIN / "bidistream"), "check", url, "--timeout", "1"],
+        capture_output=True,
+        text=True,
+        timeout=scaled(30),
     )
     assert text.returncode == 1
     assert text.stdout.strip().splitlines() == [

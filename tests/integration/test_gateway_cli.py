@@ -126,7 +126,7 @@ def _invoke(port: int, data_dir: Path, *args: str, stdin: bytes = b"") -> subpro
         [str(BIN / "bidistream"), "invoke", *args, "--data-dir", str(data_dir), "--endpoint-url", url],
         input=stdin,
         capture_output=True,
-        timeout=30,
+        timeout=scaled(30),
     )
 
 
@@ -152,12 +152,12 @@ def test_chunk_bytes_implies_binary(gateway_proc: tuple[int, Path], tmp_path: Pa
 
 def test_version_and_help_say_units_and_defaults() -> None:
     version = subprocess.run(
-        [str(BIN / "bidistream"), "--version"], capture_output=True, text=True, timeout=30
+        [str(BIN / "bidistream"), "--version"], capture_output=True, text=True, timeout=scaled(30)
     )
     assert version.returncode == 0 and version.stdout.startswith("bidistream 0.")
     for command in ("env", "invoke"):
         shown = subprocess.run(
-            [str(BIN / "bidistream"), command, "--help"], capture_output=True, text=True, timeout=30
+            [str(BIN / "bidistream"), command, "--help"], capture_output=True, text=True, timeout=scaled(30)
         )
         assert shown.returncode == 0
         assert "usage:" in shown.stdout and len(shown.stdout.split("\n\n")[1]) > 40, "a description"
@@ -170,7 +170,7 @@ def test_endpoints_into_a_closed_pipe_is_quiet(tmp_path: Path) -> None:
         shell=True,
         capture_output=True,
         text=True,
-        timeout=30,
+        timeout=scaled(30),
     )
     assert "Traceback" not in result.stderr and "BrokenPipe" not in result.stderr, result.stderr
 
@@ -247,7 +247,7 @@ def test_unreadable_credentials_file_is_one_clear_line(tmp_path: Path) -> None:
         [*cmd, "--credentials", f"@{tmp_path / 'missing'}"],
         capture_output=True,
         text=True,
-        timeout=30,
+        timeout=scaled(30),
     )
     assert result.returncode != 0
     assert "cannot read credentials file" in result.stderr and "Traceback" not in result.stderr

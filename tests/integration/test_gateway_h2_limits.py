@@ -15,9 +15,9 @@ import pytest
 from hyperframe.frame import DataFrame, PingFrame, SettingsFrame
 
 from bidistream.gateway.limits import GatewayLimits, KiB
-from tests.clients.test_aws_bidi import Stack, gateway_stack
 from tests.h2client import H2TestClient
 from tests.integration.test_gateway_h2 import healthy_finish, healthy_open
+from tests.support.aws import Stack, gateway_stack
 from tests.support.waiting import eventually, scaled
 
 PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"

@@ -24,8 +24,8 @@ from websockets.typing import Subprotocol
 
 from bidistream.models.echo import EchoModel
 from bidistream.sigv4 import CredentialStore
-from tests.clients.test_aws_bidi import AKID, SECRET, Stack, gateway_stack
 from tests.fixtures.models import PathQueryModel
+from tests.support.aws import AKID, SECRET, Stack, gateway_stack
 
 API_KEY = "k-3f9a-local"
 

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 from websockets.asyncio.client import connect
 
-from tests.clients.test_aws_bidi import Stack, gateway_stack
+from tests.support.aws import Stack, gateway_stack
 from tests.support.waiting import eventually, scaled
 
 

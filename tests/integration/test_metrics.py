@@ -31,7 +31,7 @@ from bidistream.models.echo import EchoModel
 from bidistream.routing import StaticRouter
 from bidistream.sigv4 import CredentialStore
 from tests.boto import boto_client
-from tests.clients.test_aws_bidi import SEED_PHRASES, official_client, payloads, session, text_part
+from tests.support.aws import SEED_PHRASES, official_client, payloads, session, text_part
 from tests.support.waiting import eventually
 
 Samples = dict[tuple[str, frozenset[tuple[str, str]]], float]

@@ -126,6 +126,7 @@ async def test_describe_list_cli_and_router_never_disagree(tmp_path: Path) -> No
     platform = await started(tmp_path)
     stop = asyncio.Event()
     watcher = Watcher(platform, "truth", tmp_path)
+    watcher.observe(with_cli=True)  # the instant before the endpoint exists
     watching = asyncio.create_task(watcher.run(stop))
     try:
         # Each step waits until the watcher itself saw the state, so it cannot miss one.

@@ -19,7 +19,7 @@ from tests.boto import boto_client
 from tests.conftest import free_port
 from tests.integration.platform_helpers import production_variants
 from tests.integration.test_platform_run import _start
-from tests.support.waiting import wait_until
+from tests.support.waiting import scaled, wait_until
 
 
 def _stat(pid: int) -> list[str] | None:
@@ -55,7 +55,7 @@ def _cleanup(groups: set[int]) -> None:
 
 def _sigkill(proc: subprocess.Popen[str]) -> None:
     proc.kill()
-    proc.wait(timeout=10)
+    proc.wait(timeout=scaled(10))
 
 
 def _instances(gateway: int, count: int) -> set[int]:
@@ -111,7 +111,8 @@ def test_restart_reaps_orphans_and_runs_one_set(tmp_path: Path) -> None:
         )
         sm.create_endpoint(EndpointName="stubborn", EndpointConfigName="stubborn-config")
         wait_until(
-            lambda: sm.describe_endpoint(EndpointName="stubborn")["EndpointStatus"] == "InService", timeout=40
+            lambda: sm.describe_endpoint(EndpointName="stubborn")["EndpointStatus"] == "InService",
+            timeout=40,
         )
         first_set = _instances(proc.pid, 3)  # echo, words, stubborn
         groups |= first_set
@@ -135,7 +136,7 @@ def test_restart_reaps_orphans_and_runs_one_set(tmp_path: Path) -> None:
             if p is not None and p.poll() is None:
                 p.send_signal(signal.SIGTERM)
                 try:
-                    p.wait(timeout=30)
+                    p.wait(timeout=scaled(30))
                 except subprocess.TimeoutExpired:
                     _sigkill(p)
         _cleanup(groups)

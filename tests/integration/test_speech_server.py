@@ -49,7 +49,7 @@ def text_of(messages: list[dict[str, Any]]) -> str:
 async def test_post_wav_returns_prerecorded_json() -> None:
     body = synth(SENTENCE).read_bytes()
     async with aiohttp.ClientSession() as http:
-        resp = await http.post(url("invocations"), data=body, headers={"Content-Type": "audio/wav"})
+        resp = await http.post(url("v1/listen"), data=body, headers={"Content-Type": "audio/wav"})
         assert resp.status == 200
         doc = await resp.json()
     alt = doc["results"]["channels"][0]["alternatives"][0]
@@ -86,11 +86,19 @@ async def test_post_v1_listen_with_raw_mulaw_8k() -> None:
     assert "please transfer me" in transcript
 
 
-async def test_post_not_audio_is_rejected() -> None:
+async def test_post_not_audio_is_rejected_in_deepgrams_one_shape() -> None:
+    """Raw bytes and a multipart body that are not audio get the same 400 and shape (issue 15.13)."""
     async with aiohttp.ClientSession() as http:
-        resp = await http.post(url("v1/listen?model=nova-3"), data=b"hello, this is not audio at all")
-        assert resp.status == 415
-        assert "not a WAV" in (await resp.json())["message"]
+        raw = await http.post(url("v1/listen?model=nova-3"), data=b"hello, this is not audio at all")
+        form = aiohttp.FormData()
+        form.add_field("file", b"not audio either", filename="x.wav", content_type="audio/wav")
+        multipart = await http.post(url("v1/listen?model=nova-3"), data=form)
+        for resp in (raw, multipart):
+            assert resp.status == 400
+            body = await resp.json()
+            assert set(body) == {"err_code", "err_msg", "request_id"}, body
+            assert body["err_code"] == "Bad Request" and "not a WAV" in body["err_msg"]
+            assert resp.headers["dg-error"] == body["err_msg"]
 
 
 async def test_live_interims_finals_utterance_end_metadata() -> None:
@@ -229,3 +237,25 @@ async def test_token_subprotocol_is_selected() -> None:
         assert ws.protocol == "token"
         await ws.send_str(json.dumps({"type": "CloseStream"}))
         assert (await read_all(ws))[-1]["type"] == "Metadata"
+
+
+DIGITS = "my account number is four five seven two nine one eight"
+
+
+async def test_spoken_digits_all_survive_and_numerals_joins_them() -> None:
+    # Whisper writes spoken digit strings as numerals and drops some ("45728"); the
+    # engine decodes them spelled out, and numerals / smart_format join them again.
+    body = synth(DIGITS).read_bytes()
+    async with aiohttp.ClientSession() as http:
+        plain = await http.post(
+            url("v1/listen?model=nova-3"), data=body, headers={"Content-Type": "audio/wav"}
+        )
+        assert plain.status == 200
+        words = (await plain.json())["results"]["channels"][0]["alternatives"][0]["transcript"].split()
+        joined = await http.post(
+            url("v1/listen?model=nova-3&numerals=true"), data=body, headers={"Content-Type": "audio/wav"}
+        )
+        alt = (await joined.json())["results"]["channels"][0]["alternatives"][0]
+    assert words[-7:] == "four five seven two nine one eight".split()
+    assert "4572918" in alt["transcript"]
+    assert "4572918" in [w["word"] for w in alt["words"]]

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import socket
 from collections.abc import AsyncIterator
 
 import httpx
@@ -173,4 +174,64 @@ async def test_not_ready_is_400_like_mlserver() -> None:
             refused = await client.post("/v2/models/slow/infer", json=body)
             assert refused.status_code == 400 and "not ready" in refused.json()["error"]
     finally:
+        await server.stop(drain_timeout=0)
+
+
+class Firehose(Model):
+    """Streams ``count`` 64 KiB frames as fast as it is allowed to, counting what it produced."""
+
+    name = "firehose"
+    frame = b"x" * 65536
+
+    def __init__(self, count: int = 600) -> None:
+        self.count = count
+        self.produced = 0
+
+    async def stream(self, frames: AsyncIterator[Frame], session: Session) -> AsyncIterator[Frame]:
+        async for _ in frames:
+            for _ in range(self.count):
+                self.produced += 1
+                yield Frame.binary(self.frame)
+
+
+async def test_sse_client_that_does_not_read_pauses_the_model() -> None:
+    """Awaited SSE writes: a client that stops reading stalls the model well short of its output."""
+    model = Firehose()
+    server = await start(model)
+    body = json.dumps({"inputs": [{"name": "t", "shape": [1], "datatype": "BYTES", "data": ["go"]}]}).encode()
+    request = (
+        f"POST /v2/models/firehose/generate_stream HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+        f"Content-Length: {len(body)}\r\n\r\n"
+    ).encode() + body
+    reader, writer = await asyncio.open_connection("127.0.0.1", server.port)
+    try:
+        writer.transport.set_write_buffer_limits(0)
+        sock = writer.get_extra_info("socket")
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 65536)
+        writer.write(request)
+        await eventually(lambda: model.produced > 0)
+        last = {"value": -1, "same": 0}
+
+        def stalled() -> bool:
+            same = model.produced == last["value"]
+            last["same"] = last["same"] + 1 if same else 0
+            last["value"] = model.produced
+            return last["same"] >= 20  # unchanged for 20 polls in a row
+
+        await eventually(stalled, timeout=20, interval=0.05)
+        assert model.produced < model.count // 2, model.produced  # paused, not buffered
+        # Reading resumes the model, and every event arrives.
+        received, tail = 0, b""
+        while True:
+            chunk = await asyncio.wait_for(reader.read(1 << 20), timeout=20)
+            if not chunk:
+                break
+            window = tail + chunk  # a marker may straddle two reads
+            received += window.count(b"data: ")
+            tail = window[-5:]
+            if window.endswith(b"\r\n0\r\n\r\n"):
+                break
+        assert received == model.count
+    finally:
+        writer.close()
         await server.stop(drain_timeout=0)

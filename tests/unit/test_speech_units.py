@@ -17,7 +17,14 @@ from hypothesis import strategies as st
 from bidistream.errors import ModelError, wire_form
 from bidistream.models.speech import protocol as dg
 from bidistream.models.speech.audio import AudioDecoder, AudioFormatError, Resampler
-from bidistream.models.speech.endpointing import EndpointConfig, Endpointer, SpeechBegan, UtteranceDone
+from bidistream.models.speech.endpointing import (
+    EndpointConfig,
+    Endpointer,
+    SpeechBegan,
+    SpeechPaused,
+    SpeechResumed,
+    UtteranceDone,
+)
 from bidistream.models.speech.engines import Engine, Transcript, Word, clamp_start
 from bidistream.models.speech.model import PROFILE_ALIASES
 from bidistream.models.speech.scheduler import DecodeScheduler
@@ -36,7 +43,8 @@ def parse(query: str) -> dg.ListenOptions:
 def test_query_defaults_and_case_insensitive_booleans() -> None:
     opts = parse("model=nova-3&interim_results=TRUE&punctuate=False&vad_events=1&tag=a&tag=b")
     assert opts.profile == "default" and opts.interim_results and not opts.punctuate and opts.vad_events
-    assert opts.endpointing_ms == 300 and opts.tags == ("a", "b") and opts.encoding is None
+    # Deepgram's default endpointing is 10 ms (the endpointer floors it, see EndpointConfig)
+    assert opts.endpointing_ms == 10 and opts.tags == ("a", "b") and opts.encoding is None
 
 
 def test_query_profiles_and_endpointing_false() -> None:
@@ -184,7 +192,8 @@ def test_short_pause_does_not_end_and_click_is_ignored() -> None:
     ep = Endpointer()
     assert ep.feed(frames("s.....")) == []  # one frame is a click, not speech
     events = ep.feed(frames("ssss" + "....." + "ssss"))
-    assert [type(e) for e in events] == [SpeechBegan]
+    # the pause is announced (the live session speculates on it) and withdrawn; no final
+    assert [type(e) for e in events] == [SpeechBegan, SpeechPaused, SpeechResumed]
 
 
 def test_length_cap_and_flush() -> None:
@@ -424,3 +433,40 @@ async def test_scheduler_withdraws_the_right_job_among_many() -> None:
     assert sched.withdraw(queued[1]) and sched.pending == 2
     engine.gate.set()
     assert [r.text for r in await asyncio.gather(first, queued[0], queued[2])] == ["1", "5", "7"]
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    st.lists(st.floats(0, 1), max_size=400),
+    st.sampled_from([10, 300, None]),
+    st.sampled_from([0, 160]),
+    st.sampled_from([32, 64]),
+)
+def test_endpointer_pauses_resumes_and_cuts_stay_consistent(
+    probs: list[float], endpoint_ms: int | None, min_endpoint_ms: int, speculate_ms: int
+) -> None:
+    ep = Endpointer(
+        EndpointConfig(
+            endpoint_ms=endpoint_ms,
+            min_endpoint_ms=min_endpoint_ms,
+            speculate_after_ms=speculate_ms,
+            max_utterance_ms=2000,
+            cap_search_ms=1000,
+        )
+    )
+    paused = False
+    last_end = 0
+    for event in ep.feed(probs) + ep.flush():
+        if isinstance(event, SpeechPaused):
+            assert not paused and event.start <= event.at <= ep.position
+            paused = True
+        elif isinstance(event, SpeechResumed):
+            assert paused
+            paused = False
+        elif isinstance(event, UtteranceDone):
+            paused = False
+            assert event.start <= event.words_from <= max(event.end, event.start)
+            assert event.end >= event.start >= last_end - 300 * 16
+            if event.cut:
+                assert not event.speech_final
+            last_end = event.end

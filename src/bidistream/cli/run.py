@@ -28,9 +28,10 @@ def default_builtins() -> str:
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     run = sub.add_parser(
         "run",
-        help="start the gateway with the built-in endpoints (echo, words)",
-        description="Start the gateway (TLS, HTTP/2 + HTTP/1.1) with the process runtime, create the "
-        "built-in endpoints through the control plane if they are missing, and print how to invoke them.",
+        help=f"start the gateway with the built-in endpoints ({', '.join(registry.names())})",
+        description="Start the gateway (TLS, HTTP/2 + HTTP/1.1, the control plane) on the chosen runtime "
+        "(--runtime, default process), create the built-in endpoints through the control plane if they "
+        "are missing, and print how to invoke them.",
     )
     add_gateway_arguments(run)
     run.add_argument(

@@ -18,6 +18,7 @@ from bidistream.container.limits import ServerLimits
 from bidistream.container.loader import options_from_environment
 from bidistream.defaults import MODEL_SERVER_PORT as DEFAULT_PORT
 from bidistream.errors import BidistreamError
+from bidistream.models import registry
 from bidistream.runloop import run as run_loop
 
 if TYPE_CHECKING:
@@ -52,8 +53,8 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     serve = sub.add_parser(
         "serve",
         help="run a model server (the SageMaker container contract)",
-        description="Serve MODEL (echo, words, speech, package.module:Class, or an MLServer model "
-        "repository folder) on /ping, /invocations, the bidirectional-stream WebSocket, V2 REST/SSE "
+        description=f"Serve MODEL ({', '.join(registry.names())}, package.module:Class, or an MLServer "
+        "model repository folder) on /ping, /invocations, the bidirectional-stream WebSocket, V2 REST/SSE "
         "and V2 gRPC.",
     )
     serve.add_argument("model", metavar="MODEL")

@@ -28,8 +28,10 @@ class ServerLimits:
     drain_timeout: float = 25.0
     # POST /invocations must answer within this (SageMaker's InvokeEndpoint rule).
     invoke_timeout: float = 60.0
-    # Largest POST /invocations body (InvokeEndpoint's 6 MB payload limit).
-    max_invoke_body: int = 6 * 1000 * 1000
+    # Largest POST /invocations body.  InvokeEndpoint documents 6 MB, but the NIM seed
+    # uploads files up to 25 MB (its gRPC route) and boto3 sends any size, so the
+    # container takes 25 MB files with multipart/base64 overhead to spare.
+    max_invoke_body: int = 36 * MiB
     # The contract's accept deadline (C3): the 101 goes out within this of the upgrade
     # reaching the handler, or the upgrade is refused with 503 (the router tries another
     # instance).  Only a model's check_session can spend it: the server does no work there.

@@ -150,6 +150,58 @@ class MLServerBackend:
         async for result in self.model.predict_stream(payloads()):
             yield self._from_types(result, rid)
 
+    async def grpc_responses(
+        self, requests: AsyncIterator[InferRequest], headers: Mapping[str, str], *, use_raw: bool
+    ) -> AsyncIterator[Any]:
+        """``infer_stream`` as ``ModelInferResponse`` messages made by MLServer's own converter."""
+        from mlserver.grpc.converters import ModelInferResponseConverter
+
+        middleware, settings = self._middleware, self.settings
+        async for result in self._predict_stream(requests, headers):
+            result = middleware.response_middleware(result, settings)
+            yield ModelInferResponseConverter.from_types(result, use_raw=use_raw)
+
+    async def _predict_stream(
+        self, requests: AsyncIterator[InferRequest], headers: Mapping[str, str]
+    ) -> AsyncIterator[Any]:
+        """``predict_stream`` on MLServer's types, every request and response carrying the first id."""
+        first = await anext(requests, None)
+        if first is None:
+            return
+        rid = first.id or str(uuid.uuid4())
+
+        async def payloads() -> AsyncIterator[Any]:
+            yield self._to_types(first, headers, rid)
+            async for later in requests:
+                later.id = rid
+                yield self._to_types(later, headers, rid)
+
+        async for result in self.model.predict_stream(payloads()):
+            result.id = rid
+            yield result
+
+    async def sse_events(
+        self, requests: AsyncIterator[InferRequest], headers: Mapping[str, str]
+    ) -> AsyncIterator[bytes]:
+        """``infer_stream`` as ready SSE events, rendered by pydantic straight from MLServer's types.
+
+        The same JSON MLServer itself sends, without the detour through our
+        dataclasses (measured: that detour cost ~70 % of the per-response CPU).
+        """
+        first = await anext(requests, None)
+        if first is None:
+            return
+        rid = first.id or str(uuid.uuid4())
+
+        async def payloads() -> AsyncIterator[Any]:
+            yield self._to_types(first, headers, rid)
+
+        middleware, settings = self._middleware, self.settings
+        async for result in self.model.predict_stream(payloads()):
+            result.id = rid
+            result = middleware.response_middleware(result, settings)
+            yield b"data: " + result.model_dump_json(exclude_none=True).encode() + b"\n\n"
+
 
 class MLServerRepository(Model):
     """Every model of one MLServer repository behind one model server."""

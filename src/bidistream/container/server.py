@@ -21,6 +21,7 @@ import logging
 import time
 import uuid
 from collections.abc import AsyncIterator
+from dataclasses import dataclass
 from typing import Any
 
 from aiohttp import WebSocketError, WSCloseCode, WSMsgType, web
@@ -72,6 +73,13 @@ def http_error(error: BidistreamError) -> web.Response:
 
 
 _CLOSED = State.CLOSED
+
+
+@dataclass(slots=True)
+class _Decided:
+    """An action the session returned while earlier actions were still being carried out."""
+
+    action: object
 
 
 class _LiveSession:
@@ -134,11 +142,46 @@ class _LiveSession:
         if self._busy:
             self._queue.append(event)
             return
+        self._carry_out(self.core.handle(event))
+
+    def frame_in(self, data: bytes, text: bool) -> Frame | None:
+        """A client frame: the frame the model gets, when the session relays it as is (the hot path)."""
+        if not self._busy and self.core.pass_client_frame():
+            return Frame(data, FrameKind.TEXT if text else FrameKind.BINARY)
+        acts = self.core.handle(e.ClientPart(data, text, True))
+        if len(acts) == 1 and not self._busy:
+            act = acts[0]
+            if type(act) is a.SendToInstance:
+                return Frame(act.data, FrameKind.TEXT if act.text else FrameKind.BINARY, act.fin)
+        self._carry_out(acts)
+        return None
+
+    def frame_out(self, data: bytes, text: bool) -> tuple[bytes, bool] | None:
+        """A model frame: what to send the client, when the session relays it as is (the hot path)."""
+        if not self._busy and self.core.pass_instance_frame():
+            return data, text
+        acts = self.core.handle(e.InstanceFrame(data, text, True))
+        if len(acts) == 1 and not self._busy:
+            act = acts[0]
+            if type(act) is a.SendToClient:
+                return act.data, act.text
+        self._carry_out(acts)
+        return None
+
+    def _carry_out(self, acts: list[object]) -> None:
+        if self._busy:
+            # Raised while actions run: the session already decided; queue the actions' effects.
+            self._queue.extend(_Decided(act) for act in acts)
+            return
         self._busy = True
         try:
-            self._run(event)
+            self._do(acts)
             while self._queue:
-                self._run(self._queue.pop(0))
+                item = self._queue.pop(0)
+                if type(item) is _Decided:
+                    self._do([item.action])
+                else:
+                    self._do(self.core.handle(item))
         finally:
             self._busy = False
         if self.core.state is _CLOSED:
@@ -146,8 +189,8 @@ class _LiveSession:
                 handle.cancel()
             self._timers.clear()
 
-    def _run(self, event: object) -> None:
-        for act in self.core.handle(event):
+    def _do(self, acts: list[object]) -> None:
+        for act in acts:
             kind = type(act)
             if kind is a.SendToInstance:
                 if self.meter is not None:
@@ -240,6 +283,10 @@ class ModelServer:
     def build_app(self) -> web.Application:
         app = web.Application(client_max_size=self.limits.max_invoke_body)
         app.router.add_get("/ping", self._ping)
+        for path in self.model.ready_paths:
+            app.router.add_get("/" + path.strip("/"), self._ping)
+        for path in self.model.live_paths:
+            app.router.add_get("/" + path.strip("/"), self._live)
         app.router.add_get("/metrics", metrics_handler)
         v2_http.mount(app, self)
         app.router.add_route("*", "/{path:.*}", self._dispatch)
@@ -308,6 +355,10 @@ class ModelServer:
         if self._loaded.is_set() and not self._draining:
             return web.Response(status=200)
         return web.Response(status=503)
+
+    async def _live(self, request: web.Request) -> web.Response:
+        """Liveness: the process answers, whether or not the model has loaded."""
+        return web.json_response({"object": "health.response", "message": "live"})
 
     async def _dispatch(self, request: web.Request) -> web.StreamResponse:
         path = request.path.strip("/")
@@ -546,9 +597,11 @@ class ModelServer:
         error: BidistreamError | None = None
         gone = False
         try:
+            outbox = live.outbox
             async for out in stream:
-                live.feed(e.InstanceFrame(out.data, out.kind is FrameKind.TEXT, True))
-                outbox = live.outbox
+                direct = live.frame_out(out.data, out.kind is FrameKind.TEXT)
+                if direct is not None:
+                    await ws.send_frame(direct[0], WSMsgType.TEXT if direct[1] else WSMsgType.BINARY)
                 while outbox:
                     data, text = outbox.pop(0)
                     await ws.send_frame(data, WSMsgType.TEXT if text else WSMsgType.BINARY)
@@ -591,9 +644,9 @@ class ModelServer:
             msg = await ws.receive()
             kind = msg.type
             if kind is WSMsgType.BINARY:
-                live.feed(e.ClientPart(msg.data, False, True))
+                frame = live.frame_in(msg.data, False)
             elif kind is WSMsgType.TEXT:
-                live.feed(e.ClientPart(msg.data.encode("utf-8"), True, True))
+                frame = live.frame_in(msg.data.encode("utf-8"), True)
             elif kind is WSMsgType.CLOSE and (problem := close_code_problem(msg.data)) is not None:
                 raise ProtocolViolationError(problem)  # the session closes with 1002
             else:
@@ -606,6 +659,8 @@ class ModelServer:
                     )
                 live.feed(e.ClientEnded())
                 return
+            if frame is not None:
+                yield frame
             while inbox:
                 yield inbox.pop(0)
 

@@ -383,13 +383,19 @@ class InferenceService:
                 async for later in requests:
                     yield request_from_pb(later)
 
-            responses = backend.infer_stream(payloads(), _metadata(context))
+            # A backend that converts its own responses (MLServer's converters) skips our dataclasses.
+            native = getattr(backend, "grpc_responses", None)
+            responses: AsyncIterator[Any] = (
+                native(payloads(), _metadata(context), use_raw=use_raw)
+                if native is not None
+                else self._converted(backend.infer_stream(payloads(), _metadata(context)), use_raw)
+            )
             try:
-                async for result in responses:
+                async for message in responses:
                     if count == 0:
                         metrics.first_response(name, "grpc", time.perf_counter() - began)
                     count += 1
-                    yield response_to_pb(self.pb, result, use_raw=use_raw)
+                    yield message
             finally:
                 await _aclose(responses)
         except asyncio.CancelledError:
@@ -402,6 +408,13 @@ class InferenceService:
             await self._abort(context, error)
             raise
         metrics.request(name, "grpc", "infer_stream", time.perf_counter() - began, count)
+
+    async def _converted(self, responses: AsyncIterator[InferResponse], use_raw: bool) -> AsyncIterator[Any]:
+        try:
+            async for result in responses:
+                yield response_to_pb(self.pb, result, use_raw=use_raw)
+        finally:
+            await _aclose(responses)
 
     async def _triton_stream(
         self, request_iterator: AsyncIterator[Any], context: grpc.aio.ServicerContext
@@ -499,6 +512,12 @@ class V2GrpcServer:
 
     def _options(self) -> list[tuple[str, int]]:
         size = self.server.limits.max_message_size
+        # A model's own gRPC face may need a larger receive limit (Riva's long Recognize
+        # calls carry whole files): it says so in ``server_options``.
+        for service in self.server.model.grpc_services():
+            for key, value in getattr(service, "server_options", ()):
+                if key == "grpc.max_receive_message_length":
+                    size = max(size, int(value))
         # grpc turns SO_REUSEPORT on by default, which would let two servers share 8081
         # silently; only ``serve --workers N`` shares a port on purpose.
         reuse = 1 if self.server.reuse_port else 0
@@ -534,12 +553,7 @@ class V2GrpcServer:
             service.add_to_server(main)
         requested = self.server.grpc_port
         assert requested is not None
-        try:
-            bound = main.add_insecure_port(f"{host}:{requested}")
-        except RuntimeError as exc:  # grpcio >= 1.6x raises where older ones returned 0
-            raise OSError(f"cannot listen for gRPC on {host}:{requested}: {exc}") from exc
-        if bound == 0:
-            raise OSError(f"cannot listen for gRPC on {host}:{requested}")
+        bound = _bind(main, host, requested, "gRPC")
         await main.start()
         self._servers.append(main)
         self.server.grpc_port = bound
@@ -547,12 +561,7 @@ class V2GrpcServer:
         if triton_port is not None:
             triton = grpc.aio.server(options=self._options())
             triton.add_generic_rpc_handlers((InferenceService(self.face, pb, triton=True).handler(),))
-            try:
-                tbound = triton.add_insecure_port(f"{host}:{triton_port}")
-            except RuntimeError as exc:
-                raise OSError(f"cannot listen for Triton gRPC on {host}:{triton_port}: {exc}") from exc
-            if tbound == 0:
-                raise OSError(f"cannot listen for Triton gRPC on {host}:{triton_port}")
+            tbound = _bind(triton, host, triton_port, "Triton gRPC")
             await triton.start()
             self._servers.append(triton)
             self.server.triton_grpc_port = tbound
@@ -573,6 +582,17 @@ class V2GrpcServer:
             await self._health.enter_graceful_shutdown()
         await asyncio.gather(*(s.stop(STOP_GRACE) for s in self._servers))
         self._servers.clear()
+
+
+def _bind(server: grpc.aio.Server, host: str, port: int, what: str) -> int:
+    """Bind or raise OSError (grpcio raises RuntimeError for a busy port, or returns 0)."""
+    try:
+        bound = server.add_insecure_port(f"{host}:{port}")
+    except RuntimeError as exc:
+        raise OSError(f"cannot listen for {what} on {host}:{port} (in use?)") from exc
+    if bound == 0:
+        raise OSError(f"cannot listen for {what} on {host}:{port}")
+    return bound
 
 
 def attach(app: web.Application, server: ModelServer, face: V2Face) -> None:

@@ -37,7 +37,13 @@ from bidistream.errors import (
     v2_http_status,
 )
 from bidistream.protocols.v2.backend import NativeBackend, V2Backend, V2Repository
-from bidistream.protocols.v2.codec import InferRequest, parse_request, response_to_json, sse_event
+from bidistream.protocols.v2.codec import (
+    InferRequest,
+    InferResponse,
+    parse_request,
+    response_to_json,
+    sse_event,
+)
 
 if TYPE_CHECKING:
     from bidistream.container.server import ModelServer
@@ -236,21 +242,31 @@ async def _infer_stream(request: web.Request) -> web.StreamResponse:
     except BidistreamError as exc:
         metrics.error(face.label(name), "rest", "infer_stream", exc)
         return _error(exc)
-    responses = backend.infer_stream(_once(payload), _headers(request))
+    # A backend that can render its own events (MLServer's pydantic types) skips our dataclasses.
+    render = getattr(backend, "sse_events", None)
+    responses: AsyncIterator[bytes] = (
+        render(_once(payload), _headers(request))
+        if render is not None
+        else _as_events(backend.infer_stream(_once(payload), _headers(request)))
+    )
     stream = web.StreamResponse(status=200, headers={"Cache-Control": "no-cache"})
     stream.content_type = SSE_CONTENT_TYPE
     stream.charset = "utf-8"
     count = 0
     try:
-        async for result in responses:
+        async for event in responses:
             if count == 0:
                 await stream.prepare(request)
                 metrics.first_response(name, "rest", time.perf_counter() - began)
-            await stream.write(sse_event(result))
+            await stream.write(event)
             count += 1
-    except (ConnectionError, asyncio.CancelledError):
+    except asyncio.CancelledError:
         metrics.error(face.label(name), "rest", "infer_stream", ModelStreamError("client went away"))
         raise
+    except ConnectionError:
+        # The client hung up mid-stream; the finally below stops the model's generator.
+        metrics.error(face.label(name), "rest", "infer_stream", ModelStreamError("client went away"))
+        return stream
     except Exception as exc:
         err = exc if isinstance(exc, BidistreamError) else ModelStreamError(f"{type(exc).__name__}: {exc}")
         if not isinstance(exc, BidistreamError | InputValidationError):
@@ -271,6 +287,14 @@ async def _infer_stream(request: web.Request) -> web.StreamResponse:
     await stream.write_eof()
     metrics.request(name, "rest", "infer_stream", time.perf_counter() - began, count)
     return stream
+
+
+async def _as_events(responses: AsyncIterator[InferResponse]) -> AsyncIterator[bytes]:
+    try:
+        async for result in responses:
+            yield sse_event(result)
+    finally:
+        await _close(responses)
 
 
 async def _close(responses: AsyncIterator[Any]) -> None:

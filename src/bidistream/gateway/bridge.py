@@ -157,8 +157,12 @@ class InstanceLink(WSListener):
         relay = self.relay
         if kind is _BINARY or kind is _TEXT or kind is _CONT:
             if relay is not None:
-                text = None if kind is _CONT else kind is _TEXT
-                relay.feed(e.InstanceFrame(frame.get_payload_as_bytes(), text, frame.fin))
+                fin = frame.fin
+                if fin and kind is not _CONT and not relay.busy and relay.session.pass_instance_frame():
+                    relay.client.send(frame.get_payload_as_bytes(), kind is _TEXT, True, False)
+                else:
+                    text = None if kind is _CONT else kind is _TEXT
+                    relay.feed(e.InstanceFrame(frame.get_payload_as_bytes(), text, fin))
         elif kind is _PONG:
             if relay is not None:
                 relay.feed(e.InstancePong())
@@ -241,7 +245,6 @@ class Relay:
     """One session between a front door and an instance: the session core's gateway adapter."""
 
     __slots__ = (
-        "_busy",
         "_candidates",
         "_connect_task",
         "_end",
@@ -249,6 +252,7 @@ class Relay:
         "_last",
         "_targets",
         "_timers",
+        "busy",
         "client",
         "connect_args",
         "endpoint",
@@ -294,16 +298,16 @@ class Relay:
         self._targets: list[RoutableInstance] = []
         # Events raised while actions run (a send that fills a buffer) wait their turn,
         # so every event meets the state the previous one left.
-        self._busy = False
+        self.busy = False
         self.queue: list[object] = []
 
     # ------------------------------------------------------------------ the one way in
     def feed(self, event: object) -> None:
         """Hand one event to the session and carry out what it says."""
-        if self._busy:
+        if self.busy:
             self.queue.append(event)
             return
-        self._busy = True
+        self.busy = True
         do = _DO
         session = self.session
         try:
@@ -314,7 +318,7 @@ class Relay:
                 for action in session.handle(queue.pop(0)):
                     do[type(action)](self, action)
         finally:
-            self._busy = False
+            self.busy = False
         if session.state is _CLOSED:
             self._finish()
 
@@ -360,6 +364,12 @@ class Relay:
         )
 
     # ------------------------------------------------------------------ instance actions
+    def send_to_instance(self, data: bytes, text: bool) -> None:
+        """A whole frame the session passed (``BidiSession.pass_client_frame``)."""
+        link = self.link
+        if link is not None and link.transport is not None and not link.closed:
+            link.transport.send(_TEXT if text else _BINARY, data, True)
+
     def _send_to_instance(self, act: a.SendToInstance) -> None:
         link = self.link
         if link is None or link.transport is None or link.closed:
@@ -573,6 +583,7 @@ class Relay:
         link = InstanceLink(self, target)
         self.link = link
         owned: list[socket.socket] = []
+        connecting: list[socket.socket] = []  # created, not yet handed to a transport
 
         async def own_socket(parsed: object) -> socket.socket:
             # We create (and so can always shut) the socket: a cancelled handshake
@@ -583,9 +594,11 @@ class Relay:
             family, kind, proto, _, addr = infos[0]
             sock = socket.socket(family, kind, proto)
             owned.append(sock)
+            connecting.append(sock)
             sock.setblocking(False)
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             await loop.sock_connect(sock, addr)
+            connecting.remove(sock)  # the transport made from it closes it
             return sock
 
         began = time.monotonic()
@@ -613,6 +626,10 @@ class Relay:
                     sock.shutdown(socket.SHUT_RDWR)
             if link.transport is not None:
                 link.transport.disconnect(graceful=False)
+            for sock in connecting:
+                # Cancelled before any transport took it: shut is not closed, and the
+                # traceback would keep the socket (and its fd) until a cyclic GC.
+                sock.close()
             raise
         log.debug("instance %s connected in %.1f ms", url, (time.monotonic() - began) * 1000)
 

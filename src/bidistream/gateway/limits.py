@@ -65,8 +65,9 @@ class GatewayLimits:
     # After the WebSocket door sends its close, how long the client gets to answer
     # it before the socket is cut.
     ws_close_timeout: float = 5.0
-    # InvokeEndpoint: 6 MB body (API limit) and 60 s per call.
-    max_invoke_body: int = 6 * 1000 * 1000
+    # InvokeEndpoint: the container's body limit (36 MiB), not SageMaker's 6 MB, so the NIM seed's
+    # 25 MB uploads reach the speech model (issue 12); 60 s per call.
+    max_invoke_body: int = 36 * MiB
     invoke_timeout: float = 60.0
     # Largest HTTP/1.1 request head.
     max_head: int = 64 * KiB

@@ -68,16 +68,16 @@ async def _post(
 ) -> tuple[RoutableInstance, aiohttp.ClientResponse]:
     last: BidistreamError = ServiceUnavailableError(f"endpoint {endpoint} has no instance to take the call")
     try:
-        targets = router.candidates(endpoint, variant)
+        candidates = router.candidates(endpoint, variant)
     except ServiceUnavailableError:
         metrics.router_decision(endpoint, variant or "", "", metrics.NO_HEALTHY_INSTANCE)
         raise
     full = 0
-    for target in targets:
-        where = (endpoint, target.variant, target.instance_id)
+    for instance in candidates:
+        where = (endpoint, instance.variant, instance.instance_id)
         try:
             resp = await http.post(
-                f"{target.base_url}/invocations",
+                f"{instance.base_url}/invocations",
                 data=body,
                 headers=dict(headers),
                 timeout=aiohttp.ClientTimeout(total=None, sock_connect=limits.connect_timeout),
@@ -85,20 +85,21 @@ async def _post(
         except (aiohttp.ClientError, OSError) as exc:
             metrics.router_decision(*where, metrics.RETRY_UNREACHABLE)
             last = ServiceUnavailableError(
-                f"instance {target.instance_id} of endpoint {endpoint} is unreachable ({type(exc).__name__})"
+                f"instance {instance.instance_id} of endpoint {endpoint} is unreachable "
+                f"({type(exc).__name__})"
             )
             continue
         if resp.status in (503, 429):
             resp.release()
             full += 1
             metrics.router_decision(*where, metrics.RETRY_FULL)
-            last = InstanceFullError(f"instance {target.instance_id} is busy or not ready ({resp.status})")
+            last = InstanceFullError(f"instance {instance.instance_id} is busy or not ready ({resp.status})")
             continue
         metrics.router_decision(*where, metrics.ROUTED)
-        return target, resp
-    if targets and full == len(targets):
+        return instance, resp
+    if candidates and full == len(candidates):
         metrics.router_decision(endpoint, variant or "", "", metrics.BUSY)
-        raise InstanceFullError(at_capacity(endpoint, targets))
+        raise InstanceFullError(at_capacity(endpoint, candidates))
     raise last
 
 
@@ -184,22 +185,22 @@ async def _invoke(
             out["accept"] = headers["x-amzn-sagemaker-accept"]
         out["x-amzn-sagemaker-request-id"] = request_id
         async with asyncio.timeout(limits.invoke_timeout):
-            target, resp = await _post(http, router, endpoint, variant, out, body, limits)
-            where.append(target)
-            metrics.INVOCATIONS_IN_FLIGHT.labels(endpoint, target.variant).inc()
+            instance, resp = await _post(http, router, endpoint, variant, out, body, limits)
+            where.append(instance)
+            metrics.INVOCATIONS_IN_FLIGHT.labels(endpoint, instance.variant).inc()
             if resp.status >= 300:
                 text = (await resp.read()).decode("utf-8", "replace")
                 resp.release()
                 raise ModelError(
                     f'Received client error ({resp.status}) from primary with message "{text[:1024]}". '
-                    f"{log_hint(target)} Request id {request_id}.",
+                    f"{log_hint(instance)} Request id {request_id}.",
                     original_status=resp.status,
                     original_message=text[:4096],
                 )
             back = [(k, resp.headers[k]) for k in _BACK if k in resp.headers]
             base = [
                 ("x-amzn-requestid", request_id),
-                ("x-amzn-invoked-production-variant", target.variant),
+                ("x-amzn-invoked-production-variant", instance.variant),
                 *back,
             ]
             ctype = resp.headers.get("content-type", "application/octet-stream")

@@ -18,7 +18,7 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
-from bidistream.errors import NotFoundError, ServiceUnavailableError
+from bidistream.errors import EndpointNotFoundError, ServiceUnavailableError
 from bidistream.routing import RoutableInstance
 
 __all__ = ["PlatformRouter", "RoutableVariant", "SmoothWeighted"]
@@ -76,12 +76,12 @@ class PlatformRouter:
     def candidates(self, endpoint: str, target_variant: str | None = None) -> list[RoutableInstance]:
         variants = self._lookup(endpoint)
         if variants is None:
-            raise NotFoundError(f"Endpoint {endpoint} not found.")
+            raise EndpointNotFoundError(f"Endpoint {endpoint} not found.")
         if target_variant is not None:
             pinned = next((v for v in variants if v.name == target_variant), None)
             if pinned is None:
                 names = ", ".join(v.name for v in variants) or "none"
-                raise NotFoundError(
+                raise EndpointNotFoundError(
                     f"Variant {target_variant} not found on endpoint {endpoint} (variants: {names})."
                 )
             if not pinned.instances:

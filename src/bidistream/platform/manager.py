@@ -37,7 +37,7 @@ from typing import Any
 import aiohttp
 
 from bidistream import metrics
-from bidistream.errors import BidistreamError, NotFoundError
+from bidistream.errors import BidistreamError, EndpointNotReadyError, NotFoundError
 from bidistream.platform.balancer import PlatformRouter, RoutableVariant
 from bidistream.platform.images import ImageSpec, parse_image
 from bidistream.platform.runtimes import InstanceHandle, LaunchSpec, Runtime
@@ -268,13 +268,27 @@ class EndpointManager:
     # --------------------------------------------------------------- routing
     def _routable(self, name: str) -> list[RoutableVariant] | None:
         endpoint = self._endpoints.get(name)
-        if endpoint is None:
-            record = self.store.get_endpoint(name)
-            return None if record is None else []
-        return [
-            RoutableVariant(v.plan.name, v.plan.weight, [i.routable for i in v.healthy() if i.routable])
-            for v in endpoint.variants.values()
-        ]
+        variants = (
+            []
+            if endpoint is None
+            else [
+                RoutableVariant(v.plan.name, v.plan.weight, [i.routable for i in v.healthy() if i.routable])
+                for v in endpoint.variants.values()
+            ]
+        )
+        if any(v.instances for v in variants):
+            return variants
+        # Nothing routable (the cold path): a missing endpoint, one still starting, or a Failed one.
+        record = self.store.get_endpoint(name)
+        if record is None:
+            return None
+        if record.status == EndpointStatus.FAILED:
+            # Permanent until the user acts: say why, and not with a status boto3 retries.
+            raise EndpointNotReadyError(
+                f"Endpoint {name} is Failed and takes no requests: {record.failure_reason or 'no reason'}"
+                " (fix it with UpdateEndpoint, or delete and create it again)"
+            )
+        return variants
 
     # ------------------------------------------------------------ one truth
     def _row(self, instance: Instance, state: InstanceState) -> InstanceRow:

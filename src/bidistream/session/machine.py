@@ -252,6 +252,29 @@ class BidiSession:
     def closed(self) -> bool:
         return self.state is State.CLOSED
 
+    # ------------------------------------------------------------------ the relay's hot path
+    def pass_client_frame(self) -> bool:
+        """For a whole client frame (fin, no message in progress): True when the table relays it as is.
+
+        Exactly what ``handle(ClientPart(data, text, True))`` would do when it
+        returns one ``SendToInstance(data, text, True, False)``, without
+        building the event, the action and the list: the caller sends the
+        frame itself.  False: feed the event to :meth:`handle`.
+        ``tests/unit/session/test_machine.py`` checks the two agree in every state.
+        """
+        if self.state in _RELAYS_CLIENT and self._out_text is None:
+            self.active = True
+            return True
+        return False
+
+    def pass_instance_frame(self) -> bool:
+        """The same for a whole instance frame (``SendToClient``)."""
+        if self.state in _RELAYS_INSTANCE and self._in_text is None:
+            self.active = True
+            self.relayed += 1
+            return True
+        return False
+
     def _invalid(self, kind: Input, out: list[object]) -> None:
         """A pair the table does not know: close both sides with the reason."""
         state = self.state
@@ -778,3 +801,11 @@ _ROWS: dict[State, dict[Input, tuple[Effect, State]]] = {st_: {} for st_ in Stat
 for (_st, _inp), _entry in TRANSITIONS.items():
     _ROWS[_st][_inp] = _entry
 del _st, _inp, _entry
+
+# States whose CLIENT_PART / INSTANCE_FRAME row is the plain relay staying in the same state.
+_RELAYS_CLIENT = frozenset(
+    st_ for st_, row in _ROWS.items() if row.get(In.CLIENT_PART) == (_to_instance, st_)
+)
+_RELAYS_INSTANCE = frozenset(
+    st_ for st_, row in _ROWS.items() if row.get(In.INSTANCE_FRAME) == (_to_client, st_)
+)

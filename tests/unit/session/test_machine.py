@@ -413,3 +413,35 @@ def test_attached_sessions_relay_everything_in_order(
 
 def test_effects_are_callables() -> None:
     assert all(isinstance(effect, Callable) for effect, _ in TRANSITIONS.values())  # type: ignore[arg-type]
+
+
+# ---------------------------------------------------------------------- the hot path agrees with the table
+def _slots(s: BidiSession) -> dict[str, object]:
+    return {name: getattr(s, name) for name in BidiSession.__slots__}
+
+
+@pytest.mark.parametrize("state", list(State))
+@pytest.mark.parametrize("midway", [False, True])
+@pytest.mark.parametrize("side", ["client", "instance"])
+def test_pass_frame_is_exactly_what_the_table_does(state: State, midway: bool, side: str) -> None:
+    fast, slow = at(state), at(state)
+    if midway:  # a fragmented message in progress: only the table may continue it
+        for s in (fast, slow):
+            s.handle(
+                e.ClientPart(b"f", True, False) if side == "client" else e.InstanceFrame(b"f", True, False)
+            )
+    before = fast.state
+    if side == "client":
+        passed = fast.pass_client_frame()
+        out = slow.handle(e.ClientPart(b"x", False, True))
+        relayed = [a.SendToInstance(b"x", False, True, False)]
+    else:
+        passed = fast.pass_instance_frame()
+        out = slow.handle(e.InstanceFrame(b"x", False, True))
+        relayed = [a.SendToClient(b"x", False, True, False)]
+    if passed:
+        assert out == relayed
+        assert _slots(fast) == _slots(slow)
+    else:
+        assert out != relayed or midway
+        assert fast.state is before

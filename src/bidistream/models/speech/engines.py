@@ -59,6 +59,31 @@ class Transcript:
     def empty(cls) -> Transcript:
         return cls("", 0.0, ())
 
+    def without_final_stop(self) -> Transcript:
+        """The first half of a length-cap cut: the sentence goes on, so no full stop."""
+        text = self.text[:-1].rstrip() if self.text.endswith(".") else self.text
+        words = self.words
+        if words and words[-1].punctuated_word.endswith("."):
+            last = words[-1]
+            words = (
+                *words[:-1],
+                Word(last.word, last.start, last.end, last.confidence, last.punctuated_word[:-1]),
+            )
+        return Transcript(text, self.confidence, words)
+
+
+def drop_words_before(transcript: Transcript, at: float) -> Transcript:
+    """Words whose middle lies before ``at`` s: the previous utterance's (cap overlap)."""
+    if at <= 0 or not transcript.words:
+        return transcript
+    kept = tuple(w for w in transcript.words if (w.start + w.end) / 2 >= at)
+    if len(kept) == len(transcript.words):
+        return transcript
+    if not kept:
+        return Transcript.empty()
+    text = " ".join(w.punctuated_word for w in kept)
+    return Transcript(text[:1].upper() + text[1:], transcript.confidence, kept)
+
 
 def clamp_start(transcript: Transcript, onset: float) -> Transcript:
     """Move word starts that precede the VAD onset up to it.
@@ -116,8 +141,17 @@ class WhisperEngine(Engine):
     """Whisper on faster-whisper / CTranslate2 (int8 on CPU).
 
     Interims: greedy, no timestamps, no word alignment (the cheapest decode).
-    Finals: ``beam_size`` search plus CTranslate2's cross-attention alignment
-    for word timings and per-word probabilities.  Both take batches.
+    Finals: greedy too, and ``beam_size`` search only for the utterances whose
+    greedy result is unsure (mean log-probability below ``beam_below``), plus
+    CTranslate2's cross-attention alignment for word timings and per-word
+    probabilities.  Both take batches.
+
+    Digit tokens are suppressed (``spell_digits``): Whisper writes spoken digit
+    strings as numerals and drops some on the way ("four five seven two nine one
+    eight" came out "45728" with every window, greedy or beam; measured), while
+    spelled out every digit survives.  That is the model's habit, not a decoding
+    bug; Deepgram's own default is words anyway, and ``numerals`` / ``smart_format``
+    turn the spelled digits back into numerals (protocol.numerals).
     """
 
     name = "whisper"
@@ -136,6 +170,8 @@ class WhisperEngine(Engine):
         window_pad: float | None = 1.0,
         min_window: float = 10.0,
         interim_window: float | None = None,
+        beam_below: float = -0.45,
+        spell_digits: bool = True,
     ) -> None:
         os.environ.setdefault("HF_HUB_OFFLINE", "1")
         from faster_whisper import WhisperModel
@@ -166,8 +202,15 @@ class WhisperEngine(Engine):
             self.model.hf_tokenizer, multilingual, task="transcribe", language="en" if multilingual else None
         )
         self._prompt_interim = self.model.get_prompt(self.tokenizer, [], without_timestamps=True)
+        # Greedy finals scoring under this (length-normalised log-probability) get beam search.
+        self.beam_below = beam_below
         self._suppress = [-1]
+        if spell_digits:
+            self._suppress += [
+                i for i in range(self.tokenizer.eot) if any(ch.isdigit() for ch in self.tokenizer.decode([i]))
+            ]
         self._lock = threading.Lock()
+        self.beam_reruns = 0
 
     @property
     def max_batch(self) -> int:
@@ -177,6 +220,20 @@ class WhisperEngine(Engine):
         # Speech runs at most ~6 tokens per second; a bound proportional to the audio
         # stops a looping decode early instead of running to 448 tokens.
         return min(self.model.max_length, len(self._prompt_interim) + 16 + int(frames / 100 * 8))
+
+    def _generate(self, encoded: Any, n: int, beam: int, frames: int) -> list[Any]:
+        return list(
+            self.model.model.generate(
+                encoded,
+                [list(self._prompt_interim) for _ in range(n)],
+                beam_size=beam,
+                max_length=self._max_length(frames),
+                suppress_blank=True,
+                suppress_tokens=self._suppress,
+                return_scores=True,
+                return_no_speech_prob=True,
+            )
+        )
 
     def _window(self, frames: int, final: bool = True) -> int:
         if self.window_pad is None:
@@ -195,16 +252,20 @@ class WhisperEngine(Engine):
         window = self._window(max(num_frames), final)
         features = np.stack([pad_or_trim(f, window) for f in feats]).astype(np.float32)
         encoder_output = self.model.encode(features)
-        results = self.model.model.generate(
-            encoder_output,
-            [list(self._prompt_interim) for _ in batch],
-            beam_size=self.beam_size if final else 1,
-            max_length=self._max_length(max(num_frames)),
-            suppress_blank=True,
-            suppress_tokens=self._suppress,
-            return_scores=True,
-            return_no_speech_prob=True,
-        )
+        results = list(self._generate(encoder_output, len(batch), 1, max(num_frames)))
+        if final and self.beam_size > 1:
+            unsure = [
+                i for i, r in enumerate(results) if (r.scores[0] if r.scores else -9.0) < self.beam_below
+            ]
+            if unsure:
+                self.beam_reruns += len(unsure)
+                sub_enc = encoder_output
+                if len(unsure) != len(batch):
+                    sub_enc = self.model.encode(np.stack([features[i] for i in unsure]))
+                for i, r in zip(
+                    unsure, self._generate(sub_enc, len(unsure), self.beam_size, max(num_frames)), strict=True
+                ):
+                    results[i] = r
         eot = self.tokenizer.eot
         tokens = [[t for t in r.sequences_ids[0] if t < eot] for r in results]
         out: list[Transcript] = []

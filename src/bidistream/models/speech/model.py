@@ -17,19 +17,21 @@ its :class:`DecodeScheduler`.
 from __future__ import annotations
 
 import asyncio
+import functools
 import hashlib
 import os
 import uuid
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Sequence
 from typing import ClassVar
 
 import numpy as np
 
 from bidistream.errors import InputValidationError
 from bidistream.frames import Frame
-from bidistream.model import Model, Request, Response, Session
+from bidistream.model import GrpcService, Model, Request, Response, Session
+from bidistream.models.speech import faces
 from bidistream.models.speech import protocol as dg
-from bidistream.models.speech.audio import AudioDecoder
+from bidistream.models.speech.audio import AudioDecoder, AudioFormatError
 from bidistream.models.speech.endpointing import EndpointConfig, Endpointer, UtteranceDone
 from bidistream.models.speech.engines import (
     SAMPLE_RATE,
@@ -42,6 +44,7 @@ from bidistream.models.speech.live import LiveConfig, LiveTranscriber
 from bidistream.models.speech.scheduler import DecodeScheduler
 from bidistream.models.speech.vad import SileroVad
 from bidistream.models.speech.weights import locate_base, locate_model_dir, locate_tiny_en
+from bidistream.protocols.asr import FileTranscript
 
 __all__ = ["PROFILE_ALIASES", "SpeechModel"]
 
@@ -74,7 +77,11 @@ def _bool(name: str, value: str | bool) -> bool:
 class SpeechModel(Model):
     name = "speech"
     invocation_paths: ClassVar[tuple[str, ...]] = ("v1/listen",)
-    http_paths: ClassVar[tuple[str, ...]] = ("v1/listen",)
+    # Deepgram's pre-recorded API, OpenAI's transcriptions and NIM's forced routes
+    # (``invocations`` itself is always routed; see :meth:`invoke`).
+    http_paths: ClassVar[tuple[str, ...]] = ("v1/listen", *faces.OPENAI_PATHS, *faces.NIM_PATHS)
+    live_paths: ClassVar[tuple[str, ...]] = ("v1/health/live",)
+    ready_paths: ClassVar[tuple[str, ...]] = ("v1/health/ready",)
     subprotocols: ClassVar[tuple[str, ...]] = ("token",)
 
     def __init__(
@@ -84,8 +91,8 @@ class SpeechModel(Model):
         model_sha256: str | None = None,
         preload: str = "",
         interim_interval: str | float = 1.0,
-        first_interim: str | float = 0.6,
-        endpointing: str | int = 300,
+        first_interim: str | float = 0.3,
+        endpointing: str | int = 10,
         max_utterance: str | float = 15.0,
         idle_timeout: str | float = 10.0,
         batching: str | bool = True,
@@ -95,12 +102,14 @@ class SpeechModel(Model):
         slots: str | int | None = None,
         cpu_threads: str | int = 1,
         beam_size: str | int = 5,
-        window: str | float = 15.0,
+        window: str | float = 10.0,
         interim_window: str | float = 10.0,
         api_keys: str | None = None,
         strict_query: str | bool = True,
         verify_weights: str | bool = True,
         reserve_final_slot: str | bool = True,
+        invocations: str | None = None,
+        beam_below: str | float = -0.45,
     ) -> None:
         self.default_profile = PROFILE_ALIASES.get(profile.strip().lower(), "")
         if not self.default_profile:
@@ -122,6 +131,7 @@ class SpeechModel(Model):
         self.slots = int(slots) if slots else (os.cpu_count() or 1)
         self.cpu_threads = int(cpu_threads)
         self.beam_size = int(beam_size)
+        self.beam_below = float(beam_below)
         self.window: float | None = None if str(window).lower() in ("full", "30", "none") else float(window)
         self.interim_window = float(interim_window)
         keys = api_keys if api_keys is not None else os.environ.get("BIDISTREAM_SPEECH_API_KEYS", "")
@@ -130,6 +140,12 @@ class SpeechModel(Model):
         self.verify_weights = _bool("verify_weights", verify_weights)
         # Keep one decode slot for finals (see DecodeScheduler); false lets interims use all.
         self.reserve_final_slot = _bool("reserve_final_slot", reserve_final_slot)
+        # Which API answers POST /invocations: NIM's (default) or Deepgram's pre-recorded;
+        # the environment variable lets CreateModel's Environment choose it too.
+        face = invocations or os.environ.get("BIDISTREAM_SPEECH_INVOCATIONS") or "nim"
+        self.invocations = face.strip().lower()
+        if self.invocations not in faces.INVOCATIONS_FACES:
+            raise ValueError(f"invocations must be one of {', '.join(faces.INVOCATIONS_FACES)}")
         if self.live_config.interim_interval <= 0:
             raise ValueError("interim_interval must be > 0 seconds")
         self.vad: SileroVad | None = None
@@ -161,6 +177,7 @@ class SpeechModel(Model):
                 window_pad=None if self.window is None else 1.0,
                 min_window=self.window or 30.0,
                 interim_window=self.interim_window,
+                beam_below=self.beam_below,
             )
 
         factories: dict[str, Callable[[], Engine]] = {
@@ -238,11 +255,55 @@ class SpeechModel(Model):
             request_id,
             self.live_config,
         )
-        async for frame in live.run(frames):
+        run = (
+            live.run
+            if not options.diarize
+            else functools.partial(faces.deepgram_diarized_live, self, options=options, run=live.run)
+        )
+        async for frame in run(frames):
             yield frame
+
+    def grpc_services(self) -> Sequence[GrpcService]:
+        from bidistream.models.speech.faces import riva_service
+
+        return (riva_service(self),)
+
+    # ------------------------------------------------------------------ whole files
+    async def transcribe_file(
+        self,
+        audio: np.ndarray,
+        *,
+        profile: str | None = None,
+        endpoint_ms: int = 1000,
+        diarize: bool = False,
+        max_speakers: int | None = None,
+    ) -> FileTranscript:
+        """The neutral transcript of a whole file, which the OpenAI, NIM and Riva faces render."""
+        profile = profile or self.default_profile
+        scheduler = await self.scheduler(profile)
+        assert self.vad is not None, "load() not called"
+        segments = segment_ms(audio, self.vad, endpoint_ms, self.live_config.max_utterance_ms)
+        transcripts = await asyncio.gather(
+            *(scheduler.decode(audio[s.start : s.end], final=True) for s in segments)
+        )
+        result = faces.file_transcript(
+            audio, segments, transcripts, label=str(self.model_info(profile).version)
+        )
+        if diarize:
+            result = await asyncio.to_thread(faces.diarize_transcript, audio, result, self.vad, max_speakers)
+        return result
 
     # ------------------------------------------------------------------ pre-recorded
     async def invoke(self, request: Request) -> Response:
+        """Route by path: OpenAI's and NIM's faces, else Deepgram's pre-recorded API."""
+        path = request.path.strip("/")
+        if path in faces.OPENAI_PATHS:
+            return await faces.openai_invoke(self, request)
+        if path in faces.NIM_PATHS or (path == "invocations" and self.invocations == "nim"):
+            return await faces.nim_invoke(self, request)
+        return await self._deepgram_invoke(request)
+
+    async def _deepgram_invoke(self, request: Request) -> Response:
         pairs = request_query(request)
         dg.check_auth(request.headers, self.api_keys)
         options = self.options_for(request.raw_query, pairs)
@@ -271,7 +332,10 @@ class SpeechModel(Model):
             duration=len(audio) / SAMPLE_RATE,
             info=self.model_info(options.profile),
             formatted=options.formatted,
+            numerals=options.numerals or options.smart_format,
         )
+        if options.diarize:
+            await asyncio.to_thread(faces.deepgram_speakers, body, audio, self.vad)
         return Response(dg.dumps(body).encode(), "application/json")
 
 
@@ -291,9 +355,12 @@ def request_query(request: Request) -> list[tuple[str, str]]:
 
 def decode_whole(body: bytes, options: dg.ListenOptions) -> np.ndarray:
     decoder = AudioDecoder(options.encoding, options.sample_rate, options.channels)
-    audio = decoder.feed(body)
+    try:
+        audio = decoder.feed(body)
+    except AudioFormatError as exc:  # one error shape per API face: Deepgram's, with status 400
+        raise dg.DeepgramAudioError(exc.message) from exc
     if decoder.format is None:
-        raise dg.DeepgramQueryError("body is not a WAV file; for raw audio set encoding and sample_rate")
+        raise dg.DeepgramAudioError("body is not a WAV file; for raw audio set encoding and sample_rate")
     return audio
 
 
@@ -302,6 +369,12 @@ def segment(
 ) -> list[UtteranceDone]:
     """Utterances of a whole file, by the same VAD and endpointer as live sessions."""
     endpoint_ms = options.endpointing_ms if options.endpointing_ms is not None else 1000
+    return segment_ms(audio, vad, endpoint_ms, max_utterance_ms)
+
+
+def segment_ms(
+    audio: np.ndarray, vad: SileroVad, endpoint_ms: int, max_utterance_ms: int
+) -> list[UtteranceDone]:
     endpointer = Endpointer(
         EndpointConfig(endpoint_ms=max(endpoint_ms, 500), max_utterance_ms=max_utterance_ms)
     )

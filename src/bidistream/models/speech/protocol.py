@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import re
 import uuid
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
@@ -16,7 +17,7 @@ from typing import Any
 
 from bidistream.errors import InputValidationError, UnauthenticatedError
 from bidistream.models.speech.audio import SUPPORTED_ENCODINGS
-from bidistream.models.speech.engines import Transcript, plain_parts
+from bidistream.models.speech.engines import Transcript, Word, plain_parts
 
 __all__ = [
     "ControlMessage",
@@ -27,6 +28,7 @@ __all__ = [
     "check_auth",
     "dumps",
     "metadata_message",
+    "numerals",
     "parse_control",
     "parse_listen_query",
     "prerecorded_response",
@@ -80,8 +82,8 @@ _KNOWN = frozenset(
 )
 
 
-def _error_body(message: str, request_id: str) -> dict[str, object]:
-    return {"err_code": "INVALID_QUERY_PARAMETER", "err_msg": message, "request_id": request_id}
+def _error_body(message: str, request_id: str, code: str = "INVALID_QUERY_PARAMETER") -> dict[str, object]:
+    return {"err_code": code, "err_msg": message, "request_id": request_id}
 
 
 def _error_headers(message: str, request_id: str) -> dict[str, str]:
@@ -93,6 +95,20 @@ def _error_headers(message: str, request_id: str) -> dict[str, str]:
     """
     line = " ".join(message.split()).encode("latin-1", "replace").decode("latin-1")
     return {"dg-error": line[:512], "dg-request-id": request_id}
+
+
+class DeepgramAudioError(InputValidationError):
+    """A pre-recorded body that is not audio we can decode: Deepgram answers 400 ``Bad Request`` in
+    its own error shape, the same shape as every other error of this face (never a bare 415)."""
+
+    code = "Bad Request"
+
+    def __init__(self, message: str, *, request_id: str | None = None) -> None:
+        rid = request_id or str(uuid.uuid4())
+        text = f"Bad Request: failed to process audio: {message}"
+        super().__init__(
+            text, detail=_error_body(text, rid, "Bad Request"), headers=_error_headers(text, rid)
+        )
 
 
 class DeepgramQueryError(InputValidationError):
@@ -128,10 +144,11 @@ class ListenOptions:
     interim_results: bool = False
     punctuate: bool = False
     smart_format: bool = False
-    endpointing_ms: int | None = 300
+    endpointing_ms: int | None = 10  # Deepgram's default; the endpointer floors it (min_endpoint_ms)
     utterance_end_ms: int | None = None
     vad_events: bool = False
     numerals: bool = False
+    diarize: bool = False
     tags: tuple[str, ...] = field(default=())
 
     @property
@@ -176,7 +193,7 @@ def parse_listen_query(
     profiles: Mapping[str, str],
     *,
     strict: bool = True,
-    default_endpointing_ms: int = 300,
+    default_endpointing_ms: int = 10,
 ) -> ListenOptions:
     """Validate Deepgram's query; raise DeepgramQueryError with the first problem found."""
     values: dict[str, str] = {}
@@ -244,6 +261,7 @@ def parse_listen_query(
         utterance_end_ms=utterance_end,
         vad_events=flags.get("vad_events", False),
         numerals=flags.get("numerals", False),
+        diarize=flags.get("diarize", False),
         tags=tuple(tags),
     )
 
@@ -338,6 +356,52 @@ def _words(transcript: Transcript, offset: float, formatted: bool) -> list[dict[
     return out
 
 
+_DIGIT_WORDS = {w: str(i) for i, w in enumerate("zero one two three four five six seven eight nine".split())}
+_DIGIT_RUN = re.compile(
+    r"\b(?:zero|one|two|three|four|five|six|seven|eight|nine)(?:[ ,-]+(?:zero|one|two|three|four|five|six"
+    r"|seven|eight|nine)\b)+",
+    re.IGNORECASE,
+)
+
+
+def numerals(transcript: Transcript) -> Transcript:
+    """``numerals`` / ``smart_format``: a run of two or more spoken digits becomes one numeral.
+
+    The engine decodes digits spelled out (every digit survives that way, see
+    engines.WhisperEngine), so the numerals are made here, from words the model
+    did produce, instead of trusting the model's own digit strings.
+    """
+    text = _DIGIT_RUN.sub(
+        lambda m: "".join(_DIGIT_WORDS[w.lower()] for w in re.findall(r"[A-Za-z]+", m.group())),
+        transcript.text,
+    )
+    if text == transcript.text:
+        return transcript
+    words: list[Word] = []
+    run: list[Word] = []
+
+    def close_run() -> None:
+        if len(run) >= 2:
+            digits = "".join(_DIGIT_WORDS[w.word] for w in run)
+            tail = run[-1].punctuated_word[len(run[-1].punctuated_word.rstrip(".,?!;:")) :]
+            words.append(
+                Word(digits, run[0].start, run[-1].end, min(w.confidence for w in run), digits + tail)
+            )
+        else:
+            words.extend(run)
+        run.clear()
+
+    for w in transcript.words:
+        if run and (w.word not in _DIGIT_WORDS or run[-1].punctuated_word.endswith((".", "?", "!"))):
+            close_run()
+        if w.word in _DIGIT_WORDS:
+            run.append(w)
+        else:
+            words.append(w)
+    close_run()
+    return Transcript(text, transcript.confidence, tuple(words))
+
+
 def format_transcript(transcript: Transcript, formatted: bool) -> str:
     if formatted:
         return transcript.text
@@ -356,7 +420,10 @@ def results_message(
     info: ModelInfo,
     formatted: bool,
     channels: int = 1,
+    numerals: bool = False,
 ) -> dict[str, Any]:
+    if numerals:
+        transcript = _numerals(transcript)
     return {
         "type": "Results",
         "channel_index": [0, channels],
@@ -425,6 +492,7 @@ def prerecorded_response(
     duration: float,
     info: ModelInfo,
     formatted: bool,
+    numerals: bool = False,
 ) -> dict[str, Any]:
     """Deepgram's pre-recorded (``POST /v1/listen``) body for a whole file."""
     words: list[dict[str, Any]] = []
@@ -434,6 +502,8 @@ def prerecorded_response(
     for offset, tr in segments:
         if not tr.text:
             continue
+        if numerals:
+            tr = _numerals(tr)
         seg_words = _words(tr, offset, formatted)
         words.extend(seg_words)
         text = format_transcript(tr, formatted)
@@ -469,3 +539,6 @@ def prerecorded_response(
             "utterances": utterances,
         },
     }
+
+
+_numerals = numerals  # results_message's parameter of the same name shadows the function

@@ -9,6 +9,12 @@ and nothing waiting is ever dropped: a session that is still waiting for an
 interim simply does not ask for another, which stretches its interim
 interval under load instead of falling behind.
 
+The waiting lists are bounded (``max_waiting`` jobs each): each session keeps
+at most one interim waiting and bounds its own final backlog
+(``LiveConfig.max_backlog_seconds``), so the bound is only reached by more
+sessions than the instance should hold; the job is then refused
+(InstanceFullError: 503 / WS 1013), never queued without limit.
+
 With two or more slots, interims may hold at most ``slots - 1`` of them, so a
 final never waits behind interims.  Measured on 2 cores: a batch of 4 interims
 costs ~4 single decodes (the encoder work is per input once the window is
@@ -28,8 +34,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from bidistream.errors import ModelError
-from bidistream.models.speech.engines import Engine, Transcript
+from bidistream.errors import InstanceFullError, ModelError
+from bidistream.models.speech.engines import SAMPLE_RATE, Engine, Transcript
 
 __all__ = ["DecodeScheduler", "SchedulerStats"]
 
@@ -66,6 +72,7 @@ class DecodeScheduler:
         reserve_final_slot: bool = True,
         max_interim_batch: int | None = None,
         max_final_batch: int = 2,
+        max_waiting: int = 256,
     ) -> None:
         self.engine = engine
         self.slots = max(1, slots or os.cpu_count() or 1)
@@ -79,6 +86,7 @@ class DecodeScheduler:
         # Batched finals all finish when the batch does: 5 coinciding finals in one call
         # took ~2.2 s each, against 0.45-1.35 s as calls spread over the slots (measured).
         self.max_final_batch = max(1, min(max_final_batch, self.max_batch))
+        self.max_waiting = max(1, max_waiting)
         self._finals: deque[_Job] = deque()
         self._interims: deque[_Job] = deque()
         self._running = 0
@@ -91,6 +99,12 @@ class DecodeScheduler:
         return len(self._finals) + len(self._interims)
 
     @property
+    def backlog_seconds(self) -> float:
+        """Audio waiting for a decode slot, in seconds: the overload gauge."""
+        waiting = sum(len(j.audio) for q in (self._finals, self._interims) for j in q)
+        return waiting / SAMPLE_RATE
+
+    @property
     def busy(self) -> bool:
         return self._running >= self.slots
 
@@ -100,8 +114,14 @@ class DecodeScheduler:
     def submit(self, audio: np.ndarray, *, final: bool) -> asyncio.Future[Transcript]:
         """Queue one decode; the future resolves to its transcript (see :meth:`withdraw`)."""
         loop = asyncio.get_running_loop()
+        queue = self._finals if final else self._interims
+        if len(queue) >= self.max_waiting:
+            kind = "final" if final else "interim"
+            raise InstanceFullError(
+                f"speech decode queue full: {len(queue)} {kind} decodes waiting (limit {self.max_waiting})"
+            )
         job = _Job(audio, final, loop.create_future())
-        (self._finals if final else self._interims).append(job)
+        queue.append(job)
         self._dispatch()
         return job.future
 

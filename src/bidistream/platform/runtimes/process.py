@@ -186,6 +186,10 @@ class ProcessRuntime:
         env.update(spec.environment)
         env.update(identity_env(spec))
         env["SAGEMAKER_BIND_TO_PORT"] = str(port)
+        # Each instance its own V2 gRPC port: two instances on one machine must never both ask
+        # for the default 8081 (the second would serve without gRPC, or not at all).
+        if "SAGEMAKER_GRPC_PORT" not in spec.environment:
+            env["SAGEMAKER_GRPC_PORT"] = str(free_port(self.host))
         if spec.image.kind == "oci":
             argv = await self._docker_argv(spec, port)
         else:
