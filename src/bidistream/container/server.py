@@ -146,34 +146,32 @@ class _LiveSession:
 
     def frame_in(self, data: bytes, text: bool) -> Frame | None:
         """A client frame: the frame the model gets, when the session relays it as is (the hot path)."""
-        meter = self.meter
         if not self._busy and self.core.pass_client_frame():
-            if meter is not None:  # METRICS: the hot path counts like _do
-                meter.inbound(len(data))
+            if self.meter is not None:  # METRICS/LOGS: the hot paths count like _carry_out
+                self.meter.inbound(len(data))
             return Frame(data, FrameKind.TEXT if text else FrameKind.BINARY)
         acts = self.core.handle(e.ClientPart(data, text, True))
         if len(acts) == 1 and not self._busy:
             act = acts[0]
             if type(act) is a.SendToInstance:
-                if meter is not None:
-                    meter.inbound(len(act.data))
+                if self.meter is not None:
+                    self.meter.inbound(len(act.data))
                 return Frame(act.data, FrameKind.TEXT if act.text else FrameKind.BINARY, act.fin)
         self._carry_out(acts)
         return None
 
     def frame_out(self, data: bytes, text: bool) -> tuple[bytes, bool] | None:
         """A model frame: what to send the client, when the session relays it as is (the hot path)."""
-        meter = self.meter
         if not self._busy and self.core.pass_instance_frame():
-            if meter is not None:  # METRICS: the hot path counts like _do
-                meter.outbound(len(data))
+            if self.meter is not None:
+                self.meter.outbound(len(data))
             return data, text
         acts = self.core.handle(e.InstanceFrame(data, text, True))
         if len(acts) == 1 and not self._busy:
             act = acts[0]
             if type(act) is a.SendToClient:
-                if meter is not None:
-                    meter.outbound(len(act.data))
+                if self.meter is not None:
+                    self.meter.outbound(len(act.data))
                 return act.data, act.text
         self._carry_out(acts)
         return None

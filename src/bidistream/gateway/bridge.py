@@ -174,11 +174,11 @@ class InstanceLink(WSListener):
             if relay is not None:
                 fin = frame.fin
                 if fin and kind is not _CONT and not relay.busy and relay.session.pass_instance_frame():
-                    data = frame.get_payload_as_bytes()
-                    m = relay.meter
-                    if m is not None:  # METRICS: the direct relay counts like _send_to_client
-                        m.outbound(len(data))
-                    relay.client.send(data, kind is _TEXT, True, False)
+                    payload = frame.get_payload_as_bytes()
+                    m = relay.meter  # METRICS/LOGS: the fast path counts like _send_to_client
+                    if m is not None:
+                        m.outbound(len(payload))
+                    relay.client.send(payload, kind is _TEXT, True, False)
                 else:
                     text = None if kind is _CONT else kind is _TEXT
                     relay.feed(e.InstanceFrame(frame.get_payload_as_bytes(), text, fin))
@@ -387,8 +387,8 @@ class Relay:
         """A whole frame the session passed (``BidiSession.pass_client_frame``)."""
         link = self.link
         if link is not None and link.transport is not None and not link.closed:
-            m = self.meter
-            if m is not None:  # METRICS: the direct relay counts like _send_to_instance
+            m = self.meter  # METRICS/LOGS: the fast path counts like _send_to_instance
+            if m is not None:
                 m.inbound(len(data))
             link.transport.send(_TEXT if text else _BINARY, data, True)
 
