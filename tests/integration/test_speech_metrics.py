@@ -75,6 +75,12 @@ async def test_speech_metrics_after_a_session_of_known_audio() -> None:
     assert delta("bidistream_speech_onset_to_first_interim_seconds_count") == 1
     final_s = delta("bidistream_speech_end_of_speech_to_final_seconds_sum")
     assert 0 < final_s < scaled(20)
+    # the decode scheduler's own gauges: every decode went through a batch, nothing is left queued
+    batches = total(after, "bidistream_speech_batch_size_count") - total(
+        before, "bidistream_speech_batch_size_count"
+    )
+    assert batches >= 2  # at least one interim and one final
+    assert total(after, "bidistream_speech_decode_queue_depth") == 0
     # histograms are consistent: +Inf bucket equals count
     inf = total(after, "bidistream_speech_end_of_speech_to_final_seconds_bucket", face="deepgram", le="+Inf")
     count = total(after, "bidistream_speech_end_of_speech_to_final_seconds_count", face="deepgram")

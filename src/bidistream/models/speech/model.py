@@ -209,6 +209,7 @@ class SpeechModel(Model):
                     max_interim_batch=self.max_interim_batch,
                     max_final_batch=self.max_final_batch,
                     reserve_final_slot=self.reserve_final_slot,
+                    metric_labels=InstanceIdentity.from_env().labels,
                 )
         return self._schedulers[profile]
 

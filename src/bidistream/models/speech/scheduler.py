@@ -35,6 +35,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from bidistream.errors import InstanceFullError, ModelError
+from bidistream.metrics import SPEECH_BATCH_SIZE, SPEECH_QUEUE_DEPTH
 from bidistream.models.speech.engines import SAMPLE_RATE, Engine, Transcript
 
 __all__ = ["DecodeScheduler", "SchedulerStats"]
@@ -73,8 +74,12 @@ class DecodeScheduler:
         max_interim_batch: int | None = None,
         max_final_batch: int = 2,
         max_waiting: int = 256,
+        metric_labels: tuple[str, ...] | None = None,
     ) -> None:
         self.engine = engine
+        # Metrics (issue 14): the queue depth and batch sizes, for the instance's /metrics.
+        self._depth = SPEECH_QUEUE_DEPTH.labels(*metric_labels) if metric_labels is not None else None
+        self._batches = SPEECH_BATCH_SIZE.labels(*metric_labels) if metric_labels is not None else None
         self.slots = max(1, slots or os.cpu_count() or 1)
         self.interim_slots = self.slots - 1 if reserve_final_slot and self.slots > 1 else self.slots
         self.batching = batching
@@ -154,6 +159,13 @@ class DecodeScheduler:
         return batch
 
     def _dispatch(self) -> None:
+        try:
+            self._dispatch_some()
+        finally:
+            if self._depth is not None:
+                self._depth.set(self.pending)
+
+    def _dispatch_some(self) -> None:
         while self._running < self.slots and self.pending:
             if not self._finals and self._running_interims >= self.interim_slots:
                 return  # the free slot stays with finals
@@ -166,6 +178,8 @@ class DecodeScheduler:
             asyncio.get_running_loop().create_task(self._run(batch))
 
     async def _run(self, batch: list[_Job]) -> None:
+        if self._batches is not None:
+            self._batches.observe(len(batch))
         loop = asyncio.get_running_loop()
         began = time.monotonic()
         for job in batch:
