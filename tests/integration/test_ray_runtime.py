@@ -36,12 +36,22 @@ def _free_port() -> int:
 
 
 @pytest.fixture
-def ray_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+def ray_cluster(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
     ray_bin = Path(sys.executable).parent / "ray"
     assert ray_bin.exists(), "Ray is not installed: pip install -e '.[ray]'"
     port = _free_port()
     temp_dir = Path(f"/tmp/bidiray-{os.getpid()}-{port}")  # short: Ray's socket paths are length-limited
-    env = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0", "RAY_ENABLE_UV_RUN_RUNTIME_ENV": "0"}
+    # Ray 2.60 turns token auth on for local clusters with one token file per user
+    # (~/.ray/auth_token): another cluster starting on this machine rewrites it and this one's
+    # driver is refused (InvalidAuthToken). A loopback test cluster keeps auth off, for the head,
+    # this process and the gateways it starts alike.
+    monkeypatch.setenv("RAY_AUTH_MODE", "disabled")
+    env = {
+        **os.environ,
+        "RAY_USAGE_STATS_ENABLED": "0",
+        "RAY_ENABLE_UV_RUN_RUNTIME_ENV": "0",
+        "RAY_AUTH_MODE": "disabled",
+    }
     log = (tmp_path_factory.mktemp("ray") / "head.log").open("wb")
     proc = subprocess.Popen(
         [
