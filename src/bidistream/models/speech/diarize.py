@@ -63,6 +63,10 @@ TARGET_DBFS = -30.0
 LENGTH_STEP = 4000
 # Below this silhouette, splitting the windows explains them no better than one speaker.
 MIN_SILHOUETTE = 0.1
+# Fewer windows than this (about 4.5 s of speech) are one speaker: a silhouette over a handful of
+# windows rewards splitting one voice's noise, and a live session's first final (its tags are
+# final once sent) often sees only its own speaker's first few windows.
+MIN_WINDOWS_TO_SPLIT = 6
 
 _DTYPES = {
     "FloatStorage": np.float32,
@@ -376,7 +380,7 @@ def _silhouette(dist: np.ndarray, labels: np.ndarray) -> float:
 def choose_clusters(embeddings: np.ndarray, max_speakers: int | None) -> np.ndarray:
     """Window labels: the AHC cut with the best silhouette for 2..max_speakers, or one speaker."""
     n = len(embeddings)
-    if n < 2 or (max_speakers is not None and max_speakers <= 1):
+    if n < MIN_WINDOWS_TO_SPLIT or (max_speakers is not None and max_speakers <= 1):
         return np.zeros(n, dtype=int)
     dist = np.clip(1.0 - embeddings @ embeddings.T, 0.0, 2.0)
     merges = _average_linkage(dist)
