@@ -655,3 +655,29 @@ def test_client_scripts_are_standalone() -> None:
         timeout=scaled(60),
     )
     assert done.returncode == 0, done.stderr
+
+
+# ------------------------------------------------------------------ the platform's instances
+async def test_endpoint_created_with_boto3_is_reachable_over_grpc(tmp_path: Path) -> None:
+    """The process runtime gives each instance its own SAGEMAKER_GRPC_PORT; the platform's router relays to it."""
+    from tests.clients.platform_stack import create_endpoint, platform_stack, sync
+
+    async with platform_stack(tmp_path) as s:
+        await sync(create_endpoint, s.boto(), "words", "bidistream/words", [("AllTraffic", 2, 1.0)])
+        routable = s.platform.router.candidates("words")
+        assert len(routable) == 2 and all(r.grpc_address for r in routable)
+        assert len({r.grpc_address for r in routable}) == 2
+        out = await client(
+            prelude(s.gateway)
+            + """
+async def main():
+    async with channel() as ch:
+        stub = dp.GRPCInferenceServiceStub(ch)
+        unary = [word(await stub.ModelInfer(text_request(f"x{i} y"))) for i in range(4)]
+        got = [word(r) async for r in stub.ModelStreamInfer(one(text_request("a b c")))]
+        print(repr((unary, got)))
+asyncio.run(main())
+"""
+        )
+    unary, got = eval(out.strip())
+    assert unary == [f'["x{i}", "y"]' for i in range(4)] and got == ["a", "b", "c"]
