@@ -33,6 +33,7 @@ from pathlib import Path
 
 import pytest
 
+from bidistream import metrics
 from bidistream.errors import EndpointNotFoundError, ServiceUnavailableError
 from bidistream.gateway.grpcrelay import GrpcCall
 from bidistream.gateway.h2front import H2Protocol
@@ -242,6 +243,10 @@ asyncio.run(main())
     assert (live, ready, unary, health, other) == (True, True, '["x", "y"]', "SERVING", '["p", "q"]')
     assert [w for w, _ in got] == ["a", "b", "c", "d", "e"] and {rid for _, rid in got} == {"req-1"}
     assert "other-b" in router.started and "words-a" in router.started
+    infer = {"endpoint": "words", "method": "inference.GRPCInferenceService/ModelInfer", "grpc_status": "OK"}
+    assert metrics.sample_sum(metrics.GRPC_CALLS, **infer) >= 1
+    stream = {"endpoint": "words", "method": "inference.GRPCInferenceService/ModelStreamInfer"}
+    assert metrics.sample_sum(metrics.GRPC_CALL_SECONDS, "_count", **stream) >= 1
     assert all(i.live_sessions == 0 for insts in router.endpoints.values() for i in insts)
 
 
@@ -312,6 +317,9 @@ asyncio.run(main())
     assert r["all_busy"][0] == "RESOURCE_EXHAUSTED" and "at capacity" in r["all_busy"][1]
     assert r["all_busy_stream"][0] == "RESOURCE_EXHAUSTED"
     assert r["survivor"] == ("OK", 60, "0", "59")
+    refused = {"endpoint": "", "method": "other"}
+    assert metrics.sample_sum(metrics.GRPC_CALLS, grpc_status="NOT_FOUND", **refused) >= 3
+    assert metrics.sample_sum(metrics.GRPC_CALLS, grpc_status="RESOURCE_EXHAUSTED", **refused) >= 2
 
 
 async def test_busy_instance_sends_the_call_to_the_next_one(

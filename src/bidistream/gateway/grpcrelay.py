@@ -45,6 +45,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
 
@@ -68,11 +69,13 @@ from bidistream.gateway.auth import authenticate_grpc
 from bidistream.gateway.bridge import at_capacity
 from bidistream.gateway.grpcwire import (
     ENDPOINT_KEY,
+    GRPC_STATUS,
     VARIANT_KEY,
     FirstMessage,
     is_busy,
     model_name_method,
     request_problem,
+    split_path,
     trailers_only,
 )
 from bidistream.gateway.h2front import _Sender, _Stream
@@ -94,6 +97,7 @@ _HOP = frozenset(
     {b"connection", b"keep-alive", b"proxy-connection", b"transfer-encoding", b"upgrade", b"host"}
 )
 _UP_STREAM = 1  # the one stream of an upstream connection
+_STATUS_NAMES = {str(n): name for name, n in GRPC_STATUS.items()}
 
 
 class _RelaySender(_Sender):
@@ -181,6 +185,9 @@ class GrpcCall(_Stream):
         self._last: BidistreamError | None = None
         self._task: asyncio.Task[None] | None = None
         self._held = 0  # upstream bytes that left to the client while its transport was paused
+        self._began = time.monotonic()
+        self._target: RoutableInstance | None = None  # the instance that took the call, for metrics
+        self._counted = False
 
     # ------------------------------------------------------------------ opening
     def start(self) -> None:
@@ -292,6 +299,7 @@ class GrpcCall(_Stream):
             up.close()
             return
         self.upstream = up
+        self._target = up.target
         self.send_up()
 
     def retry(self, up: Upstream, why: str) -> None:
@@ -299,6 +307,7 @@ class GrpcCall(_Stream):
         up.close()
         if self.upstream is up:
             self.upstream = None
+        self._target = None
         t = up.target
         self._busy += 1
         metrics.router_decision(self.endpoint, t.variant, t.instance_id, metrics.RETRY_FULL)
@@ -406,6 +415,7 @@ class GrpcCall(_Stream):
         if self.replay is not None and code == h2.errors.ErrorCodes.REFUSED_STREAM:
             self.retry(up, "stream refused")
             return
+        self._count("RST_STREAM")
         self.finished = True
         self._close_upstream()
         with contextlib.suppress(h2.exceptions.ProtocolError):
@@ -444,9 +454,25 @@ class GrpcCall(_Stream):
             trailers = trailers[2:]  # after response headers, trailers carry no :status
         self._end_with(trailers)
 
+    def _count(self, status: str) -> None:
+        """One sample per call: its final status, where it went (empty when refused before routing)."""
+        if self._counted:
+            return
+        self._counted = True
+        t = self._target
+        # The method names a label only once an instance served it: any client can make up
+        # paths, and each label value is a time series kept forever.
+        parts = split_path(self.path)
+        served = parts is not None and t is not None and status != "UNIMPLEMENTED"
+        method = f"{parts[0]}/{parts[1]}" if parts is not None and served else "other"
+        where = (t.endpoint, t.variant, t.instance_id) if t is not None else ("", "", "")
+        metrics.grpc_call(*where, method, status, time.monotonic() - self._began)
+
     def _end_with(self, trailers: list[tuple[bytes, bytes]]) -> None:
         if self.finished:
             return
+        status = next((v.decode("ascii", "replace") for k, v in trailers if k == b"grpc-status"), "")
+        self._count(_STATUS_NAMES.get(status, status or "none"))
         self.finished = True
         self.fast = False
         self.first = None
@@ -491,6 +517,8 @@ class GrpcCall(_Stream):
         """The client reset the stream (or its connection is gone): cancel the call on the instance."""
         self.gone = True
         self.input_ended = True
+        if not self.finished:
+            self._count("CANCELLED")
         self.finished = True
         self.fast = False
         self.sender.ended = True
