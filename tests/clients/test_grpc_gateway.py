@@ -22,7 +22,10 @@ in the test's loop, so its queued bytes can be read directly.
 from __future__ import annotations
 
 import asyncio
+import http.client
+import json
 import os
+import ssl
 import subprocess
 import sys
 import textwrap
@@ -508,6 +511,28 @@ async def test_malformed_grpc_requests_get_a_clear_status(stack: tuple[Gateway, 
         and got["unknown_codec"]["content-type"] == "application/grpc"
     )
     assert ok_headers[":status"] == "200"
+
+
+async def test_grpc_over_http11_is_a_clear_error(stack: tuple[Gateway, ListRouter]) -> None:
+    gw, _ = stack
+
+    def call() -> tuple[int, str]:
+        ctx = ssl.create_default_context(cafile=str(gw.ca_path))
+        ctx.set_alpn_protocols(["http/1.1"])
+        conn = http.client.HTTPSConnection("127.0.0.1", gw.port, context=ctx, timeout=scaled(10))
+        conn.request(
+            "POST",
+            "/inference.GRPCInferenceService/ServerLive",
+            body=b"\0\0\0\0\0",
+            headers={"content-type": "application/grpc", "te": "trailers"},
+        )
+        resp = conn.getresponse()
+        out = resp.status, json.loads(resp.read())["Message"]
+        conn.close()
+        return out
+
+    status, message = await asyncio.to_thread(call)
+    assert status == 400 and "gRPC calls need HTTP/2" in message
 
 
 # ------------------------------------------------------------------ flow control
