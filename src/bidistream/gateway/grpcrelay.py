@@ -605,6 +605,11 @@ class Upstream(asyncio.Protocol):
                     call.on_response(ev.headers)
             elif t is h2.events.TrailersReceived:
                 call.on_trailers(ev.headers)
+            elif t is h2.events.StreamEnded:
+                # After trailers (or a trailers-only answer) the call is already over; an end
+                # without them is no gRPC answer, and the client must not wait for one.
+                who = self.target.instance_id
+                call.fail(InternalError(f"instance {who} ended the call without trailers"))
             elif t is h2.events.WindowUpdated or t is h2.events.RemoteSettingsChanged:
                 call.send_up()
             elif t is h2.events.StreamReset:
