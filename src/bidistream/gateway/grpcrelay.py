@@ -366,8 +366,8 @@ class GrpcCall(_Stream):
     def send_up(self) -> None:
         """Move queued request bytes to the instance within its window; acknowledge what it took."""
         up = self.upstream
-        if up is None or self.finished:
-            return
+        if up is None or self.finished or (not self.queue and (up.ended or not self.input_ended)):
+            return  # nothing to move (the instance's WINDOW_UPDATEs arrive once per message)
         taken = up.send(self.queue, self.input_ended)
         if taken:
             replay = self.replay
