@@ -374,6 +374,26 @@ def invocation(
     INVOCATION_SECONDS.labels(endpoint, variant, instance, operation).observe(seconds)
 
 
+GRPC_CALLS: Final = Counter(
+    "bidistream_grpc_calls_total",
+    "gRPC calls the gateway relayed or refused, by method and final grpc-status (the instance's "
+    "trailers, or the gateway's own; CANCELLED when the client reset). Refused before an instance "
+    "took it: empty location and method 'other'.",
+    (*LOCATION, "method", "grpc_status"),
+)
+GRPC_CALL_SECONDS: Final = Histogram(
+    "bidistream_grpc_call_duration_seconds",
+    "gRPC call duration at the gateway, request headers in to trailers out.",
+    (*LOCATION, "method"),
+    buckets=LATENCY_BUCKETS,
+)
+
+
+def grpc_call(endpoint: str, variant: str, instance: str, method: str, status: str, seconds: float) -> None:
+    GRPC_CALLS.labels(endpoint, variant, instance, method, status).inc()
+    GRPC_CALL_SECONDS.labels(endpoint, variant, instance, method).observe(seconds)
+
+
 # --------------------------------------------------------------------------- control plane
 CONTROL_PLANE_CALLS: Final = Counter(
     "bidistream_control_plane_calls_total",

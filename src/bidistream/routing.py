@@ -28,8 +28,11 @@ class RoutableInstance:
 
     ``base_url`` is the instance's model server, e.g. ``http://127.0.0.1:8080``;
     the gateway appends ``/invocations-bidirectional-stream`` (or the
-    invocation path) and ``/invocations``.  ``live_sessions`` is kept by the
-    router from ``session_started``/``session_ended`` calls.
+    invocation path) and ``/invocations``.  ``grpc_address`` is the
+    instance's gRPC port as ``host:port`` (plain HTTP/2, prior knowledge), the
+    target of the gateway's gRPC relay; empty when the instance serves no gRPC.
+    ``live_sessions`` is kept by the router from ``session_started``/``session_ended``
+    calls (gRPC calls count as sessions).
     """
 
     endpoint: str
@@ -39,6 +42,7 @@ class RoutableInstance:
     live_sessions: int = 0
     # The instance's log file, when the platform keeps one (named in 424 messages).
     log_path: str = ""
+    grpc_address: str = ""
 
 
 class Router(Protocol):
@@ -58,15 +62,22 @@ class Router(Protocol):
 
 @dataclass
 class StaticRouter:
-    """Endpoints declared as ``--endpoint NAME=URL``: one variant, one instance each."""
+    """Endpoints declared as ``--endpoint NAME=URL``: one variant, one instance each.
+
+    ``grpc`` maps an endpoint to its model server's gRPC port (``--grpc-endpoint
+    NAME=HOST:PORT``), the gateway's gRPC relay target.
+    """
 
     urls: Mapping[str, str]
     variant: str = "AllTraffic"
+    grpc: Mapping[str, str] = field(default_factory=dict)
     _instances: dict[str, RoutableInstance] = field(default_factory=dict, init=False)
 
     def __post_init__(self) -> None:
         for name, url in self.urls.items():
-            self._instances[name] = RoutableInstance(name, self.variant, f"{name}-1", url.rstrip("/"))
+            self._instances[name] = RoutableInstance(
+                name, self.variant, f"{name}-1", url.rstrip("/"), grpc_address=self.grpc.get(name, "")
+            )
 
     def candidates(self, endpoint: str, target_variant: str | None = None) -> list[RoutableInstance]:
         instance = self._instances.get(endpoint)

@@ -46,6 +46,23 @@ def _endpoints(pairs: list[str]) -> dict[str, str]:
     return out
 
 
+def _grpc_endpoints(pairs: list[str], declared: dict[str, str]) -> dict[str, str]:
+    """``--grpc-endpoint NAME=HOST:PORT``: the gRPC port of an endpoint declared with ``--endpoint``."""
+    out: dict[str, str] = {}
+    for pair in pairs:
+        name, sep, address = pair.partition("=")
+        host, colon, port = address.rpartition(":")
+        if not sep or not name or not colon or not host or not port.isdigit():
+            raise SystemExit(f"bidistream gateway: --grpc-endpoint expects NAME=host:port, got {pair!r}")
+        if name not in declared:
+            raise SystemExit(
+                f"bidistream gateway: --grpc-endpoint {name}=... names no endpoint: "
+                f"declare it with --endpoint {name}=http://host:port too"
+            )
+        out[name] = address
+    return out
+
+
 def credential_spec(value: str | None) -> str | None:
     """``--credentials`` or ``$BIDISTREAM_CREDENTIALS``, with ``@FILE`` read from disk.
 
@@ -114,6 +131,14 @@ def add_gateway_arguments(parser: argparse.ArgumentParser) -> None:
     add_data_dir(parser)
     parser.add_argument(
         "--endpoint", action="append", default=[], metavar="NAME=URL", help="a running model server"
+    )
+    parser.add_argument(
+        "--grpc-endpoint",
+        action="append",
+        default=[],
+        metavar="NAME=HOST:PORT",
+        help="the gRPC port (plain HTTP/2) of an --endpoint's model server: gRPC calls to NAME "
+        "(content-type application/grpc on the gateway's TLS port) are relayed there",
     )
     parser.add_argument(
         "--runtime", choices=("process", "ray"), default="process", help="where instances run"
@@ -266,6 +291,7 @@ async def serve_gateway(args: argparse.Namespace, command: str, on_ready: OnRead
     )
     data_dir: Path = args.data_dir
     static = _endpoints(args.endpoint)
+    static_grpc = _grpc_endpoints(args.grpc_endpoint, static)
     # Parsed before the platform takes the data dir: a bad spec leaves nothing to clean up.
     api_keys = [*args.api_keys, *os.environ.get("BIDISTREAM_API_KEYS", "").split(",")]
     credentials = CredentialStore.from_spec(
@@ -277,7 +303,9 @@ async def serve_gateway(args: argparse.Namespace, command: str, on_ready: OnRead
         ray_address=args.ray_address,
         ray_resources=ray_resources(args.ray_resources),
     )
-    router = LayeredRouter(StaticRouter(static), platform.router) if static else platform.router
+    router = (
+        LayeredRouter(StaticRouter(static, grpc=static_grpc), platform.router) if static else platform.router
+    )
     gateway = Gateway(
         router,
         control_plane=platform.control_plane,

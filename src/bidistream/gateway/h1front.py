@@ -152,7 +152,15 @@ class H1Protocol(asyncio.Protocol):
                 MessageTooLargeError(f"request body exceeds {self.ctx.limits.max_invoke_body} bytes"),
                 Api.RUNTIME,
             )
-        elif classify(method, path, headers).kind is RouteKind.BIDI:
+        elif (kind := classify(method, path, headers).kind) is RouteKind.GRPC:
+            resp = error_response(
+                InputValidationError(
+                    "gRPC calls need HTTP/2: the connection negotiated HTTP/1.1. Use a gRPC client "
+                    "over TLS (it offers ALPN h2)."
+                ),
+                Api.RUNTIME,
+            )
+        elif kind is RouteKind.BIDI:
             resp = error_response(
                 InputValidationError(
                     "InvokeEndpointWithBidirectionalStream needs HTTP/2: the connection negotiated "

@@ -457,7 +457,7 @@ class H2Protocol(asyncio.Protocol):
             key = k.decode("ascii", "replace").lower()
             val = v.decode("utf-8", "replace")
             headers[key] = f"{headers[key]},{val}" if key in headers else val
-        st = self._open_stream(sid, headers)
+        st = self._open_stream(sid, headers, raw_headers)
         self.streams[sid] = st
         # Open the stream's receive window with an explicit WINDOW_UPDATE: awscrt
         # does not apply a larger SETTINGS_INITIAL_WINDOW_SIZE to a stream it has
@@ -465,20 +465,27 @@ class H2Protocol(asyncio.Protocol):
         # by a RST_STREAM later in this same read: then there is no window to open.
         # InvokeEndpoint bodies keep the default window: BodyBudget acknowledges them.
         extra = self.limits.stream_window - 65535
-        if extra > 0 and not ended and type(st) is BidiStream:
+        if extra > 0 and not ended and st.wide_window:
             with contextlib.suppress(h2.exceptions.StreamClosedError, h2.exceptions.ProtocolError):
                 self.conn.increment_flow_control_window(extra, sid)
         st.start()
         if ended:
             st.on_end()
 
-    def _open_stream(self, sid: int, headers: dict[str, str]) -> _Stream:
-        """The one place a new stream gets its handler (a gRPC relay hooks in here)."""
+    def _open_stream(
+        self, sid: int, headers: dict[str, str], raw_headers: list[tuple[bytes, bytes]]
+    ) -> _Stream:
+        """The one place a new stream gets its handler (the gRPC relay hooks in here)."""
         method = headers.get(":method", "")
         path, _, query = headers.get(":path", "/").partition("?")
         route = classify(method, path, headers)
         if route.kind is RouteKind.BIDI:
             return BidiStream(self, sid, path, route.endpoint, query, headers)
+        if route.kind is RouteKind.GRPC:
+            # Imported here: the relay's module builds on this one's _Stream and _Sender.
+            from bidistream.gateway.grpcrelay import GrpcCall
+
+            return GrpcCall(self, sid, headers.get(":path", "/"), route.endpoint, headers, raw_headers)
         return RequestStream(self, sid, method, path, query, headers)
 
     # ------------------------------------------------------------------ helpers for streams
@@ -497,6 +504,9 @@ class _Stream:
 
     # True while this stream's DATA may skip h2's frame objects (H2Protocol._cut).
     fast = False
+    # True when the stream's receive window is opened to ``limits.stream_window``
+    # (streamed requests; InvokeEndpoint bodies keep the default, BodyBudget acknowledges them).
+    wide_window = False
 
     def start(self) -> None: ...
 
@@ -592,6 +602,7 @@ class BidiStream(_Stream):
     back the acknowledgement closes the client's window.
     """
 
+    wide_window = True
     __slots__ = (
         "blocked",
         "chain",

@@ -14,6 +14,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 
 from bidistream.contract import BIDI_SUFFIX, ENDPOINT_PREFIX, INVOKE_SUFFIX, STREAM_SUFFIX, WS_SEGMENT
+from bidistream.gateway.grpcwire import ENDPOINT_KEY, is_grpc_content_type
 
 __all__ = ["PAGE_PREFIX", "Route", "RouteKind", "classify"]
 
@@ -29,6 +30,9 @@ class RouteKind(enum.Enum):
     INVOKE_STREAM = "invoke-stream"  # POST /endpoints/{name}/invocations-response-stream
     BIDI = "bidi"  # POST /endpoints/{name}/invocations-bidirectional-stream (HTTP/2 only)
     WEBSOCKET = "websocket"  # GET upgrade /endpoints/{name}/ws[/<path>]
+    # Any request with content-type application/grpc[+codec] (HTTP/2 only): relayed to an
+    # instance's gRPC port; ``endpoint`` is the x-bidistream-endpoint metadata (may be empty).
+    GRPC = "grpc"
     UNKNOWN = "unknown"
 
 
@@ -52,6 +56,10 @@ def classify(method: str, path: str, headers: Mapping[str, str], *, upgrade: boo
     """The route of ``method path`` (no query); ``upgrade`` for a WebSocket upgrade request."""
     if upgrade:
         return _websocket(path)
+    # gRPC is told by its content type, whatever the path and method (a bad method is the
+    # relay's to refuse, in gRPC's wire form).
+    if is_grpc_content_type(headers.get("content-type", "")):
+        return Route(RouteKind.GRPC, headers.get(ENDPOINT_KEY, "").strip())
     if method == "GET" and path == "/ping":
         return Route(RouteKind.PING)
     if method == "GET" and path == "/metrics":

@@ -601,6 +601,7 @@ class EndpointManager:
             instance.instance_id,
             handle.base_url,
             log_path=str(instance.launch.log_path),
+            grpc_address=handle.grpc_address,
         )
         log.info(
             "instance answers /ping",

@@ -152,6 +152,7 @@ class Recording:
     """A stream handler that records its DATA and gives the window back at each read's end."""
 
     fast = True
+    wide_window = False  # as before: only real bidi streams get the wide window
 
     def __init__(self, proto: H2Protocol, sid: int) -> None:
         self.proto, self.sid = proto, sid
@@ -218,7 +219,7 @@ async def run_door(
     transport.out.clear()
     made: dict[int, Recording] = {}
 
-    def open_stream(sid: int, hdrs: dict[str, str]) -> Recording:
+    def open_stream(sid: int, hdrs: dict[str, str], raw: object = None) -> Recording:
         made[sid] = Recording(proto, sid)
         return made[sid]
 

@@ -32,9 +32,11 @@ class LaunchSpec:
 
 
 class InstanceHandle(Protocol):
-    """One running instance.  ``base_url`` is its model server (``http://host:port``)."""
+    """One running instance.  ``base_url`` is its model server (``http://host:port``);
+    ``grpc_address`` its gRPC port (``host:port``), empty when the runtime cannot reach one."""
 
     base_url: str
+    grpc_address: str
     log_path: Path
 
     def exited(self) -> bool: ...

@@ -121,9 +121,11 @@ class ProcessInstance:
         base_url: str,
         log_path: Path,
         forget: Callable[[], None] | None = None,
+        grpc_address: str = "",
     ) -> None:
         self.proc = proc
         self.base_url = base_url
+        self.grpc_address = grpc_address
         self.log_path = log_path
         self.pid = proc.pid
         self._forget = forget  # drops the store's record once the process has exited
@@ -190,6 +192,8 @@ class ProcessRuntime:
         # for the default 8081 (the second would serve without gRPC, or not at all).
         if "SAGEMAKER_GRPC_PORT" not in spec.environment:
             env["SAGEMAKER_GRPC_PORT"] = str(free_port(self.host))
+        # The gateway's gRPC relay target; a container's port is not published on the host.
+        grpc_address = f"{self.host}:{env['SAGEMAKER_GRPC_PORT']}" if spec.image.kind != "oci" else ""
         if spec.image.kind == "oci":
             argv = await self._docker_argv(spec, port)
         else:
@@ -224,6 +228,7 @@ class ProcessRuntime:
             self._record(
                 spec, proc.pid, f"bidistream-{spec.instance_id}" if spec.image.kind == "oci" else None
             ),
+            grpc_address=grpc_address,
         )
 
     def _record(self, spec: LaunchSpec, pid: int, container: str | None) -> Callable[[], None] | None:

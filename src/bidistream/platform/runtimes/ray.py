@@ -165,6 +165,8 @@ class RayInstance:
     def __init__(self, actor: Any, base_url: str, log_path: Path) -> None:
         self.actor = actor
         self.base_url = base_url
+        # The gRPC relay does not reach Ray-placed instances (their gRPC port is not reported).
+        self.grpc_address = ""
         self.log_path = log_path
         self._exit_code: int | None = None
         self._gone = asyncio.Event()
