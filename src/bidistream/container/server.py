@@ -706,18 +706,28 @@ class _CheckedReader:
 
     def check(self, data: bytes) -> bool:
         """False (and the session's next receive() ends it with 1002) if ``data`` breaks the rule."""
-        if self._check is None:
+        check = self._check
+        if check is None:
             return False
-        problem = self._check.feed(data)
+        problem = check.feed(data)
         if problem is None:
             return True
+        self._fail(problem)
+        return False
+
+    def _fail(self, problem: str) -> None:
         self._check = None
         # What aiohttp's own reader does on a protocol error: receive() closes with the code.
         self._ws._reader.set_exception(WebSocketError(WSCloseCode.PROTOCOL_ERROR, problem))  # type: ignore[union-attr]
-        return False
 
     def feed_data(self, data: bytes) -> tuple[bool, bytes]:
-        if not self.check(data):
+        # check() inlined: this runs on every read of every session.
+        check = self._check
+        if check is None:
+            return True, b""
+        problem = check.feed(data)
+        if problem is not None:
+            self._fail(problem)
             return True, b""
         result: tuple[bool, bytes] = self._inner.feed_data(data)
         return result
