@@ -424,6 +424,20 @@ async def measure_tcp(port: int, server_pids: Sequence[int], size: int = MSG_SIZ
     return result
 
 
+async def measure_tcp_latency(port: int, size: int = MSG_SIZE) -> dict[str, float]:
+    """Round trips with one message in flight only (no throughput window)."""
+    loop = asyncio.get_running_loop()
+    drv = Driver()
+    transport, _ = await loop.create_connection(lambda: _TcpClient(drv.on_reply), HOST, port)
+    frame = size.to_bytes(HDR, "big") + b"x" * size
+    write = transport.write
+    drv.send = lambda: write(frame)
+    try:
+        return await drv.latency()
+    finally:
+        transport.close()
+
+
 def _run_pinned(coro_factory: Callable[[], Any], cpu: int | None = CLIENT_CPU) -> Any:
     """Run the client on uvloop pinned to ``cpu``; the caller's affinity is restored after."""
     import uvloop

@@ -127,7 +127,8 @@ def to_mulaw_8k(pcm16: np.ndarray, scratch: Path) -> bytes:
     src.write_bytes(pcm16.astype("<i2").tobytes())
     subprocess.run(
         [
-            *("sox", "-t", "raw", "-r", "16000", "-e", "signed", "-b", "16", "-c", "1", str(src)),
+            # -R -D: the same bytes every run (sox dithers with a random seed by default).
+            *("sox", "-R", "-D", "-t", "raw", "-r", "16000", "-e", "signed", "-b", "16", "-c", "1", str(src)),
             *("-t", "raw", "-r", "8000", "-e", "mu-law", "-b", "8", "-c", "1", str(dst)),
         ],
         check=True,
@@ -139,7 +140,7 @@ def pink_noise(seconds: float, volume: float, scratch: Path) -> np.ndarray:
     out = scratch / f"pink-{volume}.wav"
     subprocess.run(
         [
-            *("sox", "-n", "-r", "16000", "-b", "16", "-c", "1", str(out)),
+            *("sox", "-R", "-D", "-n", "-r", "16000", "-b", "16", "-c", "1", str(out)),
             *("synth", str(seconds), "pinknoise", "vol", str(volume)),
         ],
         check=True,

@@ -61,7 +61,24 @@ def synth(
         raw = audio_dir() / f"{key}.raw.wav"
         subprocess.run(["espeak-ng", "-v", voice, "-s", str(speed), "-w", str(raw), text], check=True)
         subprocess.run(
-            ["sox", str(raw), "-r", str(rate), "-c", "1", "-b", "16", str(out), "pad", str(lead), str(tail)],
+            # -D: no dither.  sox dithers by default with a random seed, so every fresh run
+            # synthesised slightly different audio and borderline words flipped between runs
+            # ("account balance" / "account melon"): test audio must be the same every time.
+            [
+                "sox",
+                "-D",
+                str(raw),
+                "-r",
+                str(rate),
+                "-c",
+                "1",
+                "-b",
+                "16",
+                str(out),
+                "pad",
+                str(lead),
+                str(tail),
+            ],
             check=True,
         )
         raw.unlink()

@@ -8,6 +8,7 @@ at import, on purpose.
 from __future__ import annotations
 
 import asyncio
+import re
 import time
 from typing import Any
 
@@ -122,11 +123,13 @@ def test_sync_client_close_stream_and_events() -> None:
             socket.send_media(data[i : i + 6400])
         socket.send_close_stream()
         socket.start_listening()
-    assert not errors
-    assert seen[-1].type == "Metadata"
+    shown = [(m.type, m.channel.alternatives[0].transcript if m.type == "Results" else "") for m in seen]
+    assert not errors, (errors, shown)
+    assert seen[-1].type == "Metadata", shown
+    # Letters only: Whisper may write the one word "Goodbye!" or "Good-bye."
     assert any(
-        m.type == "Results" and "goodbye" in m.channel.alternatives[0].transcript.lower() for m in seen
-    )
+        kind == "Results" and "goodbye" in re.sub("[^a-z]", "", text.lower()) for kind, text in shown
+    ), shown
 
 
 async def test_idle_close_surfaces_as_connection_closed_error() -> None:

@@ -346,6 +346,31 @@ async def test_scheduler_batches_coinciding_jobs_and_keeps_results_apart() -> No
     assert sched.stats.calls == 2 and sched.stats.jobs == 6
 
 
+class KeyedEngine(FakeEngine):
+    """Batch key = the audio's length class (short or long), as Whisper's encoder window is."""
+
+    def batch_key(self, audio: np.ndarray, *, final: bool) -> object:
+        return (final, len(audio) > 4)
+
+    def decode(self, batch: Sequence[np.ndarray], *, final: bool) -> list[Transcript]:
+        keys = {self.batch_key(a, final=final) for a in batch}
+        assert len(keys) == 1, f"one engine call mixed batch keys {keys}"
+        return super().decode(batch, final=final)
+
+
+async def test_scheduler_batches_only_equal_keys_and_keeps_queue_order() -> None:
+    engine = KeyedEngine()
+    sched = DecodeScheduler(engine, slots=1, batching=True)
+    lengths = [1, 2, 9, 3, 8, 4]  # after the first: short, long, short, long, short
+    jobs = [sched.submit(audio(n), final=True) for n in lengths]
+    engine.gate.set()
+    results = await asyncio.gather(*jobs)
+    assert [r.text for r in results] == [str(n) for n in lengths]
+    # The first runs alone; max_final_batch (2) then takes the next short one with the
+    # following short one, and the long ones keep their places for the calls after.
+    assert engine.calls == [(1, True), (2, True), (2, True), (1, True)]
+
+
 async def test_scheduler_without_batching_and_finals_first() -> None:
     engine = FakeEngine()
     sched = DecodeScheduler(engine, slots=1, batching=False)

@@ -16,7 +16,7 @@ import abc
 import os
 import re
 import threading
-from collections.abc import Sequence
+from collections.abc import Hashable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
@@ -34,6 +34,7 @@ __all__ = [
 ]
 
 SAMPLE_RATE = 16000
+HOP_SAMPLES = SAMPLE_RATE // 100  # Whisper's mel hop: one frame per 10 ms
 
 _WORD_CHARS = re.compile(r"[^\w'-]+", re.UNICODE)
 
@@ -121,6 +122,11 @@ def plain_parts(token: str) -> list[str]:
     return [p for p in (plain_word(t) for t in plain_word(token).split("-")) if p]
 
 
+def _frames(audio: np.ndarray) -> int:
+    """Mel frames (10 ms hops) of ``audio``, capped at Whisper's 30 s input."""
+    return min(len(audio) // HOP_SAMPLES, 3000)
+
+
 class Engine(abc.ABC):
     """One loaded model.  ``name``/``version``/``arch`` feed Deepgram's ``model_info``."""
 
@@ -135,6 +141,14 @@ class Engine(abc.ABC):
     @property
     def max_batch(self) -> int:
         return 1
+
+    def batch_key(self, audio: np.ndarray, *, final: bool) -> Hashable:
+        """Jobs may share one engine call only when their keys are equal.
+
+        A batch must never change what one of its members decodes: a session's
+        transcript may not depend on which other sessions happened to be waiting.
+        """
+        return final
 
 
 class WhisperEngine(Engine):
@@ -235,6 +249,15 @@ class WhisperEngine(Engine):
             )
         )
 
+    def batch_key(self, audio: np.ndarray, *, final: bool) -> Hashable:
+        """The encoder window: Whisper's output depends on how far its input is padded.
+
+        Measured: espeak's "goodbye" alone (10 s window) decoded as "Goodbye Goodbye",
+        batched with a 13.5 s utterance (15 s window) as "Goodbye!".  Same-window
+        batches decode each member exactly as alone (same text, same confidence).
+        """
+        return (final, self._window(_frames(audio), final))
+
     def _window(self, frames: int, final: bool = True) -> int:
         if self.window_pad is None:
             return 3000
@@ -249,7 +272,8 @@ class WhisperEngine(Engine):
             return []
         feats = [self.model.feature_extractor(a) for a in batch]
         num_frames = [min(int(f.shape[-1]), 3000) for f in feats]
-        window = self._window(max(num_frames), final)
+        # From the sample count, exactly as batch_key computes it: a batch has one window.
+        window = self._window(max(_frames(a) for a in batch), final)
         features = np.stack([pad_or_trim(f, window) for f in feats]).astype(np.float32)
         encoder_output = self.model.encode(features)
         results = list(self._generate(encoder_output, len(batch), 1, max(num_frames)))

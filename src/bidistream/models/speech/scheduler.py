@@ -3,7 +3,8 @@
 Why a scheduler: a Whisper decode costs ~0.1-0.5 s of CPU whatever the
 utterance length, so N sessions decoding one by one fall behind real time
 long before the CPU is busy.  Jobs that wait are merged into one engine call
-(cross-session batching); at most ``slots`` calls run at once (the core
+(cross-session batching) when the engine says their batch keys match, so a
+batch never changes what one member decodes; at most ``slots`` calls run at once (the core
 count), so decodes never oversubscribe the CPU.  Finals go before interims,
 and nothing waiting is ever dropped: a session that is still waiting for an
 interim simply does not ask for another, which stretches its interim
@@ -29,6 +30,7 @@ import asyncio
 import os
 import time
 from collections import deque
+from collections.abc import Hashable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
@@ -46,6 +48,7 @@ class _Job:
     audio: np.ndarray
     final: bool
     future: asyncio.Future[Transcript]
+    key: Hashable  # Engine.batch_key: only equal keys share an engine call
     queued: float = field(default_factory=time.monotonic)
 
 
@@ -125,7 +128,7 @@ class DecodeScheduler:
             raise InstanceFullError(
                 f"speech decode queue full: {len(queue)} {kind} decodes waiting (limit {self.max_waiting})"
             )
-        job = _Job(audio, final, loop.create_future())
+        job = _Job(audio, final, loop.create_future(), self.engine.batch_key(audio, final=final))
         queue.append(job)
         self._dispatch()
         return job.future
@@ -151,11 +154,21 @@ class DecodeScheduler:
         else:
             return []
         batch: list[_Job] = []
+        while queue and not batch:
+            job = queue.popleft()
+            if not job.future.cancelled():
+                batch.append(job)
+        if not batch or limit <= 1:
+            return batch
+        # Batch mates in queue order, with the first's key only; the others keep their places.
+        key = batch[0].key
+        kept: list[_Job] = []
         while queue and len(batch) < limit:
             job = queue.popleft()
             if job.future.cancelled():
                 continue
-            batch.append(job)
+            (batch if job.key == key else kept).append(job)
+        queue.extendleft(reversed(kept))
         return batch
 
     def _dispatch(self) -> None:
