@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import asyncio
+import base64
 import json
 import os
 import signal
 import time
+from collections.abc import AsyncIterator
 
 import aiohttp
 import pytest
@@ -14,6 +16,8 @@ import websockets
 from aiohttp import WSMsgType
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 
+from bidistream.frames import Frame
+from bidistream.model import Model, Session
 from bidistream.models.echo import EchoModel
 from bidistream.models.words import WordsModel
 from tests.conftest import running_server, serve_process
@@ -454,3 +458,76 @@ async def test_serve_user_model_class_by_import_path() -> None:
         async with websockets.connect(ws_url(port, "v1/listen") + "?a=1") as ws:
             await ws.send("x")
             assert json.loads(await ws.recv())["raw_query"] == "a=1"
+
+
+# --------------------------------------------------------------------- output coalescing (cork.py)
+class _FloodModel(Model):
+    """Sends small frames as fast as the socket takes them, input or not, and counts them."""
+
+    name = "flood"
+
+    def __init__(self) -> None:
+        self.sent = 0
+
+    async def stream(self, frames: AsyncIterator[Frame], session: Session) -> AsyncIterator[Frame]:
+        payload = b"f" * 64
+        while True:
+            self.sent += 1
+            yield Frame(payload)
+
+
+class _BurstThenFailModel(Model):
+    """Answers its first input with ``count`` small frames, then fails the session (1011)."""
+
+    name = "burst-then-fail"
+
+    def __init__(self, count: int) -> None:
+        self.count = count
+
+    async def stream(self, frames: AsyncIterator[Frame], session: Session) -> AsyncIterator[Frame]:
+        async for _ in frames:
+            for i in range(self.count):
+                yield Frame.text(str(i))
+            raise RuntimeError("after the burst")
+        yield Frame.text("unreachable")
+
+
+async def test_output_to_a_client_that_never_reads_stops_the_model() -> None:
+    """Small frames are held for one loop turn at most: the writer's drain still stops the model."""
+    model = _FloodModel()
+    async with running_server(model) as server:
+        reader, writer = await asyncio.open_connection("127.0.0.1", server.port)
+        key = base64.b64encode(os.urandom(16)).decode()
+        writer.write(
+            f"GET /{BIDI} HTTP/1.1\r\nHost: 127.0.0.1\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+            f"Sec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n\r\n".encode()
+        )
+        head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), scaled(5))
+        assert head.startswith(b"HTTP/1.1 101")
+        # From here on nothing is read (the stream's own buffer fills and pauses the socket).
+        await eventually(lambda: model.sent > 1000)
+
+        async def settled() -> bool:
+            before = model.sent
+            await asyncio.sleep(0.3)  # a window to watch, not a wait for state: the check repeats
+            return model.sent == before
+
+        await eventually(settled)
+        # Socket buffers on both sides plus aiohttp's and the cork's limits: a few MiB at most,
+        # where a model that is never stopped sends gigabytes in the same time.
+        assert model.sent * 66 < 16 * MiB, f"{model.sent} frames sent to a client that never reads"
+        writer.transport.abort()
+
+
+async def test_frames_sent_before_an_error_arrive_before_its_close() -> None:
+    async with (
+        running_server(_BurstThenFailModel(200)) as server,
+        websockets.connect(ws_url(server.port)) as ws,
+    ):
+        await ws.send("go")
+        got = []
+        with pytest.raises(ConnectionClosed) as closed:
+            while True:
+                got.append(await ws.recv())
+        assert got == [str(i) for i in range(200)]
+        assert closed.value.rcvd is not None and closed.value.rcvd.code == 1011

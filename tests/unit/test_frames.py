@@ -1,5 +1,8 @@
 from __future__ import annotations
 
+import dataclasses
+import pickle
+
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
@@ -36,3 +39,17 @@ def test_binary_is_never_decoded(value: bytes) -> None:
     frame = Frame.binary(value)
     assert frame.data == value and len(frame) == len(value)
     assert "binary" in repr(frame)
+
+
+def test_the_hand_written_init_keeps_the_dataclass_contract() -> None:
+    """Frame's __init__ sets slots directly (for speed); it must still be the frozen dataclass."""
+    f = Frame(b"ab", FrameKind.TEXT, False)
+    assert (f.data, f.kind, f.complete) == (b"ab", FrameKind.TEXT, False)
+    assert Frame(data=b"x") == Frame(b"x", FrameKind.BINARY, True)
+    assert f == Frame(b"ab", FrameKind.TEXT, False) and hash(f) == hash(Frame(b"ab", FrameKind.TEXT, False))
+    assert f != Frame(b"ab", FrameKind.TEXT, True)
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        f.data = b"changed"  # type: ignore[misc]
+    assert dataclasses.replace(f, complete=True) == Frame(b"ab", FrameKind.TEXT, True)
+    assert pickle.loads(pickle.dumps(f)) == f
+    assert [fl.name for fl in dataclasses.fields(Frame)] == ["data", "kind", "complete"]

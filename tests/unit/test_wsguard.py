@@ -40,3 +40,28 @@ def test_close_codes() -> None:
         assert close_code_problem(ok) is None
     for bad in (1, 999, 1004, 1005, 1006, 1015, 1016, 2999, 5000, 65535):
         assert "may not be sent" in (close_code_problem(bad) or "")
+
+
+def test_every_cut_of_every_length_encoding() -> None:
+    """A read may end anywhere, also inside the extended length: each cut of each header form."""
+    wire = b"".join(_frame(b"p" * n) for n in (0, 5, 125, 126, 300, 65536, 3))
+    for cut in range(1, 40):
+        check = MaskCheck()
+        assert check.feed(wire[:cut]) is None
+        assert check.feed(wire[cut:]) is None
+    for at in range(len(wire) - 40, len(wire)):  # cuts near the end, after the long frame
+        check = MaskCheck()
+        assert check.feed(wire[:at]) is None and check.feed(wire[at:]) is None
+    check = MaskCheck()
+    for i in range(0, 200):  # a byte at a time through the first headers
+        assert check.feed(wire[i : i + 1]) is None
+
+
+def test_unmasked_frame_after_a_cut_header() -> None:
+    """The bad frame is named whether its header, or the header before it, is cut."""
+    good, bad = _frame(b"g" * 126), _frame(b"u" * 3, mask=False)
+    wire = good + bad
+    for cut in range(1, len(wire)):
+        check = MaskCheck()
+        problems = [check.feed(wire[:cut]), check.feed(wire[cut:])]
+        assert any(p and "not masked" in p for p in problems), cut
