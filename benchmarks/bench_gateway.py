@@ -290,6 +290,16 @@ async def measure_idle(port: int, ca: Path, gw_pid: int, echo_port: int) -> dict
     }
 
 
+def gateway_command(port: int, data_dir: Path, *options: str) -> list[str]:
+    """``bidistream gateway`` as the benches start it (quiet logs; endpoints in ``options``)."""
+    bidistream = str(Path(sys.executable).parent / "bidistream")
+    return [
+        *(bidistream, "gateway", "--port", str(port), "--data-dir", str(data_dir)),
+        *options,
+        *("--log-level", "warning"),
+    ]
+
+
 def _spawn_stack(tmp: Path, pinned: bool = True) -> tuple[floor.Spawned, floor.Spawned]:
     bin_dir = Path(sys.executable).parent
     echo_port = floor.free_port()
@@ -302,18 +312,7 @@ def _spawn_stack(tmp: Path, pinned: bool = True) -> tuple[floor.Spawned, floor.S
     gw_port = floor.free_port()
     try:
         gw = floor.spawn(
-            [
-                str(bin_dir / "bidistream"),
-                "gateway",
-                "--port",
-                str(gw_port),
-                "--data-dir",
-                str(tmp / "gw"),
-                "--endpoint",
-                f"echo=http://127.0.0.1:{echo_port}",
-                "--log-level",
-                "warning",
-            ],
+            gateway_command(gw_port, tmp / "gw", "--endpoint", f"echo=http://127.0.0.1:{echo_port}"),
             gw_port,
             cpu=floor.SERVER_CPU if pinned else None,
             log_path=tmp / "gateway.log",
@@ -340,7 +339,9 @@ def measure_unpinned_latency(tmp: Path) -> list[dict[str, Any]]:
             floor_echo = floor.spawn_echo_floor(cpu=None)
             relay = floor.spawn_relay_floor(floor_echo.port, cpu=None)
             try:
-                rel = floor._run_pinned(lambda p=relay.port: floor.measure_tcp_latency(p), cpu=None)
+                rel = floor._run_pinned(
+                    lambda p=relay.port: floor.measure_tcp(p, [], throughput=False), cpu=None
+                )
             finally:
                 relay.stop()
                 floor_echo.stop()

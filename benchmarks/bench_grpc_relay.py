@@ -30,6 +30,7 @@ from pathlib import Path
 from typing import Any
 
 from benchmarks import floor
+from benchmarks.bench_gateway import gateway_command
 from benchmarks.machine import banner, describe
 
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -170,20 +171,12 @@ def run() -> dict[str, Any]:
         try:
             floor.wait_port(grpc_port, words.proc)
             gw = floor.spawn(
-                [
-                    str(bin_dir / "bidistream"),
-                    "gateway",
-                    "--port",
-                    str(gw_port),
-                    "--data-dir",
-                    str(tmp / "gw"),
-                    "--endpoint",
-                    f"words=http://127.0.0.1:{http}",
-                    "--grpc-endpoint",
-                    f"words=127.0.0.1:{grpc_port}",
-                    "--log-level",
-                    "warning",
-                ],
+                gateway_command(
+                    gw_port,
+                    tmp / "gw",
+                    *("--endpoint", f"words=http://127.0.0.1:{http}"),
+                    *("--grpc-endpoint", f"words=127.0.0.1:{grpc_port}"),
+                ),
                 gw_port,
                 cpu=floor.SERVER_CPU,
                 log_path=tmp / "gateway.log",

@@ -408,8 +408,10 @@ class _TcpClient(asyncio.Protocol):
         split_frames(self.buf, lambda _frame: on_reply())
 
 
-async def measure_tcp(port: int, server_pids: Sequence[int], size: int = MSG_SIZE) -> dict[str, float]:
-    """Latency and throughput of a length-prefixed TCP echo target (floor or relay)."""
+async def measure_tcp(
+    port: int, server_pids: Sequence[int], size: int = MSG_SIZE, throughput: bool = True
+) -> dict[str, float]:
+    """Latency (one message in flight) and, unless told not to, throughput of a TCP echo target."""
     loop = asyncio.get_running_loop()
     drv = Driver()
     transport, _ = await loop.create_connection(lambda: _TcpClient(drv.on_reply), HOST, port)
@@ -418,24 +420,11 @@ async def measure_tcp(port: int, server_pids: Sequence[int], size: int = MSG_SIZ
     drv.send = lambda: write(frame)
     try:
         result = await drv.latency()
-        result.update(await drv.throughput(Meter(server_pids)))
+        if throughput:
+            result.update(await drv.throughput(Meter(server_pids)))
     finally:
         transport.close()
     return result
-
-
-async def measure_tcp_latency(port: int, size: int = MSG_SIZE) -> dict[str, float]:
-    """Round trips with one message in flight only (no throughput window)."""
-    loop = asyncio.get_running_loop()
-    drv = Driver()
-    transport, _ = await loop.create_connection(lambda: _TcpClient(drv.on_reply), HOST, port)
-    frame = size.to_bytes(HDR, "big") + b"x" * size
-    write = transport.write
-    drv.send = lambda: write(frame)
-    try:
-        return await drv.latency()
-    finally:
-        transport.close()
 
 
 def _run_pinned(coro_factory: Callable[[], Any], cpu: int | None = CLIENT_CPU) -> Any:

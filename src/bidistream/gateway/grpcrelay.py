@@ -115,36 +115,14 @@ class _RelaySender(_Sender):
         self.call = call
         self.trailers: list[tuple[bytes, bytes]] | None = None
 
-    def pump(self) -> bool:
-        if self.ended:
-            return True
-        conn = self.proto.conn
-        pending = self.pending
-        sent = 0
-        try:
-            while pending:
-                window = min(conn.local_flow_control_window(self.sid), conn.max_outbound_frame_size)
-                if window <= 0:
-                    break
-                chunk = bytes(pending[:window])
-                del pending[:window]
-                conn.send_data(self.sid, chunk)
-                sent += len(chunk)
-            if not pending and self._end_after:
-                conn.send_headers(self.sid, self.trailers or [], end_stream=True)
-                self.ended = True
-        except (h2.exceptions.StreamClosedError, h2.exceptions.ProtocolError):
-            self.ended = True
-            pending.clear()
-            self.call.response_done()
-            return True
-        if sent or self.ended:
-            self.proto.schedule_flush()
+    def _send_end(self, conn: h2.connection.H2Connection) -> None:
+        conn.send_headers(self.sid, self.trailers or [], end_stream=True)
+
+    def _after_pump(self, sent: int) -> None:
         if sent:
             self.call.left(sent)
         if self.ended:
             self.call.response_done()
-        return not pending
 
 
 class GrpcCall(_Stream):

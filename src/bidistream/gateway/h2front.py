@@ -568,7 +568,7 @@ class _Sender:
             return True
         conn = self.proto.conn
         pending = self.pending
-        sent = False
+        sent = 0
         try:
             while pending:
                 window = min(conn.local_flow_control_window(self.sid), conn.max_outbound_frame_size)
@@ -577,18 +577,26 @@ class _Sender:
                 chunk = bytes(pending[:window])
                 del pending[:window]
                 conn.send_data(self.sid, chunk)
-                sent = True
+                sent += len(chunk)
             if not pending and self._end_after:
-                conn.end_stream(self.sid)
+                self._send_end(conn)
                 self.ended = True
-                sent = True
         except (h2.exceptions.StreamClosedError, h2.exceptions.ProtocolError):
             self.ended = True
             pending.clear()
+            self._after_pump(0)
             return True
-        if sent:
+        if sent or self.ended:
             self.proto.schedule_flush()
+        self._after_pump(sent)
         return not pending
+
+    def _send_end(self, conn: h2.connection.H2Connection) -> None:
+        """How the response ends once everything queued has left (a subclass may send trailers)."""
+        conn.end_stream(self.sid)
+
+    def _after_pump(self, sent: int) -> None:
+        """``sent`` bytes left within the window (``self.ended`` says whether the response is done)."""
 
 
 class BidiStream(_Stream):
