@@ -341,6 +341,18 @@ class Relay:
         if session.state is _CLOSED:
             self._finish()
 
+    def client_part(self, data: bytes, text: bool | None, fin: bool) -> None:
+        """One client message part: a whole frame the table would relay as is skips the event.
+
+        The doors call this for every part; ``pass_client_frame`` says when the table's
+        answer would be exactly one ``SendToInstance`` of it (the tests hold the two to
+        the same result in every state), which saves the event, the action and the list.
+        """
+        if fin and text is not None and not self.busy and self.session.pass_client_frame():
+            self.send_to_instance(data, text)
+        else:
+            self.feed(e.ClientPart(data, text, fin))
+
     def start(self) -> None:
         self.feed(e.Start())
 

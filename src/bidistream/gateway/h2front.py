@@ -68,7 +68,6 @@ from bidistream.session.events import (
     ClientEnded,
     ClientFailed,
     ClientGone,
-    ClientPart,
     ClientWritable,
 )
 from bidistream.sigv4 import EventChain, verify_request
@@ -711,9 +710,7 @@ class BidiStream(_Stream):
                 part = ev.part
                 if part is None:
                     continue  # client 0.12's final empty envelope; END_STREAM follows
-                relay.feed(
-                    ClientPart(part.data, part.data_type == "UTF8", part.completion_state != "PARTIAL")
-                )
+                relay.client_part(part.data, part.data_type == "UTF8", part.completion_state != "PARTIAL")
         except BidistreamError as exc:
             self._input_error(exc)
 

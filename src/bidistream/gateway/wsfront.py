@@ -44,7 +44,7 @@ from bidistream.errors import (
 from bidistream.gateway.auth import authenticate_upgrade
 from bidistream.gateway.bridge import Relay
 from bidistream.gateway.routes import RouteKind, classify
-from bidistream.session.events import ClientBlocked, ClientEnded, ClientGone, ClientPart, ClientWritable
+from bidistream.session.events import ClientBlocked, ClientEnded, ClientGone, ClientWritable
 
 if TYPE_CHECKING:
     from bidistream.gateway.context import DoorContext
@@ -236,11 +236,11 @@ class WsSession(asyncio.Protocol):
                 continue
             op = ev.opcode
             if op is Opcode.TEXT:
-                relay.feed(ClientPart(bytes(ev.data), True, ev.fin))
+                relay.client_part(bytes(ev.data), True, ev.fin)
             elif op is Opcode.BINARY:
-                relay.feed(ClientPart(bytes(ev.data), False, ev.fin))
+                relay.client_part(bytes(ev.data), False, ev.fin)
             elif op is Opcode.CONT:
-                relay.feed(ClientPart(bytes(ev.data), None, ev.fin))
+                relay.client_part(bytes(ev.data), None, ev.fin)
             elif op is Opcode.CLOSE:
                 relay.feed(ClientEnded())
         self._flush()
