@@ -388,8 +388,13 @@ def run() -> dict[str, Any]:
     def med(path: str, key: str) -> float:
         return floor.median([r[path][key] for r in reps])
 
-    ratios = [r["gateway"]["server_cpu_us_per_msg"] / r["relay_floor"]["server_cpu_us_per_msg"] for r in reps]
-    cpu_ratio = floor.median(ratios)
+    # /proc CPU times tick every 10 ms: on a saturated machine a rep's floor can read 0 (no ratio).
+    ratios = [
+        r["gateway"]["server_cpu_us_per_msg"] / r["relay_floor"]["server_cpu_us_per_msg"]
+        for r in reps
+        if r["relay_floor"]["server_cpu_us_per_msg"] > 0
+    ]
+    cpu_ratio = floor.median(ratios) if ratios else float("nan")
     added_p50 = med("gateway", "rtt_p50_us") - med("direct", "rtt_p50_us")
     # Diagnostic, not a bar: how much of the added latency a raw-TCP relay in the same
     # layout (three processes, cross-CPU wakeups) already costs, and what the gateway adds on top.
