@@ -30,7 +30,7 @@ from bidistream.sigv4 import CredentialStore
 from tests.boto import boto_client
 from tests.integration.platform_helpers import FAST, production_variants
 from tests.support.aws import SEED_PHRASES, official_client
-from tests.support.waiting import scaled
+from tests.support.waiting import scaled, waiter_config
 
 AKID, SECRET = "AKIDPLATFORMTEST", "platform-test-secret"
 T = scaled(15.0)
@@ -177,4 +177,4 @@ def create_endpoint(
         ProductionVariants=production_variants(name, variants),
     )
     sm.create_endpoint(EndpointName=name, EndpointConfigName=f"{name}-config")
-    sm.get_waiter("endpoint_in_service").wait(EndpointName=name, WaiterConfig={"Delay": 1, "MaxAttempts": 25})
+    sm.get_waiter("endpoint_in_service").wait(EndpointName=name, WaiterConfig=waiter_config(60))

@@ -13,6 +13,8 @@ from pathlib import Path
 import botocore.exceptions
 import pytest
 
+from tests.support.waiting import waiter_config
+
 from .platform_stack import AKID, SEED_PHRASES, Stack, create_endpoint, phrases_session, platform_stack, sync
 
 
@@ -41,7 +43,7 @@ async def test_seed_scripts_create_invoke_clean_up(stack: Stack) -> None:
     await sync(sm.delete_endpoint_config, EndpointConfigName="seed-endpoint-config")
     await sync(sm.delete_model, ModelName="seed-endpoint-model")
     waiter = sm.get_waiter("endpoint_deleted")
-    await sync(waiter.wait, EndpointName="seed-endpoint", WaiterConfig={"Delay": 1, "MaxAttempts": 20})
+    await sync(waiter.wait, EndpointName="seed-endpoint", WaiterConfig=waiter_config(60))
     assert (await sync(sm.list_endpoints))["Endpoints"] == []
     assert (await sync(sm.list_models))["Models"] == []
 

@@ -12,7 +12,7 @@ import pytest
 
 from tests.boto import boto_client
 from tests.conftest import BIN, child_env, free_port, listening_process, serve_process, wait_for_port
-from tests.support.waiting import scaled
+from tests.support.waiting import read_until, scaled, waiter_config
 
 
 @pytest.fixture
@@ -20,6 +20,7 @@ def gateway_proc(tmp_path: Path) -> Iterator[tuple[int, Path]]:
     with serve_process("echo") as (_, echo_port):
         port = free_port()
         data_dir = tmp_path / "gw"
+        log = (tmp_path / "gateway.log").open("wb")  # logs: a file, never an unread pipe
         proc = subprocess.Popen(
             [
                 str(BIN / "bidistream"),
@@ -33,20 +34,25 @@ def gateway_proc(tmp_path: Path) -> Iterator[tuple[int, Path]]:
             ],
             env=child_env(),
             stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
+            stderr=log,
         )
+        ready = f"export SSL_CERT_FILE={data_dir / 'ca.pem'}".encode()
+        out = b""
         try:
             wait_for_port(port, proc=proc)
+            # The port accepts before the ready lines are printed: wait for them, not for time.
+            assert proc.stdout is not None
+            early = read_until(proc.stdout, ready)
             yield port, data_dir
         finally:
             proc.terminate()
             try:
-                out, _ = proc.communicate(timeout=scaled(10))
+                out = proc.communicate(timeout=scaled(10))[0] or b""
             except subprocess.TimeoutExpired:
                 proc.kill()
                 proc.wait()
-            else:
-                assert f"export SSL_CERT_FILE={data_dir / 'ca.pem'}".encode() in out
+            log.close()
+        assert ready in early + out
 
 
 def test_invoke_streams_stdin_lines(gateway_proc: tuple[int, Path]) -> None:
@@ -211,9 +217,7 @@ def test_gateway_command_serves_the_control_plane_beside_declared_endpoints(
         ],
     )
     sm.create_endpoint(EndpointName="cli-words", EndpointConfigName="cli-words")
-    sm.get_waiter("endpoint_in_service").wait(
-        EndpointName="cli-words", WaiterConfig={"Delay": 1, "MaxAttempts": 30}
-    )
+    sm.get_waiter("endpoint_in_service").wait(EndpointName="cli-words", WaiterConfig=waiter_config(60))
     managed = rt.invoke_endpoint(EndpointName="cli-words", Body=b"two words")
     assert json.loads(managed["Body"].read()) == ["two", "words"]
     declared = rt.invoke_endpoint(EndpointName="echo", Body=b"static")
@@ -221,9 +225,7 @@ def test_gateway_command_serves_the_control_plane_beside_declared_endpoints(
     names = [e["EndpointName"] for e in sm.list_endpoints()["Endpoints"]]
     assert names == ["cli-words"]  # declared endpoints are not control-plane records
     sm.delete_endpoint(EndpointName="cli-words")
-    sm.get_waiter("endpoint_deleted").wait(
-        EndpointName="cli-words", WaiterConfig={"Delay": 1, "MaxAttempts": 30}
-    )
+    sm.get_waiter("endpoint_deleted").wait(EndpointName="cli-words", WaiterConfig=waiter_config(60))
 
 
 def test_credentials_from_a_file_stay_off_the_command_line(tmp_path: Path) -> None:

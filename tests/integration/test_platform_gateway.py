@@ -19,7 +19,7 @@ from tests.clients.platform_stack import (
     platform_stack,
     sync,
 )
-from tests.support.waiting import eventually, scaled
+from tests.support.waiting import eventually, scaled, waiter_config
 
 
 async def test_killed_instance_gives_model_stream_error_then_restarts(
@@ -65,8 +65,8 @@ async def test_gateway_restart_brings_endpoints_back(tmp_path: Path, monkeypatch
         monkeypatch.setenv("SSL_CERT_FILE", str(stack.gateway.ca_path))
         sm = stack.boto()
         waiter = sm.get_waiter("endpoint_in_service")
-        await sync(waiter.wait, EndpointName="persist", WaiterConfig={"Delay": 1, "MaxAttempts": 20})
-        await sync(waiter.wait, EndpointName="words-ep", WaiterConfig={"Delay": 1, "MaxAttempts": 20})
+        await sync(waiter.wait, EndpointName="persist", WaiterConfig=waiter_config(60))
+        await sync(waiter.wait, EndpointName="words-ep", WaiterConfig=waiter_config(60))
         after = [
             await sync(sm.list_models),
             await sync(sm.list_endpoint_configs),

@@ -24,7 +24,7 @@ from bidistream.platform.app import build_platform
 from bidistream.platform.runtimes.ray import RayInstance, resources_for
 from bidistream.sigv4 import CredentialStore
 from tests.clients.platform_stack import FAST, SEED_PHRASES, Stack, create_endpoint, phrases_session, sync
-from tests.support.waiting import eventually, scaled
+from tests.support.waiting import eventually, scaled, waiter_config
 
 pytestmark = pytest.mark.timeout(90)
 
@@ -135,7 +135,9 @@ async def test_two_instances_on_a_local_ray_cluster(
         served = [await i.handle.last_log_lines(200) for i in instances if i.handle]
         assert all("model echo loaded" in text for text in served)
         await sync(sm.delete_endpoint, EndpointName="on-ray")
-        await sync(sm.get_waiter("endpoint_deleted").wait, EndpointName="on-ray", WaiterConfig={"Delay": 1})
+        await sync(
+            sm.get_waiter("endpoint_deleted").wait, EndpointName="on-ray", WaiterConfig=waiter_config(60)
+        )
         assert all(i.handle is not None and i.handle.exited() for i in instances)
     finally:
         await gateway.stop()
