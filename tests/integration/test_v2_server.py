@@ -20,7 +20,7 @@ from bidistream.frames import Frame
 from bidistream.model import Model, Session
 from bidistream.models.echo import EchoModel
 from tests.clients.v2_support import run_client
-from tests.support.waiting import eventually
+from tests.support.waiting import eventually, scaled
 
 
 def sample(name: str, **labels: str) -> float:
@@ -41,7 +41,7 @@ class FailingAfterOne(Model):
 async def start(model: Model, **kw: int) -> ModelServer:
     server = ModelServer(model, port=0, grpc_port=0, limits=ServerLimits(), **kw)
     await server.start()
-    await server.wait_loaded(timeout=30)
+    await server.wait_loaded(timeout=scaled(30))
     return server
 
 
@@ -50,7 +50,7 @@ async def test_echo_model_on_rest_sse_and_grpc_with_metrics() -> None:
     base = f"http://127.0.0.1:{server.port}"
     before = sample("bidistream_v2_requests_total", model="echo", transport="rest", call="infer_stream")
     try:
-        async with httpx.AsyncClient(base_url=base, timeout=10) as client:
+        async with httpx.AsyncClient(base_url=base, timeout=scaled(10)) as client:
             body = {
                 "inputs": [
                     {"name": "t", "shape": [2], "datatype": "BYTES", "data": ["héllo", "wörld"]},
@@ -110,7 +110,7 @@ async def test_model_failure_mid_stream_cuts_sse_and_aborts_grpc() -> None:
     base = f"http://127.0.0.1:{server.port}"
     body = {"inputs": [{"name": "t", "shape": [2], "datatype": "BYTES", "data": ["a", "b"]}]}
     try:
-        async with httpx.AsyncClient(base_url=base, timeout=10) as client:
+        async with httpx.AsyncClient(base_url=base, timeout=scaled(10)) as client:
             lines: list[str] = []
             try:
                 async with client.stream("POST", "/v2/models/flaky/generate_stream", json=body) as resp:
@@ -167,7 +167,8 @@ async def test_not_ready_is_400_like_mlserver() -> None:
     server = ModelServer(Slow(), port=0, limits=ServerLimits())
     await server.start()
     try:
-        async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{server.port}", timeout=10) as client:
+        base = f"http://127.0.0.1:{server.port}"
+        async with httpx.AsyncClient(base_url=base, timeout=scaled(10)) as client:
             assert (await client.get("/v2/health/ready")).status_code == 400
             assert (await client.get("/v2/models/slow/ready")).status_code == 400
             body = {"inputs": [{"name": "t", "shape": [1], "datatype": "BYTES", "data": ["a"]}]}
@@ -223,7 +224,7 @@ async def test_sse_client_that_does_not_read_pauses_the_model() -> None:
         # Reading resumes the model, and every event arrives.
         received, tail = 0, b""
         while True:
-            chunk = await asyncio.wait_for(reader.read(1 << 20), timeout=20)
+            chunk = await asyncio.wait_for(reader.read(1 << 20), timeout=scaled(20))
             if not chunk:
                 break
             window = tail + chunk  # a marker may straddle two reads
