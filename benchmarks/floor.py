@@ -38,6 +38,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, cast
 
+from bidistream import ports
+
 ROOT = Path(__file__).resolve().parent.parent
 HOST = "127.0.0.1"
 HDR = 4  # length prefix of a floor message
@@ -106,9 +108,7 @@ def machine_busy_seconds() -> float:
 
 
 def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind((HOST, 0))
-        return int(sock.getsockname()[1])
+    return ports.free_port("127.0.0.1")  # below the ephemeral range: no client connection takes it first
 
 
 def wait_port(port: int, proc: subprocess.Popen[bytes], timeout: float = 20.0) -> None:

@@ -27,7 +27,6 @@ import asyncio
 import json
 import os
 import re
-import socket
 import subprocess
 import sys
 import tempfile
@@ -43,6 +42,7 @@ from deepgram import AsyncDeepgramClient
 from deepgram.environment import DeepgramClientEnvironment
 
 from benchmarks.machine import cpu_model
+from bidistream import ports
 
 ROOT = Path(__file__).resolve().parent.parent
 MAKE_SET = ROOT / "benchmarks" / "speech_eval" / "make_set.sh"
@@ -150,9 +150,7 @@ def pink_noise(seconds: float, volume: float, scratch: Path) -> np.ndarray:
 
 # --------------------------------------------------------------------------- server
 def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+    return ports.free_port("127.0.0.1")  # below the ephemeral range: no client connection takes it first
 
 
 class Server:

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pytest
 
+from bidistream import ports
 from bidistream.container.limits import ServerLimits
 from bidistream.container.server import ModelServer
 from bidistream.model import Model
@@ -36,9 +37,8 @@ async def running_server(model: Model, **limits: float | int) -> AsyncIterator[M
 
 
 def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
+    """Below the ephemeral range (bidistream.ports): a client connection cannot take it first."""
+    return ports.free_port("127.0.0.1")
 
 
 def wait_for_port(port: int, timeout: float = 20.0, proc: subprocess.Popen[bytes] | None = None) -> None:

@@ -15,13 +15,13 @@ from __future__ import annotations
 
 import argparse
 import os
-import socket
 import subprocess
 import sys
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from bidistream.model import Model
+from bidistream.ports import free_port
 
 if TYPE_CHECKING:
     from bidistream.container.server import ModelServer
@@ -146,22 +146,16 @@ async def load(spec: str, options: dict[str, str], v2: V2Serving) -> Model:
     return model
 
 
-def _free_port(host: str) -> int:
-    with socket.socket() as sock:
-        sock.bind((host, 0))
-        return int(sock.getsockname()[1])
-
-
 def _pin_ports(v2: V2Serving) -> None:
     """Workers must agree on every port before any binds: 0 becomes a concrete free port."""
     host = v2.host or DEFAULT_HOST
     if not v2.port:
-        v2.port = _free_port(host)
+        v2.port = free_port(host)
     if v2.grpc_enabled:
         if not v2.grpc_port:
-            v2.grpc_port = _free_port(host) if v2.grpc_port == 0 else DEFAULT_GRPC_PORT
+            v2.grpc_port = free_port(host) if v2.grpc_port == 0 else DEFAULT_GRPC_PORT
         if v2.triton_grpc_port == 0:
-            v2.triton_grpc_port = _free_port(host)
+            v2.triton_grpc_port = free_port(host)
     v2.grpc_explicit = True
     v2.reuse_port = True
 

@@ -27,7 +27,6 @@ import logging
 import os
 import shutil
 import signal
-import socket
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -36,6 +35,7 @@ from typing import Protocol
 from bidistream.errors import ModelError
 from bidistream.platform.runtimes import LaunchSpec, identity_env, tail
 from bidistream.platform.store import ProcessRow
+from bidistream.ports import free_port
 
 __all__ = ["ProcessInstance", "ProcessLedger", "ProcessRuntime", "free_port", "start_ticks"]
 
@@ -105,13 +105,6 @@ class ProcessLedger(Protocol):
 
 # Port the server listens on inside an OCI container (the SageMaker contract).
 CONTAINER_PORT = 8080
-
-
-def free_port(host: str = "127.0.0.1") -> int:
-    """A port nobody listens on right now (the instance binds it a moment later)."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind((host, 0))
-        return int(sock.getsockname()[1])
 
 
 class ProcessInstance:
