@@ -46,6 +46,8 @@ from bidistream.errors import (
     SchemaValidationError,
     wire_form,
 )
+from bidistream.frames import Frame
+from bidistream.protocols.v2.backend import NativeBackend
 from bidistream.protocols.v2.codec import (
     DATATYPES,
     InferRequest,
@@ -54,6 +56,7 @@ from bidistream.protocols.v2.codec import (
     Tensor,
     check_shape,
 )
+from bidistream.protocols.v2.frames import output_name
 from bidistream.protocols.v2.triton import EMPTY_FINAL_PARAMETER, FINAL_RESPONSE_PARAMETER, stream_envelope
 
 if TYPE_CHECKING:
@@ -236,6 +239,86 @@ def response_to_pb(pb: ModuleType, response: InferResponse, *, use_raw: bool) ->
     return out
 
 
+# Protobuf tags (field number << 3 | wire type 2) of the fields the frame encoder writes itself.
+_TAG_OUTPUTS = b"\x2a"  # ModelInferResponse.outputs = 5
+_TAG_RAW_OUTPUT = b"\x32"  # ModelInferResponse.raw_output_contents = 6
+_TAG_CONTENTS = b"\x2a"  # InferOutputTensor.contents = 5
+_TAG_BYTES_CONTENTS = b"\x42"  # InferTensorContents.bytes_contents = 8
+# Lengths below this get their varint from a table (tokens are short).
+_VARINT_TABLE_SIZE = 4096
+
+
+def _varint_slow(n: int) -> bytes:
+    out = bytearray()
+    while n > 0x7F:
+        out.append((n & 0x7F) | 0x80)
+        n >>= 7
+    out.append(n)
+    return bytes(out)
+
+
+_VARINTS: tuple[bytes, ...] = tuple(_varint_slow(n) for n in range(_VARINT_TABLE_SIZE))
+
+
+def _varint(n: int) -> bytes:
+    return _VARINTS[n] if n < _VARINT_TABLE_SIZE else _varint_slow(n)
+
+
+class FrameEncoder:
+    """One stream's ``ModelInferResponse`` bytes for one output frame each, without building messages.
+
+    Every response of a native stream differs only in the frame's bytes: the
+    fixed parts (model name, id, the ``[1, 1]`` BYTES tensor and its
+    ``content_type`` parameter) are serialised once by the stubs, and each
+    frame adds its length-delimited field and the lengths of the messages that
+    enclose it.  Fields are emitted in field-number order, as the stubs'
+    ``SerializeToString`` does, so the bytes are the ones
+    :func:`response_to_pb` would give (tests compare them).  Measured: building
+    and serialising a message per token was ~25 µs of the ~165 µs a token cost.
+    """
+
+    __slots__ = ("_binary", "_head", "_raw", "_text")
+
+    def __init__(
+        self,
+        pb: ModuleType,
+        *,
+        model_name: str,
+        model_version: str | None,
+        rid: str,
+        output: str,
+        use_raw: bool,
+    ) -> None:
+        self._head = pb.ModelInferResponse(
+            model_name=model_name, model_version=model_version or "", id=rid
+        ).SerializeToString()
+        self._raw = use_raw
+        self._text = self._tensor(pb, output, text=True)
+        self._binary = self._tensor(pb, output, text=False)
+
+    def _tensor(self, pb: ModuleType, output: str, *, text: bool) -> bytes:
+        holder = pb.ModelInferResponse()
+        tensor = holder.outputs.add(name=output, datatype="BYTES", shape=[1, 1])
+        if text:
+            tensor.parameters["content_type"].string_param = "str"
+        fixed = tensor.SerializeToString()
+        if self._raw:
+            # The tensor is whole; the frame goes in raw_output_contents, after it.
+            return self._head + _TAG_OUTPUTS + _varint(len(fixed)) + fixed + _TAG_RAW_OUTPUT
+        return fixed
+
+    def encode(self, frame: Frame) -> bytes:
+        data = frame.data
+        size = len(data)
+        prefix = self._text if frame.is_text else self._binary
+        if self._raw:
+            # Raw BYTES contents: each element is a little-endian uint32 length, then its bytes.
+            return prefix + _varint(size + 4) + struct.pack("<I", size) + data
+        contents = _TAG_BYTES_CONTENTS + _varint(size) + data
+        tensor = prefix + _TAG_CONTENTS + _varint(len(contents)) + contents
+        return self._head + _TAG_OUTPUTS + _varint(len(tensor)) + tensor
+
+
 def _status(error: BidistreamError) -> grpc.StatusCode:
     return grpc.StatusCode[wire_form(error).grpc_status]
 
@@ -377,25 +460,13 @@ class InferenceService:
             self.face.check_ready(backend)
             head = request_from_pb(first)
             use_raw = bool(first.raw_input_contents)
-
-            async def payloads() -> AsyncIterator[InferRequest]:
-                yield head
-                async for later in requests:
-                    yield request_from_pb(later)
-
-            # A backend that converts its own responses (MLServer's converters) skips our dataclasses.
-            native = getattr(backend, "grpc_responses", None)
-            responses: AsyncIterator[Any] = (
-                native(payloads(), _metadata(context), use_raw=use_raw)
-                if native is not None
-                else self._converted(backend.infer_stream(payloads(), _metadata(context)), use_raw)
-            )
+            responses, encode = self._responses(backend, head, requests, context, use_raw)
             try:
-                async for message in responses:
+                async for item in responses:
                     if count == 0:
                         metrics.first_response(name, "grpc", time.perf_counter() - began)
                     count += 1
-                    yield message
+                    yield encode(item)
             finally:
                 await _aclose(responses)
         except asyncio.CancelledError:
@@ -409,12 +480,52 @@ class InferenceService:
             raise
         metrics.request(name, "grpc", "infer_stream", time.perf_counter() - began, count)
 
-    async def _converted(self, responses: AsyncIterator[InferResponse], use_raw: bool) -> AsyncIterator[Any]:
-        try:
-            async for result in responses:
-                yield response_to_pb(self.pb, result, use_raw=use_raw)
-        finally:
-            await _aclose(responses)
+    def _responses(
+        self,
+        backend: Any,
+        head: InferRequest,
+        requests: AsyncIterator[Any],
+        context: grpc.aio.ServicerContext,
+        use_raw: bool,
+    ) -> tuple[AsyncIterator[Any], Callable[[Any], Any]]:
+        """A stream's responses and what turns each into what the call writes (bytes or a message).
+
+        A native model's frames are encoded straight to bytes; an MLServer
+        backend converts its own responses with MLServer's converter; anything
+        else goes through the codec's dataclasses.
+        """
+        headers = _metadata(context)
+
+        async def later() -> AsyncIterator[InferRequest]:
+            async for message in requests:
+                yield request_from_pb(message)
+
+        if isinstance(backend, NativeBackend):
+            rid, frames = backend.stream_frames(head, later(), headers)
+            encoder = FrameEncoder(
+                self.pb,
+                model_name=backend.name,
+                model_version=head.model_version,
+                rid=rid,
+                output=output_name(head),
+                use_raw=use_raw,
+            )
+            return frames, encoder.encode
+
+        async def payloads() -> AsyncIterator[InferRequest]:
+            yield head
+            async for request in later():
+                yield request
+
+        native = getattr(backend, "grpc_responses", None)
+        if native is not None:
+            return native(payloads(), headers, use_raw=use_raw), _same
+        pb = self.pb
+
+        def convert(result: InferResponse) -> Any:
+            return response_to_pb(pb, result, use_raw=use_raw)
+
+        return backend.infer_stream(payloads(), headers), convert
 
     async def _triton_stream(
         self, request_iterator: AsyncIterator[Any], context: grpc.aio.ServicerContext
@@ -479,7 +590,14 @@ async def _aclose(responses: AsyncIterator[Any]) -> None:
 
 
 def _serialize(message: Any) -> bytes:
+    """A stub message's bytes; bytes pass as they are (pre-encoded stream responses)."""
+    if type(message) is bytes:
+        return message
     return bytes(message.SerializeToString())
+
+
+def _same(item: Any) -> Any:
+    return item
 
 
 def _identity(data: bytes) -> bytes:
