@@ -240,10 +240,10 @@ def response_to_pb(pb: ModuleType, response: InferResponse, *, use_raw: bool) ->
 
 
 # Protobuf tags (field number << 3 | wire type 2) of the fields the frame encoder writes itself.
-_TAG_OUTPUTS = b"\x2a"  # ModelInferResponse.outputs = 5
-_TAG_RAW_OUTPUT = b"\x32"  # ModelInferResponse.raw_output_contents = 6
-_TAG_CONTENTS = b"\x2a"  # InferOutputTensor.contents = 5
-_TAG_BYTES_CONTENTS = b"\x42"  # InferTensorContents.bytes_contents = 8
+TAG_OUTPUTS = b"\x2a"  # ModelInferResponse.outputs = 5
+TAG_RAW_OUTPUT = b"\x32"  # ModelInferResponse.raw_output_contents = 6
+TAG_CONTENTS = b"\x2a"  # InferOutputTensor.contents = 5
+TAG_BYTES_CONTENTS = b"\x42"  # InferTensorContents.bytes_contents = 8
 # Lengths below this get their varint from a table (tokens are short).
 _VARINT_TABLE_SIZE = 4096
 
@@ -260,7 +260,8 @@ def _varint_slow(n: int) -> bytes:
 _VARINTS: tuple[bytes, ...] = tuple(_varint_slow(n) for n in range(_VARINT_TABLE_SIZE))
 
 
-def _varint(n: int) -> bytes:
+def varint(n: int) -> bytes:
+    """A protobuf base-128 varint (lengths of length-delimited fields)."""
     return _VARINTS[n] if n < _VARINT_TABLE_SIZE else _varint_slow(n)
 
 
@@ -288,17 +289,17 @@ class _TensorTemplate:
             # The tensor is whole; the frame goes in raw_output_contents after it, as a
             # little-endian uint32 length and its bytes (V2's raw BYTES layout).
             out = (
-                _TAG_OUTPUTS
-                + _varint(len(fixed))
+                TAG_OUTPUTS
+                + varint(len(fixed))
                 + fixed
-                + _TAG_RAW_OUTPUT
-                + _varint(size + 4)
+                + TAG_RAW_OUTPUT
+                + varint(size + 4)
                 + struct.pack("<I", size)
             )
         else:
-            element = _TAG_BYTES_CONTENTS + _varint(size)
-            contents = _TAG_CONTENTS + _varint(len(element) + size) + element
-            out = _TAG_OUTPUTS + _varint(len(fixed) + len(contents) + size) + fixed + contents
+            element = TAG_BYTES_CONTENTS + varint(size)
+            contents = TAG_CONTENTS + varint(len(element) + size) + element
+            out = TAG_OUTPUTS + varint(len(fixed) + len(contents) + size) + fixed + contents
         if size < _VARINT_TABLE_SIZE:
             self._before[size] = out
         return out
