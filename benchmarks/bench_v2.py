@@ -364,8 +364,11 @@ def run() -> dict[str, Any]:
     print(f"[bench-v2] {results['machine_before']}", flush=True)
     with tempfile.TemporaryDirectory(prefix="bench-v2-") as tmp:
         root = Path(tmp)
-        servers = []
+        env_path = os.pathsep.join(filter(None, [str(REPO / "src"), os.environ.get("PYTHONPATH")]))
+        os.environ["PYTHONPATH"] = env_path
         for name in ("mlserver", "bidistream-mlmodel", "bidistream-native"):
+            # Ports are picked just before each server starts: picked up front, one could be
+            # taken meanwhile as the ephemeral port of an earlier phase's client connection.
             http_port, grpc_port = free_port(), free_port()
             folder = make_folder(root, http_port, grpc_port)
             if name == "mlserver":
@@ -396,10 +399,7 @@ def run() -> dict[str, Any]:
                     "warning",
                 ]
                 model = "words"
-            env_path = os.pathsep.join(filter(None, [str(REPO / "src"), os.environ.get("PYTHONPATH")]))
-            os.environ["PYTHONPATH"] = env_path
-            servers.append(Server(name, model, argv, http_port, grpc_port, folder))
-        for server in servers:
+            server = Server(name, model, argv, http_port, grpc_port, folder)
             with running(server):
                 for transport in ("sse", "grpc"):
                     request = (
