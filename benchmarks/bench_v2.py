@@ -6,7 +6,10 @@ In one run, on a word-streaming ``MLModel`` that streams 16 tokens per request
 - ``mlserver``: MLServer 1.7.1 ``mlserver start`` in a venv of its own
   (``.venv-mlserver``, created by this bench), with the seed's streaming settings;
 - ``bidistream-mlmodel``: ``bidistream serve`` of the same folder;
-- ``bidistream-native``: ``bidistream serve words`` (the same work as a native Model).
+- ``bidistream-native``: ``bidistream serve words`` (the same work as a native Model);
+- ``grpcio-floor`` (gRPC only, no bar): a grpcio aio server that streams 16 pre-encoded
+  responses and does nothing else (``benchmarks/grpc_floor.py``), the part of every gRPC
+  figure above that grpcio itself costs.
 
 Each is driven over REST ``generate_stream`` (SSE) and gRPC ``ModelStreamInfer`` at
 1, 16 and 64 concurrent clients.  Reported: requests/s, tokens/s, time to first
@@ -52,6 +55,9 @@ LEVELS = (1, 16, 64)
 SECONDS = float(os.environ.get("BENCH_V2_SECONDS", "2"))
 RUNS = int(os.environ.get("BENCH_V2_RUNS", "3"))
 CLIENT_BOUND = 0.9  # share of one core the load generator may use before it is the limit
+# A grpcio aio server that only streams pre-encoded responses (benchmarks/grpc_floor.py): what
+# grpcio itself costs per streamed request, measured beside the others, judged by no bar.
+FLOOR = "grpcio-floor"
 
 MODEL_PY = """
 from typing import AsyncIterator
@@ -154,6 +160,12 @@ class Server:
     proc: subprocess.Popen[bytes] | None = None
 
     def ready(self) -> bool:
+        if self.name == FLOOR:
+            try:
+                socket.create_connection(("127.0.0.1", self.grpc_port), timeout=1).close()
+            except OSError:
+                return False
+            return True
         try:
             url = f"http://127.0.0.1:{self.http_port}/v2/models/{self.model}/ready"
             with urllib.request.urlopen(url, timeout=1) as resp:
@@ -364,8 +376,11 @@ def run() -> dict[str, Any]:
     print(f"[bench-v2] {results['machine_before']}", flush=True)
     with tempfile.TemporaryDirectory(prefix="bench-v2-") as tmp:
         root = Path(tmp)
-        servers = []
-        for name in ("mlserver", "bidistream-mlmodel", "bidistream-native"):
+        env_path = os.pathsep.join(filter(None, [str(REPO / "src"), os.environ.get("PYTHONPATH")]))
+        os.environ["PYTHONPATH"] = env_path
+        for name in ("mlserver", "bidistream-mlmodel", "bidistream-native", FLOOR):
+            # Ports are picked just before each server starts: picked up front, one could be
+            # taken meanwhile as the ephemeral port of an earlier phase's client connection.
             http_port, grpc_port = free_port(), free_port()
             folder = make_folder(root, http_port, grpc_port)
             if name == "mlserver":
@@ -381,6 +396,8 @@ def run() -> dict[str, Any]:
                     "warning",
                 ]
                 model = "tokens"
+            elif name == FLOOR:
+                argv, model = [sys.executable, str(HERE / "grpc_floor.py"), str(grpc_port)], "words"
             else:
                 argv = [
                     sys.executable,
@@ -396,12 +413,9 @@ def run() -> dict[str, Any]:
                     "warning",
                 ]
                 model = "words"
-            env_path = os.pathsep.join(filter(None, [str(REPO / "src"), os.environ.get("PYTHONPATH")]))
-            os.environ["PYTHONPATH"] = env_path
-            servers.append(Server(name, model, argv, http_port, grpc_port, folder))
-        for server in servers:
+            server = Server(name, model, argv, http_port, grpc_port, folder)
             with running(server):
-                for transport in ("sse", "grpc"):
+                for transport in ("grpc",) if name == FLOOR else ("sse", "grpc"):
                     request = (
                         sse_request(server.model, server.http_port)
                         if transport == "sse"

@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import json
 import socket
+import sys
 from collections.abc import AsyncIterator
 
 import httpx
@@ -20,6 +21,7 @@ from bidistream.frames import Frame
 from bidistream.model import Model, Session
 from bidistream.models.echo import EchoModel
 from tests.clients.v2_support import run_client
+from tests.conftest import child_env
 from tests.support.waiting import eventually, scaled
 
 
@@ -235,4 +237,63 @@ async def test_sse_client_that_does_not_read_pauses_the_model() -> None:
         assert received == model.count
     finally:
         writer.close()
+        await server.stop(drain_timeout=0)
+
+
+GRPC_PAUSED_CLIENT = """
+import sys
+import grpc
+import mlserver.grpc.dataplane_pb2 as pb, mlserver.grpc.dataplane_pb2_grpc as dp
+ch = grpc.insecure_channel("127.0.0.1:{port}", options=[("grpc.http2.bdp_probe", 0)])
+req = pb.ModelInferRequest(model_name="firehose", raw_input_contents=[b"\\x02\\x00\\x00\\x00go"])
+req.inputs.add(name="t", datatype="BYTES", shape=[1])
+responses = dp.GRPCInferenceServiceStub(ch).ModelStreamInfer(iter([req]), compression=grpc.Compression.Gzip)
+first = next(responses)
+assert first.raw_output_contents[0] == len(b"x" * 65536).to_bytes(4, "little") + b"x" * 65536
+print("first", flush=True)
+sys.stdin.readline()  # the test says when to read on
+print("total", 1 + sum(1 for _ in responses), flush=True)
+"""
+
+
+async def test_grpc_stream_client_that_does_not_read_pauses_the_model() -> None:
+    """HTTP/2 flow control on the pre-encoded stream: a client that stops reading stalls the model.
+
+    The call is gzip-compressed and raw (raw contents in, raw contents out), the stream
+    forms the native fast path encodes itself; every response arrives once the client reads.
+    """
+    model = Firehose()
+    server = await start(model)
+    child = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-W",
+        "ignore",
+        "-c",
+        GRPC_PAUSED_CLIENT.format(port=server.grpc_port),
+        stdin=asyncio.subprocess.PIPE,
+        stdout=asyncio.subprocess.PIPE,
+        env=child_env(),
+    )
+    try:
+        assert child.stdin is not None and child.stdout is not None
+        first = await asyncio.wait_for(child.stdout.readline(), timeout=scaled(30))
+        assert first.strip() == b"first"
+        last = {"value": -1, "same": 0}
+
+        def stalled() -> bool:
+            same = model.produced == last["value"]
+            last["same"] = last["same"] + 1 if same else 0
+            last["value"] = model.produced
+            return last["same"] >= 20  # unchanged for 20 polls in a row
+
+        await eventually(stalled, timeout=20, interval=0.05)
+        assert model.produced < model.count // 2, model.produced  # paused, not buffered
+        child.stdin.write(b"go\n")
+        await child.stdin.drain()
+        line = await asyncio.wait_for(child.stdout.readline(), timeout=scaled(30))
+        assert line.split() == [b"total", str(model.count).encode()]
+    finally:
+        if child.returncode is None:
+            child.kill()
+        await child.wait()
         await server.stop(drain_timeout=0)

@@ -153,13 +153,20 @@ class MLServerBackend:
     async def grpc_responses(
         self, requests: AsyncIterator[InferRequest], headers: Mapping[str, str], *, use_raw: bool
     ) -> AsyncIterator[Any]:
-        """``infer_stream`` as ``ModelInferResponse`` messages made by MLServer's own converter."""
-        from mlserver.grpc.converters import ModelInferResponseConverter
+        """``infer_stream`` as ``ModelInferResponse`` bytes (or messages), straight from MLServer's types.
 
-        middleware, settings = self._middleware, self.settings
+        The response middleware is not run here: all it does is add CloudEvents
+        headers to ``parameters.headers``, a dict, which MLServer's converter
+        leaves out of the gRPC message (it has no ``InferParameter`` form), so
+        the bytes are the same without it.
+        """
+        from mlserver.grpc import dataplane_pb2
+
+        from bidistream.container.mlserver_grpc import ResponseEncoder
+
+        encode = ResponseEncoder(dataplane_pb2, use_raw=use_raw).encode
         async for result in self._predict_stream(requests, headers):
-            result = middleware.response_middleware(result, settings)
-            yield ModelInferResponseConverter.from_types(result, use_raw=use_raw)
+            yield encode(result)
 
     async def _predict_stream(
         self, requests: AsyncIterator[InferRequest], headers: Mapping[str, str]

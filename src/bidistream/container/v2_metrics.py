@@ -9,7 +9,8 @@ registry.  ``transport`` is ``rest`` or ``grpc``; ``call`` is ``infer`` or
 
 from __future__ import annotations
 
-from typing import Final
+import functools
+from typing import Any, Final
 
 from prometheus_client import Counter, Histogram
 
@@ -40,15 +41,36 @@ FIRST_RESPONSE = Histogram(
 )
 
 
+@functools.cache
+def _children(model: str, transport: str, call: str) -> tuple[Any, Any, Any]:
+    """The children of one label set, looked up once: ``labels()`` costs more than the increment.
+
+    Bounded: callers pass only names of served models (unknown ones go to
+    ``error`` under ``_unknown``).
+    """
+    return (
+        REQUESTS.labels(model, transport, call),
+        RESPONSES.labels(model, transport, call),
+        DURATION.labels(model, transport, call),
+    )
+
+
+@functools.cache
+def _stream_children(model: str, transport: str) -> tuple[Any, Any]:
+    return STREAMS.labels(model, transport), FIRST_RESPONSE.labels(model, transport)
+
+
 def request(model: str, transport: str, call: str, seconds: float, responses: int) -> None:
-    REQUESTS.labels(model, transport, call).inc()
-    RESPONSES.labels(model, transport, call).inc(responses)
-    DURATION.labels(model, transport, call).observe(seconds)
+    requests, responses_sent, duration = _children(model, transport, call)
+    requests.inc()
+    responses_sent.inc(responses)
+    duration.observe(seconds)
 
 
 def first_response(model: str, transport: str, seconds: float) -> None:
-    STREAMS.labels(model, transport).inc()
-    FIRST_RESPONSE.labels(model, transport).observe(seconds)
+    streams, first = _stream_children(model, transport)
+    streams.inc()
+    first.observe(seconds)
 
 
 def error(model: str, transport: str, call: str, exc: BidistreamError) -> None:

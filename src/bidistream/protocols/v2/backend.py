@@ -109,24 +109,35 @@ class NativeBackend:
                 return Frame.binary(body)
         return Frame.binary(body)
 
+    def stream_frames(
+        self, first: InferRequest, later: AsyncIterator[InferRequest], headers: Mapping[str, str]
+    ) -> tuple[str, AsyncIterator[Frame]]:
+        """The model's output frames for a stream whose first request is ``first``, and its id.
+
+        The gRPC face encodes these frames itself (one template per stream),
+        so the per-token path builds no response objects.
+        """
+        rid = first.id or uuid.uuid4().hex
+        session = Session(id=rid, path=f"v2/models/{self.name}/infer_stream", headers=headers)
+
+        async def frames() -> AsyncIterator[Frame]:
+            for frame in request_frames(first):
+                yield frame
+            async for request in later:
+                for frame in request_frames(request):
+                    yield frame
+
+        return rid, self.model.stream(frames(), session)
+
     async def infer_stream(
         self, requests: AsyncIterator[InferRequest], headers: Mapping[str, str]
     ) -> AsyncIterator[InferResponse]:
         first = await anext(requests, None)
         if first is None:
             return
-        rid = first.id or uuid.uuid4().hex
         name = output_name(first)
-        session = Session(id=rid, path=f"v2/models/{self.name}/infer_stream", headers=headers)
-
-        async def frames() -> AsyncIterator[Frame]:
-            for frame in request_frames(first):
-                yield frame
-            async for later in requests:
-                for frame in request_frames(later):
-                    yield frame
-
-        async for out in self.model.stream(frames(), session):
+        rid, outputs = self.stream_frames(first, requests, headers)
+        async for out in outputs:
             yield InferResponse(
                 model_name=self.name,
                 model_version=first.model_version,
