@@ -43,6 +43,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from bidistream import ports
+
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parent
 RESULTS = HERE / "results"
@@ -81,9 +83,7 @@ class TokenModel(MLModel):
 
 
 def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
+    return ports.free_port("127.0.0.1")  # below the ephemeral range: no client connection takes it first
 
 
 def make_folder(root: Path, http_port: int, grpc_port: int) -> Path:
