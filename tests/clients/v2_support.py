@@ -48,7 +48,10 @@ def v2_server(*args: str, cwd: Path | None = None) -> Iterator[V2Ports]:
     with _cwd_serve(cwd, *args, *extra) as (proc, port):
         wait_for_port(grpc_port, proc=proc)
         wait_for_port(triton_port, proc=proc)
-        wait_until(lambda: _ready(port), timeout=30)
+        # Ready, or gone (a child that could not bind exits: say so at once, not after 30 s).
+        wait_until(lambda: proc.poll() is not None or _ready(port), timeout=30)
+        if proc.poll() is not None:
+            raise RuntimeError(f"bidistream serve {' '.join(args)}: exited {proc.returncode} before ready")
         yield V2Ports(proc, port, grpc_port, triton_port)
 
 
