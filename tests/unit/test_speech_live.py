@@ -151,15 +151,16 @@ async def test_speech_resuming_after_a_short_pause_gives_one_final_for_all_of_it
     sched.close()
 
 
-async def test_first_interim_is_asked_300ms_after_onset() -> None:
+async def test_first_interim_is_asked_first_interim_after_onset() -> None:
     engine = RecordingEngine()
     live, sched = transcriber(engine)
     await messages(live, frames_of(pcm16(quiet(10), speech(60), quiet(20)), then=[CLOSE]))
     interims = [n for n, final in engine.calls if not final]
     assert interims, engine.calls
     preroll = EndpointConfig().preroll_ms * 16
-    # the first interim decodes the preroll plus ~0.3 s of speech (one 100 ms chunk of slack)
-    assert 0.3 <= (interims[0] - preroll) / 16000 <= 0.3 + 0.1
+    # the first interim decodes the preroll plus first_interim of speech (one 100 ms chunk of slack)
+    due = LiveConfig().first_interim
+    assert due <= (interims[0] - preroll) / 16000 <= due + 0.1
     sched.close()
 
 

@@ -85,6 +85,9 @@ FAST_DATA = True
 _PREFACE_LEN = 24  # b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
 _NOT_FAST = 0x1 | 0x8  # END_STREAM, PADDED: h2 handles those frames
 _STREAM_OPEN = (h2.stream.StreamState.OPEN, h2.stream.StreamState.HALF_CLOSED_LOCAL)
+# Where h2's SEND_DATA is a no-op transition (no side effect, same state): the send fast path.
+_CONN_SEND_OPEN = (h2.connection.ConnectionState.SERVER_OPEN, h2.connection.ConnectionState.CLIENT_OPEN)
+_STREAM_SEND_OPEN = (h2.stream.StreamState.OPEN, h2.stream.StreamState.HALF_CLOSED_REMOTE)
 
 
 def _charge(conn: h2.connection.H2Connection, sid: int, length: int) -> bool:
@@ -109,6 +112,44 @@ def _charge(conn: h2.connection.H2Connection, sid: int, length: int) -> bool:
     cwin.window_consumed(length)
     swin.window_consumed(length)
     return True
+
+
+def _send_fast(conn: h2.connection.H2Connection, sid: int, pending: bytearray) -> int:
+    """Frame ``pending`` as DATA without h2's frame objects; bytes sent (-1: h2 must send).
+
+    The mirror of :func:`_charge`: ``send_data`` builds a ``DataFrame``, runs two
+    state machines whose ``SEND_DATA`` transitions change nothing in these
+    states, serializes, and subtracts the length from both send windows — 8-12
+    µs per frame, about a tenth of a relayed reply.  Here the same bytes go to
+    h2's outbound buffer and the same windows are charged (pinned h2 4.4.1; the
+    unit test compares both paths byte for byte and window for window).
+    """
+    if conn.state_machine.state not in _CONN_SEND_OPEN:
+        return -1
+    stream = conn.streams.get(sid)
+    if stream is None or stream.state_machine.state not in _STREAM_SEND_OPEN:
+        return -1
+    out = conn._data_to_send
+    tail = b"\x00\x00" + sid.to_bytes(4, "big")  # type DATA, no flags, stream id
+    frame_max = conn.max_outbound_frame_size
+    sent = 0
+    while pending:
+        window = min(conn.outbound_flow_control_window, stream.outbound_flow_control_window, frame_max)
+        if window <= 0:
+            break
+        n = min(window, len(pending))
+        out += n.to_bytes(3, "big")
+        out += tail
+        if n == len(pending):
+            out += pending
+            pending.clear()
+        else:
+            out += pending[:n]
+            del pending[:n]
+        conn.outbound_flow_control_window -= n
+        stream.outbound_flow_control_window -= n
+        sent += n
+    return sent
 
 
 def _brief_frame_repr(frame: hyperframe.frame.Frame) -> str:
@@ -569,6 +610,8 @@ class _Sender:
         pending = self.pending
         sent = 0
         try:
+            if FAST_DATA and pending:
+                sent = max(0, _send_fast(conn, self.sid, pending))
             while pending:
                 window = min(conn.local_flow_control_window(self.sid), conn.max_outbound_frame_size)
                 if window <= 0:

@@ -10,12 +10,15 @@ is reset alone.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from typing import Any
 
 import h2.config
 import h2.connection
 import h2.errors
 import h2.events
+import h2.exceptions
+import h2.settings
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -291,3 +294,101 @@ def test_the_fast_path_is_taken(monkeypatch: pytest.MonkeyPatch) -> None:
 
     asyncio.run(main())
     assert taken.count(True) == 6
+
+
+class _SendProto:
+    """What ``_Sender`` uses of its H2Protocol: the h2 connection and the flush bookkeeping."""
+
+    def __init__(self, conn: h2.connection.H2Connection) -> None:
+        self.conn = conn
+        self._dirty: list[Any] = []
+        self._flush_pending = False
+
+    def schedule_flush(self) -> None:
+        self._flush_pending = True
+
+
+def _client_op(client: h2.connection.H2Connection, op: str, n: int) -> None:
+    if op == "stream_window":
+        client.increment_flow_control_window(n, stream_id=1)
+    elif op == "conn_window":
+        client.increment_flow_control_window(n)
+    elif op == "frame_size":
+        client.update_settings({h2.settings.SettingCodes.MAX_FRAME_SIZE: 16384 + n})
+    elif op == "half_close":
+        client.end_stream(1)
+    elif op == "reset":
+        client.reset_stream(1)
+
+
+def _send_run(ops: list[tuple[str, int]], fast: bool) -> list[tuple[bytes, int, int, int, bool]]:
+    """Replay ``ops`` against a server stream; after each, the wire and every window h2 keeps."""
+    h2front.FAST_DATA = fast
+    server = h2.connection.H2Connection(h2.config.H2Configuration(client_side=False, header_encoding=None))
+    client = h2.connection.H2Connection(h2.config.H2Configuration(client_side=True, header_encoding=None))
+    server.initiate_connection()
+    client.initiate_connection()
+    client.receive_data(server.data_to_send())
+    client.send_headers(1, headers(BIDI))
+    server.receive_data(client.data_to_send())
+    server.send_headers(1, [(":status", "200")])
+    client.receive_data(server.data_to_send())
+    sender = h2front._Sender(_SendProto(server), 1)  # type: ignore[arg-type]
+    seen: list[tuple[bytes, int, int, int, bool]] = []
+    for i, (op, n) in enumerate(ops):
+        if op == "write":
+            sender.pending += bytes([i % 251]) * n
+            sender.pump()
+        else:
+            # The client's own move may be invalid in its state (a window on a reset
+            # stream): h2 refuses it on the client side and nothing is sent.
+            with contextlib.suppress(h2.exceptions.ProtocolError):
+                _client_op(client, op, n)
+            for ev in server.receive_data(client.data_to_send()):
+                if isinstance(ev, h2.events.WindowUpdated | h2.events.RemoteSettingsChanged):
+                    sender.pump()
+        wire = server.data_to_send()
+        if wire:
+            client.receive_data(wire)
+        stream = server.streams.get(1)
+        seen.append(
+            (
+                wire,
+                server.outbound_flow_control_window,
+                -1 if stream is None else stream.outbound_flow_control_window,
+                len(sender.pending),
+                sender.ended,
+            )
+        )
+    return seen
+
+
+_send_ops = st.lists(
+    st.tuples(
+        st.sampled_from(
+            [*["write"] * 6, "stream_window", "conn_window", "frame_size", "half_close", "reset"]
+        ),
+        st.integers(1, 40_000),
+    ),
+    max_size=30,
+)
+
+
+@settings(max_examples=80, deadline=None)
+@given(ops=_send_ops)
+def test_send_fast_path_and_h2_send_data_give_the_same_wire_and_windows(ops: list[tuple[str, int]]) -> None:
+    try:
+        slow = _send_run(ops, fast=False)
+        fast = _send_run(ops, fast=True)
+    finally:
+        h2front.FAST_DATA = True
+    assert fast == slow
+
+
+def test_send_fast_path_is_taken_and_charges_both_windows(monkeypatch: pytest.MonkeyPatch) -> None:
+    calls: list[str] = []
+    monkeypatch.setattr(h2.connection.H2Connection, "send_data", lambda *a, **k: calls.append("h2"))
+    seen = _send_run([("write", 100), ("write", 70_000)], fast=True)
+    assert calls == []  # no h2 send_data: every byte went by the fast path
+    assert seen[0][1] == 65535 - 100 and seen[0][2] == 65535 - 100
+    assert seen[1][1] == 0 and seen[1][3] == 100 + 70_000 - 65535  # the rest waits for a window

@@ -92,7 +92,7 @@ class SpeechModel(Model):
         model_sha256: str | None = None,
         preload: str = "",
         interim_interval: str | float = 1.0,
-        first_interim: str | float = 0.3,
+        first_interim: str | float = 0.25,
         endpointing: str | int = 10,
         max_utterance: str | float = 15.0,
         idle_timeout: str | float = 10.0,
