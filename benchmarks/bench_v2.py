@@ -21,7 +21,9 @@ HTTP/1.1 with a pre-encoded body, and grpc.aio with pre-serialised bytes.
 
 Bars (issue 11): server CPU per streamed request ≤ 0.5× MLServer's on both
 transports; throughput ≥ 2× MLServer's at 64 clients where the load generator
-is not the limit; TTFT p50 no worse than MLServer's.  Figures are medians of
+is not the limit; TTFT p50 no worse than MLServer's; with ``--workers 2`` (``bidistream-mlmodel-2w``)
+both workers carry streams (the busiest does ≤ 75 % of the server CPU) at ≤ 1.1× one worker's
+server CPU per request.  Figures are medians of
 ``BENCH_V2_RUNS`` runs of ``BENCH_V2_SECONDS`` each.
 """
 
@@ -60,6 +62,11 @@ CLIENT_BOUND = 0.9  # share of one core the load generator may use before it is 
 # A grpcio aio server that only streams pre-encoded responses (benchmarks/grpc_floor.py): what
 # grpcio itself costs per streamed request, measured beside the others, judged by no bar.
 FLOOR = "grpcio-floor"
+# ``bidistream serve`` of the MLModel folder with two worker processes on the same ports (what
+# MLServer's parallel_workers > 0 cannot stream): judged against one worker's CPU per request.
+WORKERS2 = "bidistream-mlmodel-2w"
+WORKERS2_BAR = 1.1  # x one worker's server CPU per request
+WORKERS2_CARRY = 0.75  # the busiest of two workers did at most this share: both carried streams
 
 MODEL_PY = """
 from typing import AsyncIterator
@@ -134,18 +141,24 @@ def _proc_cpu(pid: int) -> tuple[int, float]:
 
 def tree_cpu(root: int) -> float:
     """CPU seconds of ``root`` and its live descendants."""
+    return sum(tree_cpu_by_pid(root).values())
+
+
+def tree_cpu_by_pid(root: int) -> dict[int, float]:
+    """CPU seconds of ``root`` and of each live descendant (worker processes count apart)."""
     parents: dict[int, int] = {}
     cpu: dict[int, float] = {}
     for entry in os.listdir("/proc"):
         if entry.isdigit():
             with contextlib.suppress(OSError, IndexError, ValueError):
                 parents[int(entry)], cpu[int(entry)] = _proc_cpu(int(entry))
-    total, todo = 0.0, [root]
+    out: dict[int, float] = {}
+    todo = [root]
     while todo:
         pid = todo.pop()
-        total += cpu.get(pid, 0.0)
+        out[pid] = cpu.get(pid, 0.0)
         todo += [child for child, parent in parents.items() if parent == pid]
-    return total
+    return out
 
 
 # ------------------------------------------------------------------ servers
@@ -316,9 +329,11 @@ async def drive(transport: str, server: Server, clients: int, request: bytes) ->
 
 def measure(transport: str, server: Server, clients: int, request: bytes) -> dict[str, Any]:
     assert server.proc is not None
-    cpu0, client0 = tree_cpu(server.proc.pid), time.process_time()
+    cpu0, client0 = tree_cpu_by_pid(server.proc.pid), time.process_time()
     phase, elapsed = asyncio.run(drive(transport, server, clients, request))
-    server_cpu = tree_cpu(server.proc.pid) - cpu0
+    cpu1 = tree_cpu_by_pid(server.proc.pid)
+    per_process = sorted((cpu1[p] - cpu0.get(p, 0.0) for p in cpu1), reverse=True)
+    server_cpu = sum(per_process)
     client_cpu = time.process_time() - client0
     n = max(phase.requests, 1)
     ttft = sorted(phase.ttft) or [float("nan")]
@@ -332,6 +347,9 @@ def measure(transport: str, server: Server, clients: int, request: bytes) -> dic
         "client_core_share": client_cpu / elapsed,
         "tokens_per_req": phase.tokens / n,
         "errors": phase.errors,
+        # The busiest server process's share of the server CPU: 1.0 when one process did all
+        # the work; about 1/N when N workers carried the streams evenly.
+        "busiest_process_share": per_process[0] / server_cpu if server_cpu > 0 else 1.0,
     }
 
 
@@ -378,14 +396,14 @@ def run() -> dict[str, Any]:
         root = Path(tmp)
         env_path = os.pathsep.join(filter(None, [str(REPO / "src"), os.environ.get("PYTHONPATH")]))
         os.environ["PYTHONPATH"] = env_path
-        for name in ("mlserver", "bidistream-mlmodel", "bidistream-native", FLOOR):
+        for name in ("mlserver", "bidistream-mlmodel", WORKERS2, "bidistream-native", FLOOR):
             # Ports are picked just before each server starts: picked up front, one could be
             # taken meanwhile as the ephemeral port of an earlier phase's client connection.
             http_port, grpc_port = free_port(), free_port()
             folder = make_folder(root, http_port, grpc_port)
             if name == "mlserver":
                 argv, model = [str(mlserver), "start", str(folder)], "tokens"
-            elif name == "bidistream-mlmodel":
+            elif name in ("bidistream-mlmodel", WORKERS2):
                 argv = [
                     sys.executable,
                     "-m",
@@ -394,6 +412,7 @@ def run() -> dict[str, Any]:
                     str(folder),
                     "--log-level",
                     "warning",
+                    *(["--workers", "2"] if name == WORKERS2 else []),
                 ]
                 model = "tokens"
             elif name == FLOOR:
@@ -442,6 +461,27 @@ def run() -> dict[str, Any]:
 
 def bars(phases: dict[str, dict[str, Any]]) -> list[dict[str, Any]]:
     out: list[dict[str, Any]] = []
+    for transport in ("sse", "grpc"):
+        one, two = phases[f"bidistream-mlmodel/{transport}/64"], phases[f"{WORKERS2}/{transport}/64"]
+        ratio = two["server_cpu_ms_per_req"] / one["server_cpu_ms_per_req"]
+        out.append(
+            {
+                "name": f"2 workers {transport} server CPU/req vs 1 worker @64",
+                "value": ratio,
+                "limit": WORKERS2_BAR,
+                "unit": "x (<=)",
+                "passed": ratio <= WORKERS2_BAR,
+            }
+        )
+        out.append(
+            {
+                "name": f"2 workers {transport}: busiest worker's share of server CPU @64",
+                "value": two["busiest_process_share"],
+                "limit": WORKERS2_CARRY,
+                "unit": "share (<=)",
+                "passed": two["busiest_process_share"] <= WORKERS2_CARRY,
+            }
+        )
     for ours in ("bidistream-mlmodel", "bidistream-native"):
         for transport in ("sse", "grpc"):
             peer, mine = phases[f"mlserver/{transport}/64"], phases[f"{ours}/{transport}/64"]

@@ -13,12 +13,20 @@ from contextlib import asynccontextmanager, contextmanager
 from pathlib import Path
 
 import pytest
+from hypothesis import settings as hypothesis_settings
 
 from bidistream import ports
 from bidistream.container.limits import ServerLimits
 from bidistream.container.server import ModelServer
 from bidistream.model import Model
 from tests.support.waiting import scaled
+
+# Property tests draw the same examples on every run unless asked to explore: a suite that
+# found a new example by chance would fail CI by chance.  BIDISTREAM_HYPOTHESIS_PROFILE=explore
+# draws fresh examples (run it locally, and turn what it finds into a fixed test).
+hypothesis_settings.register_profile("deterministic", derandomize=True, print_blob=True)
+hypothesis_settings.register_profile("explore", derandomize=False, print_blob=True)
+hypothesis_settings.load_profile(os.environ.get("BIDISTREAM_HYPOTHESIS_PROFILE", "deterministic"))
 
 ROOT = Path(__file__).resolve().parent.parent
 BIN = Path(sys.executable).parent

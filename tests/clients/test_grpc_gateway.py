@@ -318,8 +318,8 @@ asyncio.run(main())
     assert r["no_instance"] == ("UNAVAILABLE", "endpoint empty has no healthy instance")
     assert r["unreachable"][0] == "UNAVAILABLE" and "unreachable" in r["unreachable"][1]
     assert r["all_busy"][0] == "RESOURCE_EXHAUSTED" and "at capacity" in r["all_busy"][1]
-    assert r["all_busy_stream"][0] == "RESOURCE_EXHAUSTED"
-    assert r["survivor"] == ("OK", 60, "0", "59")
+    assert r["all_busy_stream"][0] == "RESOURCE_EXHAUSTED", r["all_busy_stream"]
+    assert r["survivor"] == ("OK", 60, "0", "59"), r
     refused = {"endpoint": "", "method": "other"}
     assert metrics.sample_sum(metrics.GRPC_CALLS, grpc_status="NOT_FOUND", **refused) >= 3
     assert metrics.sample_sum(metrics.GRPC_CALLS, grpc_status="RESOURCE_EXHAUSTED", **refused) >= 2
