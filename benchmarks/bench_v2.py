@@ -459,65 +459,38 @@ def run() -> dict[str, Any]:
     return {"bars": results["bars"]}
 
 
+def _bar(name: str, value: float, limit: float, at_most: bool, unit: str = "x") -> dict[str, Any]:
+    """One bar as the results file and the summary print it: ``at_most`` says which side passes."""
+    return {
+        "name": name,
+        "value": value,
+        "limit": limit,
+        "unit": f"{unit} ({'<=' if at_most else '>='})",
+        "passed": value <= limit if at_most else value >= limit,
+    }
+
+
 def bars(phases: dict[str, dict[str, Any]]) -> list[dict[str, Any]]:
     out: list[dict[str, Any]] = []
     for transport in ("sse", "grpc"):
         one, two = phases[f"bidistream-mlmodel/{transport}/64"], phases[f"{WORKERS2}/{transport}/64"]
         ratio = two["server_cpu_ms_per_req"] / one["server_cpu_ms_per_req"]
-        out.append(
-            {
-                "name": f"2 workers {transport} server CPU/req vs 1 worker @64",
-                "value": ratio,
-                "limit": WORKERS2_BAR,
-                "unit": "x (<=)",
-                "passed": ratio <= WORKERS2_BAR,
-            }
-        )
-        out.append(
-            {
-                "name": f"2 workers {transport}: busiest worker's share of server CPU @64",
-                "value": two["busiest_process_share"],
-                "limit": WORKERS2_CARRY,
-                "unit": "share (<=)",
-                "passed": two["busiest_process_share"] <= WORKERS2_CARRY,
-            }
-        )
+        out.append(_bar(f"2 workers {transport} server CPU/req vs 1 worker @64", ratio, WORKERS2_BAR, True))
+        share = two["busiest_process_share"]
+        name = f"2 workers {transport}: busiest worker's share of server CPU @64"
+        out.append(_bar(name, share, WORKERS2_CARRY, True, unit="share"))
     for ours in ("bidistream-mlmodel", "bidistream-native"):
         for transport in ("sse", "grpc"):
             peer, mine = phases[f"mlserver/{transport}/64"], phases[f"{ours}/{transport}/64"]
             ratio = mine["server_cpu_ms_per_req"] / peer["server_cpu_ms_per_req"]
-            out.append(
-                {
-                    "name": f"{ours} {transport} server CPU/req vs MLServer @64",
-                    "value": ratio,
-                    "limit": 0.5,
-                    "unit": "x (<=)",
-                    "passed": ratio <= 0.5,
-                }
-            )
+            out.append(_bar(f"{ours} {transport} server CPU/req vs MLServer @64", ratio, 0.5, True))
             if not (mine["client_bound"] or peer["client_bound"]):
                 ratio = mine["req_per_s"] / peer["req_per_s"]
-                out.append(
-                    {
-                        "name": f"{ours} {transport} throughput vs MLServer @64",
-                        "value": ratio,
-                        "limit": 2.0,
-                        "unit": "x (>=)",
-                        "passed": ratio >= 2.0,
-                    }
-                )
+                out.append(_bar(f"{ours} {transport} throughput vs MLServer @64", ratio, 2.0, False))
             for clients in LEVELS:
                 p, m = phases[f"mlserver/{transport}/{clients}"], phases[f"{ours}/{transport}/{clients}"]
                 ratio = m["ttft_p50_ms"] / p["ttft_p50_ms"]
-                out.append(
-                    {
-                        "name": f"{ours} {transport} TTFT p50 vs MLServer @{clients}",
-                        "value": ratio,
-                        "limit": 1.0,
-                        "unit": "x (<=)",
-                        "passed": ratio <= 1.0,
-                    }
-                )
+                out.append(_bar(f"{ours} {transport} TTFT p50 vs MLServer @{clients}", ratio, 1.0, True))
     return out
 
 
