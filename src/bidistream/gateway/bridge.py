@@ -99,6 +99,10 @@ class ClientSide(Protocol):
 
     def send(self, data: bytes, text: bool, fin: bool, cont: bool) -> None: ...
 
+    def send_last(self, data: bytes, text: bool) -> None:
+        """A whole message that ends the instance's read: nothing more is coming this turn."""
+        ...
+
     def ack(self, n: int) -> None: ...
 
     def pause_reads(self) -> None: ...
@@ -178,7 +182,10 @@ class InstanceLink(WSListener):
                     m = relay.meter  # METRICS/LOGS: the fast path counts like _send_to_client
                     if m is not None:
                         m.outbound(len(payload))
-                    relay.client.send(payload, kind is _TEXT, True, False)
+                    if frame.last_in_buffer:
+                        relay.client.send_last(payload, kind is _TEXT)
+                    else:
+                        relay.client.send(payload, kind is _TEXT, True, False)
                 else:
                     text = None if kind is _CONT else kind is _TEXT
                     relay.feed(e.InstanceFrame(frame.get_payload_as_bytes(), text, fin))

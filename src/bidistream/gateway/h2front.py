@@ -876,6 +876,25 @@ class BidiStream(_Stream):
             self.blocked = True
             self.relay.feed(ClientBlocked())
 
+    def send_last(self, data: bytes, text: bool) -> None:
+        """Write now rather than a loop turn later: one epoll round less per reply.
+
+        Frames of one instance read still share a write (only the last one
+        flushes, taking what the others queued); inside the door's own read the
+        flush at its end does it.  A flush already scheduled finds nothing left.
+        """
+        proto = self.proto
+        if proto.reading:
+            self.send(data, text, True, False)
+            return
+        pending = proto._flush_pending
+        proto._flush_pending = True  # what send() queues leaves in this flush, not a scheduled one
+        try:
+            self.send(data, text, True, False)
+        finally:
+            proto.flush()
+            proto._flush_pending = pending  # the scheduled call still runs: it must see a flush due
+
     def ack(self, n: int) -> None:
         self._ack_now(n)
         proto = self.proto

@@ -318,6 +318,9 @@ class WsSession(asyncio.Protocol):
             return
         self._flush()
 
+    def send_last(self, data: bytes, text: bool) -> None:
+        self.send(data, text, True, False)  # every send already leaves at once
+
     def ack(self, n: int) -> None:
         """WebSocket has no window: backpressure is pausing reads."""
 

@@ -392,3 +392,49 @@ def test_send_fast_path_is_taken_and_charges_both_windows(monkeypatch: pytest.Mo
     assert calls == []  # no h2 send_data: every byte went by the fast path
     assert seen[0][1] == 65535 - 100 and seen[0][2] == 65535 - 100
     assert seen[1][1] == 0 and seen[1][3] == 100 + 70_000 - 65535  # the rest waits for a window
+
+
+# ---------------------------------------------------------------------- the reply path
+class CountingTransport(MemoryTransport):
+    def __init__(self) -> None:
+        super().__init__()
+        self.writes = 0
+
+    def write(self, data: bytes) -> None:
+        self.writes += 1
+        super().write(data)
+
+
+async def test_the_last_frame_of_an_instance_read_leaves_at_once_and_carries_the_earlier_ones() -> None:
+    """Replies of one instance read share one write, made in the call itself: no loop turn later."""
+    proto, _, client = door()
+    transport = CountingTransport()
+    proto.transport = transport  # type: ignore[assignment]
+    client.send_headers(1, headers(BIDI))
+    proto.data_received(client.data_to_send())
+    st = proto.streams[1]
+    assert isinstance(st, BidiStream)
+    st.accept("AllTraffic")
+    proto.flush()
+    client.receive_data(bytes(transport.out))
+    transport.out.clear()
+    before = transport.writes
+    st.send(b"one", False, True, False)
+    st.send(b"two", True, True, False)
+    assert transport.writes == before  # not the read's last frame: it waits for the others
+    st.send_last(b"three", False)
+    assert transport.writes == before + 1
+    events = client.receive_data(bytes(transport.out))
+    data = [ev.data for ev in events if isinstance(ev, h2.events.DataReceived)]
+    wire = b"".join(data)
+    assert [p in wire for p in (b"one", b"two", b"three")] == [True, True, True]
+    assert wire.index(b"one") < wire.index(b"two") < wire.index(b"three")
+    await settle()  # the flush scheduled by the first send finds nothing left
+    assert transport.writes == before + 1
+    # Inside the door's own read the flush at its end sends it, not send_last.
+    proto.reading = True
+    st.send_last(b"four", False)
+    assert transport.writes == before + 1
+    proto.reading = False
+    await settle()
+    assert transport.writes == before + 2
